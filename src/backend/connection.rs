@@ -1,0 +1,320 @@
+//! One pipelined backend connection, and the task that keeps it connected.
+//!
+//! Requests from every client that shares this connection arrive on one channel, are written in
+//! arrival order (many per `writev`), and their replies are matched to them strictly first in,
+//! first out.
+//!
+//! # Concurrency note
+//!
+//! FIFO matching is only sound while the connection is in step with the server. Anything that
+//! casts doubt on that *poisons* the connection: every request in flight on it is answered with
+//! an error, the socket is closed, and it is never reused. The doubts are: a reply with no request
+//! waiting for it, a protocol error in a reply, EOF or an I/O error, and a request outliving
+//! `request_timeout` (its reply may still come, and would then be taken for the next request's).
+//! Requests still queued in the channel (not yet written) are not in flight; they go to the next
+//! connection, or get an error while there is none.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{self, Instant};
+use tracing::{debug, info, warn};
+
+use super::Options;
+use crate::error::Error;
+use crate::resp::reply::Scanner;
+use crate::write_queue::WriteQueue;
+
+/// What a request gets back: the reply's bytes exactly as the server sent them, or an error.
+pub type ReplyResult = Result<Bytes, Error>;
+
+/// A request on its way to the server.
+pub struct Request {
+    pub args: Vec<Bytes>,
+    pub reply: oneshot::Sender<ReplyResult>,
+}
+
+/// Stop taking new requests while this much is waiting to be written.
+const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Read buffer headroom.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why `serve` returned.
+enum Closed {
+    /// Every handle to this connection is gone and nothing is in flight: the task ends.
+    Unused,
+    /// The connection broke or was poisoned; the reason is for the log.
+    Broken(Arc<str>),
+}
+
+/// The task behind one connection slot: connect, serve until broken, back off, reconnect.
+/// While there is no connection, requests are failed at once instead of queueing.
+pub(super) async fn run(
+    addr: Arc<str>,
+    opts: Arc<Options>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    up: Arc<AtomicBool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(2));
+    loop {
+        let reason = match connect(&addr, &opts).await {
+            Ok(stream) => {
+                info!(backend = %addr, "backend connected");
+                up.store(true, Ordering::Release);
+                backoff.reset();
+                let closed = serve(stream, &addr, &opts, &mut requests).await;
+                up.store(false, Ordering::Release);
+                match closed {
+                    Closed::Unused => return,
+                    Closed::Broken(reason) => reason,
+                }
+            }
+            Err(reason) => reason,
+        };
+        let delay = backoff.next();
+        warn!(backend = %addr, %reason, retry_in = ?delay, "backend connection down");
+        let retry = time::sleep(delay);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                _ = &mut retry => break,
+                request = requests.recv() => match request {
+                    Some(request) => {
+                        let _ = request.reply.send(Err(Error::BackendDown {
+                            addr: addr.clone(),
+                            reason: reason.clone(),
+                        }));
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+/// Open a connection and authenticate it, within `connect_timeout`.
+async fn connect(addr: &str, opts: &Options) -> Result<TcpStream, Arc<str>> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| Arc::<str>::from(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| Arc::<str>::from(e.to_string()))?;
+        let mut stream = stream;
+        if let Some(password) = &opts.password {
+            let mut args = vec![Bytes::from_static(b"AUTH")];
+            if let Some(user) = &opts.username {
+                args.push(Bytes::copy_from_slice(user.as_bytes()));
+            }
+            args.push(Bytes::copy_from_slice(password.as_bytes()));
+            let reply = handshake(&mut stream, &args).await?;
+            if &reply[..] != b"+OK\r\n" {
+                let text = String::from_utf8_lossy(&reply[1..reply.len().saturating_sub(2)]);
+                return Err(format!("AUTH refused: {text}").into());
+            }
+        }
+        Ok(stream)
+    };
+    match time::timeout(opts.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "connect timed out after {}",
+            humantime::format_duration(opts.connect_timeout)
+        )
+        .into()),
+    }
+}
+
+/// Send one request on a fresh connection and read its reply.
+async fn handshake(stream: &mut TcpStream, args: &[Bytes]) -> Result<Bytes, Arc<str>> {
+    let mut out = BytesMut::new();
+    crate::resp::encode_request(args, &mut out);
+    stream.write_all(&out).await.map_err(|e| Arc::<str>::from(e.to_string()))?;
+    let mut buf = BytesMut::with_capacity(512);
+    let mut scanner = Scanner::new(8);
+    loop {
+        if stream.read_buf(&mut buf).await.map_err(|e| Arc::<str>::from(e.to_string()))? == 0 {
+            return Err("closed by server during handshake".into());
+        }
+        match scanner.scan(&buf) {
+            Ok(Some(frame)) => return Ok(buf.split_to(frame.len).freeze()),
+            Ok(None) => continue,
+            Err(e) => return Err(format!("protocol error during handshake: {}", e.0).into()),
+        }
+    }
+}
+
+/// A request written to the server, waiting for its reply.
+struct InFlight {
+    reply: oneshot::Sender<ReplyResult>,
+    deadline: Instant,
+}
+
+/// Pipe requests to the server and replies back until the connection breaks.
+async fn serve(
+    mut stream: TcpStream,
+    addr: &Arc<str>,
+    opts: &Options,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+) -> Closed {
+    let (mut rd, mut wr) = stream.split();
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let mut out = WriteQueue::new();
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = Scanner::new(opts.max_reply_depth);
+    let mut unused = false;
+    // One timer for the oldest request in flight; re-armed only when that request changes.
+    let timeout = time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timeout);
+    let mut armed_for: Option<Instant> = None;
+
+    let broken = loop {
+        if unused && inflight.is_empty() && out.is_empty() {
+            return Closed::Unused;
+        }
+        match inflight.front() {
+            Some(oldest) if armed_for != Some(oldest.deadline) => {
+                timeout.as_mut().reset(oldest.deadline);
+                armed_for = Some(oldest.deadline);
+            }
+            _ => {}
+        }
+        let spare = input.capacity() - input.len();
+        if spare < READ_CHUNK / 4 {
+            input.reserve(READ_CHUNK.max(scanner.missing(input.len())));
+        }
+        tokio::select! {
+            biased;
+            read = rd.read_buf(&mut input) => match read {
+                Ok(0) => break Error::BackendLost { addr: addr.clone(), reason: "closed by server".into() },
+                Ok(_) => {
+                    if let Err(reason) = deliver(&mut input, &mut scanner, &mut inflight, opts) {
+                        break Error::BackendLost { addr: addr.clone(), reason };
+                    }
+                }
+                Err(e) => break Error::BackendLost { addr: addr.clone(), reason: e.to_string().into() },
+            },
+            written = out.write_to(&mut wr), if !out.is_empty() => {
+                if let Err(e) = written {
+                    break Error::BackendLost { addr: addr.clone(), reason: e.to_string().into() };
+                }
+            }
+            request = requests.recv(), if !unused && out.len() < WRITE_HIGH_WATER => match request {
+                Some(request) => {
+                    let deadline = Instant::now() + opts.request_timeout;
+                    accept(request, deadline, &mut out, &mut inflight);
+                    while out.len() < WRITE_HIGH_WATER {
+                        match requests.try_recv() {
+                            Ok(request) => accept(request, deadline, &mut out, &mut inflight),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => unused = true,
+            },
+            _ = &mut timeout, if !inflight.is_empty() => {
+                break Error::BackendTimeout { addr: addr.clone(), after: opts.request_timeout };
+            }
+        }
+    };
+    let reason: Arc<str> = broken.to_string().into();
+    debug!(backend = %addr, in_flight = inflight.len(), %reason, "poisoning backend connection");
+    for pending in inflight.drain(..) {
+        let _ = pending.reply.send(Err(broken.clone()));
+    }
+    Closed::Broken(reason)
+}
+
+fn accept(
+    request: Request,
+    deadline: Instant,
+    out: &mut WriteQueue,
+    inflight: &mut VecDeque<InFlight>,
+) {
+    if request.reply.is_closed() {
+        // The client went away before its request was written: skip it.
+        return;
+    }
+    out.push_request(&request.args);
+    inflight.push_back(InFlight {
+        reply: request.reply,
+        deadline,
+    });
+}
+
+/// Hand every complete reply in `input` to the request it answers, oldest first.
+fn deliver(
+    input: &mut BytesMut,
+    scanner: &mut Scanner,
+    inflight: &mut VecDeque<InFlight>,
+    opts: &Options,
+) -> Result<(), Arc<str>> {
+    loop {
+        let frame = match scanner.scan(input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("protocol error in reply: {}", e.0).into()),
+        };
+        let bytes = input.split_to(frame.len).freeze();
+        let Some(pending) = inflight.pop_front() else {
+            return Err("reply with no request in flight".into());
+        };
+        let reply = if frame.too_deep {
+            Err(Error::ReplyTooDeep {
+                depth: opts.max_reply_depth,
+            })
+        } else {
+            Ok(bytes)
+        };
+        let _ = pending.reply.send(reply);
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to `max`.
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            current: base,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.base;
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = d / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(80));
+        let delays: Vec<_> = (0..6).map(|_| b.next()).collect();
+        for (d, cap) in delays.iter().zip([10, 20, 40, 80, 80, 80]) {
+            assert!(*d >= Duration::from_millis(cap / 2) && *d <= Duration::from_millis(cap));
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,269 @@
+//! Commands: what a request is, from its first argument, looked up in ONE table.
+//!
+//! `table.rs` holds Redis's own facts about every command (arity, flags, key positions), generated
+//! from a real server's `COMMAND INFO`. `policy()` below gives each command keygate's treatment:
+//! forwarded, answered by keygate itself, or refused with a reason. Everything that needs to know
+//! about a command (session, router, metrics) reads it from the `Command` built here.
+
+mod table;
+
+use bytes::Bytes;
+
+pub use table::{COMMANDS, REDIS_VERSION};
+
+/// Redis command flags kept from `COMMAND INFO` (see scripts/gen_command_table.py).
+pub mod flags {
+    pub const WRITE: u32 = 1 << 0;
+    pub const READONLY: u32 = 1 << 1;
+    pub const DENYOOM: u32 = 1 << 2;
+    pub const ADMIN: u32 = 1 << 3;
+    pub const PUBSUB: u32 = 1 << 4;
+    pub const NOSCRIPT: u32 = 1 << 5;
+    pub const BLOCKING: u32 = 1 << 6;
+    pub const LOADING: u32 = 1 << 7;
+    pub const STALE: u32 = 1 << 8;
+    pub const FAST: u32 = 1 << 9;
+    pub const NO_AUTH: u32 = 1 << 10;
+    pub const MOVABLEKEYS: u32 = 1 << 11;
+    pub const NO_MULTI: u32 = 1 << 12;
+    pub const MAY_REPLICATE: u32 = 1 << 13;
+}
+
+/// One command's facts, as Redis reports them.
+#[derive(Debug)]
+pub struct Spec {
+    /// Lower case; subcommands as `container|sub`.
+    pub name: &'static str,
+    /// Redis arity: N means exactly N arguments (name included), -N at least N.
+    pub arity: i32,
+    pub flags: u32,
+    /// Legacy key positions: first and last key argument and the step between keys (last -1:
+    /// up to the last argument). 0 for commands without keys at fixed positions.
+    pub first_key: i32,
+    pub last_key: i32,
+    pub key_step: i32,
+}
+
+impl Spec {
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Does a request with `argc` arguments (name included) satisfy the arity?
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let arity = self.arity.unsigned_abs() as usize;
+        if self.arity >= 0 {
+            argc == arity
+        } else {
+            argc >= arity
+        }
+    }
+}
+
+/// Index of a top-level command in `COMMANDS`; `UNKNOWN` for names Redis 7 does not know.
+/// Metrics are kept per `CommandId`, so unknown names collapse into one label.
+pub type CommandId = u16;
+pub const UNKNOWN: CommandId = u16::MAX;
+
+/// What keygate does with a command. Every command has exactly one policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Sent to the backend unchanged.
+    Forward,
+    /// Answered by keygate: the command touches connection state that must not reach a backend
+    /// connection shared with other clients.
+    Local,
+    /// Refused with this reason.
+    Refuse(&'static str),
+}
+
+const NEEDS_PINNED: &str =
+    "needs a dedicated backend connection, which keygate does not offer yet (transactions, blocking commands and pub/sub are planned)";
+const CONNECTION_STATE: &str =
+    "would change the state of a backend connection shared with other clients";
+
+/// keygate's treatment of a command, by name (subcommands as `container|sub`).
+fn policy(spec: &Spec) -> Policy {
+    match spec.name {
+        "ping" | "echo" | "quit" | "select" | "auth" | "hello" | "reset" => Policy::Local,
+        // CLIENT acts on the connection: keygate answers it, refusing the subcommands that would
+        // act on shared backend connections (see session::local).
+        "client" => Policy::Local,
+        name if name.starts_with("client|") => Policy::Local,
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => Policy::Refuse(NEEDS_PINNED),
+        "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe"
+        | "sunsubscribe" => Policy::Refuse(NEEDS_PINNED),
+        "monitor" | "sync" | "psync" | "replconf" => Policy::Refuse(NEEDS_PINNED),
+        // XREAD/XREADGROUP block only with BLOCK; `Command::parse` refines them.
+        "xread" | "xreadgroup" => Policy::Forward,
+        "wait" | "waitaof" => Policy::Refuse(NEEDS_PINNED),
+        "readonly" | "readwrite" | "asking" => Policy::Refuse(CONNECTION_STATE),
+        _ if spec.has(flags::BLOCKING) => Policy::Refuse(NEEDS_PINNED),
+        _ => Policy::Forward,
+    }
+}
+
+/// Find a command (or `container|sub`) by its lower-case name.
+pub fn lookup(lower: &[u8]) -> Option<usize> {
+    COMMANDS
+        .binary_search_by(|spec| spec.name.as_bytes().cmp(lower))
+        .ok()
+}
+
+/// A client request, its command identified.
+#[derive(Debug)]
+pub struct Command {
+    pub args: Vec<Bytes>,
+    /// The top-level command, for metrics; `UNKNOWN` if Redis does not know it.
+    pub id: CommandId,
+    /// The command or subcommand spec that decides policy and arity; `None` if unknown.
+    pub spec: Option<&'static Spec>,
+    pub policy: Policy,
+}
+
+impl Command {
+    /// Identify a request. Never fails: unknown commands are `Command`s with no spec, answered
+    /// with Redis's "unknown command" error by the caller.
+    pub fn parse(args: Vec<Bytes>) -> Command {
+        let mut name = [0u8; 32];
+        let Some(id) = lower_into(&args[0], &mut name).and_then(lookup) else {
+            return Command {
+                args,
+                id: UNKNOWN,
+                spec: None,
+                policy: Policy::Forward,
+            };
+        };
+        let mut spec = &COMMANDS[id];
+        // Container commands (CLIENT, CONFIG, ...) have arity -2 and subcommands in the table.
+        if args.len() >= 2 && spec.arity == -2 {
+            let mut full = [0u8; 64];
+            let n = spec.name.len();
+            full[..n].copy_from_slice(spec.name.as_bytes());
+            full[n] = b'|';
+            let sub_len = lower_into(&args[1], &mut full[n + 1..]).map(|sub| sub.len());
+            if let Some(sub_len) = sub_len {
+                if let Some(sub_id) = lookup(&full[..n + 1 + sub_len]) {
+                    spec = &COMMANDS[sub_id];
+                }
+            }
+        }
+        let mut policy = policy(spec);
+        if matches!(spec.name, "xread" | "xreadgroup") && has_block_option(&args) {
+            policy = Policy::Refuse(NEEDS_PINNED);
+        }
+        Command {
+            args,
+            id: id as CommandId,
+            spec: Some(spec),
+            policy,
+        }
+    }
+
+    /// The top-level command's name, lower case, or "unknown".
+    pub fn name(&self) -> &'static str {
+        name_of(self.id)
+    }
+
+    /// The subcommand argument, lower-cased, if there is one.
+    pub fn sub_lower(&self) -> Option<String> {
+        self.args
+            .get(1)
+            .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+    }
+}
+
+/// Metric label for a command id.
+pub fn name_of(id: CommandId) -> &'static str {
+    if id == UNKNOWN {
+        "unknown"
+    } else {
+        COMMANDS[id as usize].name
+    }
+}
+
+/// Lower-case `name` into `out`, returning the written part; `None` if it does not fit (no
+/// Redis command name is that long).
+fn lower_into<'a>(name: &[u8], out: &'a mut [u8]) -> Option<&'a [u8]> {
+    let out = out.get_mut(..name.len())?;
+    for (o, c) in out.iter_mut().zip(name) {
+        *o = c.to_ascii_lowercase();
+    }
+    Some(out)
+}
+
+/// XREAD/XREADGROUP: is there a BLOCK option before STREAMS?
+fn has_block_option(args: &[Bytes]) -> bool {
+    for arg in &args[1..] {
+        if arg.eq_ignore_ascii_case(b"streams") {
+            return false;
+        }
+        if arg.eq_ignore_ascii_case(b"block") {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(args: &[&str]) -> Command {
+        Command::parse(
+            args.iter()
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn table_is_sorted_and_complete() {
+        assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(COMMANDS.len() > 200);
+        assert!(COMMANDS.len() < UNKNOWN as usize);
+    }
+
+    #[test]
+    fn lookups_are_case_insensitive_and_find_subcommands() {
+        let c = cmd(&["gEt", "k"]);
+        assert_eq!(c.name(), "get");
+        assert_eq!(c.policy, Policy::Forward);
+        let c = cmd(&["CLIENT", "SetName", "x"]);
+        assert_eq!(c.name(), "client");
+        assert_eq!(c.spec.unwrap().name, "client|setname");
+        assert_eq!(c.policy, Policy::Local);
+        assert_eq!(cmd(&["nosuchcommand"]).id, UNKNOWN);
+        assert_eq!(cmd(&["x".repeat(100).as_str()]).id, UNKNOWN);
+    }
+
+    #[test]
+    fn stateful_commands_are_refused() {
+        for args in [
+            &["multi"][..],
+            &["blpop", "k", "0"],
+            &["subscribe", "c"],
+            &["xread", "block", "0", "streams", "s", "$"],
+            &["wait", "1", "0"],
+        ] {
+            assert!(
+                matches!(cmd(args).policy, Policy::Refuse(_)),
+                "{args:?} should be refused"
+            );
+        }
+        assert_eq!(
+            cmd(&["xread", "count", "1", "streams", "block", "0"]).policy,
+            Policy::Forward
+        );
+    }
+
+    #[test]
+    fn arity_follows_redis() {
+        let get = &COMMANDS[lookup(b"get").unwrap()];
+        assert!(get.arity_ok(2));
+        assert!(!get.arity_ok(3));
+        let del = &COMMANDS[lookup(b"del").unwrap()];
+        assert!(!del.arity_ok(1));
+        assert!(del.arity_ok(5));
+    }
+}

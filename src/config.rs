@@ -1,0 +1,394 @@
+//! The configuration file: its TOML shape (unknown keys refused, durations and sizes written with
+//! units), validated once at load into a `Config` the rest of keygate can trust.
+//!
+//! Every error names the file, the key and the reason, e.g.
+//! `proxy.toml: upstream.connect_timeout: invalid duration "5": expected number and unit`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Runtime worker threads; 0 means one per CPU keygate may run on.
+    pub threads: usize,
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
+    pub drain_timeout: Duration,
+    pub upstream: Upstream,
+    pub admin: Option<Admin>,
+    pub limits: Limits,
+    pub log: Log,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub kind: UpstreamKind,
+    /// `host:port` of each server.
+    pub servers: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub connections_per_server: usize,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamKind {
+    Standalone,
+}
+
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_clients: usize,
+    pub max_request_bytes: usize,
+    pub max_request_args: usize,
+    pub max_pipeline: usize,
+    pub max_reply_depth: usize,
+    /// Close client connections idle this long; `None`: never.
+    pub client_idle_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Log {
+    /// A tracing filter (`info`, `keygate=debug`, ...); RUST_LOG overrides it.
+    pub level: String,
+    pub json: bool,
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- the file's shape -----------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: String,
+    #[serde(default)]
+    threads: usize,
+    #[serde(default = "default_drain", deserialize_with = "duration")]
+    drain_timeout: Duration,
+    upstream: UpstreamFile,
+    admin: Option<AdminFile>,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    log: LogFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    kind: String,
+    servers: Vec<String>,
+    username: Option<String>,
+    password: Option<String>,
+    #[serde(default = "one")]
+    connections_per_server: usize,
+    #[serde(default = "default_connect", deserialize_with = "duration")]
+    connect_timeout: Duration,
+    #[serde(default = "default_request", deserialize_with = "duration")]
+    request_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminFile {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsFile {
+    max_clients: usize,
+    #[serde(deserialize_with = "size")]
+    max_request_bytes: usize,
+    max_request_args: usize,
+    max_pipeline: usize,
+    max_reply_depth: usize,
+    #[serde(deserialize_with = "duration")]
+    client_idle_timeout: Duration,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_clients: 10_000,
+            max_request_bytes: 512 * 1024 * 1024,
+            max_request_args: 1024 * 1024,
+            max_pipeline: 1024,
+            max_reply_depth: 512,
+            client_idle_timeout: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LogFile {
+    level: String,
+    format: String,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_request() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// A duration written with its unit: "500ms", "2s", "1m 30s".
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| de::Error::custom(format!("invalid duration {text:?}: {e} (write e.g. \"500ms\" or \"2s\")")))
+}
+
+/// A size in bytes: a whole number, or a string with a unit ("512MiB", "64KiB", "1GB").
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(usize),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(text) => parse_size(&text).ok_or_else(|| {
+            de::Error::custom(format!(
+                "invalid size {text:?} (write a number of bytes, or e.g. \"64KiB\", \"512MiB\")"
+            ))
+        }),
+    }
+}
+
+fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: usize = digits.parse().ok()?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "kb" | "k" => 1 << 10,
+        "MiB" | "MB" | "mb" | "m" => 1 << 20,
+        "GiB" | "GB" | "gb" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+// ---- loading and validation -----------------------------------------------------------------
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parse and validate config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let fail = |key: &str, reason: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        let de = toml::Deserializer::new(text);
+        let raw: File = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let mut reason = inner.message().to_string();
+            if let Some(span) = inner.span() {
+                let line = text[..span.start].matches('\n').count() + 1;
+                reason = format!("{reason} (line {line})");
+            }
+            fail(if key == "." { "" } else { &key }, reason)
+        })?;
+
+        let listen = socket_addr(&raw.listen).map_err(|r| fail("listen", r))?;
+        let kind = match raw.upstream.kind.as_str() {
+            "standalone" => UpstreamKind::Standalone,
+            "ketama" | "cluster" | "sentinel" => {
+                return Err(fail(
+                    "upstream.kind",
+                    format!(
+                        "kind {:?} is not supported yet; this build supports \"standalone\"",
+                        raw.upstream.kind
+                    ),
+                ))
+            }
+            other => {
+                return Err(fail(
+                    "upstream.kind",
+                    format!("unknown kind {other:?}; expected \"standalone\""),
+                ))
+            }
+        };
+        if raw.upstream.servers.is_empty() {
+            return Err(fail("upstream.servers", "the server list is empty".into()));
+        }
+        for (i, server) in raw.upstream.servers.iter().enumerate() {
+            host_port(server).map_err(|r| fail(&format!("upstream.servers[{i}]"), r))?;
+        }
+        if kind == UpstreamKind::Standalone && raw.upstream.servers.len() != 1 {
+            return Err(fail(
+                "upstream.servers",
+                format!(
+                    "kind \"standalone\" takes exactly one server, got {}",
+                    raw.upstream.servers.len()
+                ),
+            ));
+        }
+        if raw.upstream.username.is_some() && raw.upstream.password.is_none() {
+            return Err(fail(
+                "upstream.username",
+                "a username needs a password".into(),
+            ));
+        }
+        positive(raw.upstream.connections_per_server, 1024)
+            .map_err(|r| fail("upstream.connections_per_server", r))?;
+        nonzero_duration(raw.upstream.connect_timeout)
+            .map_err(|r| fail("upstream.connect_timeout", r))?;
+        nonzero_duration(raw.upstream.request_timeout)
+            .map_err(|r| fail("upstream.request_timeout", r))?;
+        let admin = match raw.admin {
+            Some(a) => Some(Admin {
+                listen: socket_addr(&a.listen).map_err(|r| fail("admin.listen", r))?,
+            }),
+            None => None,
+        };
+        let l = raw.limits;
+        positive(l.max_clients, 1_000_000)
+            .map_err(|r| fail("limits.max_clients", r))?;
+        positive(l.max_request_bytes, 1 << 32)
+            .map_err(|r| fail("limits.max_request_bytes", r))?;
+        positive(l.max_request_args, i32::MAX as usize)
+            .map_err(|r| fail("limits.max_request_args", r))?;
+        positive(l.max_pipeline, 1_000_000)
+            .map_err(|r| fail("limits.max_pipeline", r))?;
+        positive(l.max_reply_depth, 100_000)
+            .map_err(|r| fail("limits.max_reply_depth", r))?;
+        let json = match raw.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(fail(
+                    "log.format",
+                    format!("unknown format {other:?}; expected \"text\" or \"json\""),
+                ))
+            }
+        };
+        tracing_subscriber::EnvFilter::try_new(&raw.log.level)
+            .map_err(|e| fail("log.level", format!("invalid filter {:?}: {e}", raw.log.level)))?;
+
+        Ok(Config {
+            listen,
+            threads: raw.threads,
+            drain_timeout: raw.drain_timeout,
+            upstream: Upstream {
+                kind,
+                servers: raw.upstream.servers,
+                username: raw.upstream.username,
+                password: raw.upstream.password,
+                connections_per_server: raw.upstream.connections_per_server,
+                connect_timeout: raw.upstream.connect_timeout,
+                request_timeout: raw.upstream.request_timeout,
+            },
+            admin,
+            limits: Limits {
+                max_clients: l.max_clients,
+                max_request_bytes: l.max_request_bytes,
+                max_request_args: l.max_request_args,
+                max_pipeline: l.max_pipeline,
+                max_reply_depth: l.max_reply_depth,
+                client_idle_timeout: (!l.client_idle_timeout.is_zero())
+                    .then_some(l.client_idle_timeout),
+            },
+            log: Log {
+                level: raw.log.level,
+                json,
+            },
+        })
+    }
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("invalid address {text:?}: expected ip:port, e.g. \"127.0.0.1:6380\""))
+}
+
+/// `host:port`, host a name or an address (IPv6 in brackets).
+fn host_port(text: &str) -> Result<(), String> {
+    let bad = || format!("invalid server {text:?}: expected host:port, e.g. \"127.0.0.1:6379\"");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn positive(n: usize, max: usize) -> Result<(), String> {
+    if n == 0 || n > max {
+        return Err(format!("must be between 1 and {max}, got {n}"));
+    }
+    Ok(())
+}
+
+fn nonzero_duration(d: Duration) -> Result<(), String> {
+    if d.is_zero() {
+        return Err("must be longer than 0s".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

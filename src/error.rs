@@ -1,0 +1,140 @@
+//! The one error type of the request path. `to_reply()` holds every error text a client can
+//! receive from keygate itself; `is_backend()` tells failures of a backend (which later count
+//! against its circuit breaker) from the client's own mistakes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::resp;
+
+#[derive(Clone, Debug)]
+pub enum Error {
+    /// The client broke the protocol; the connection is closed after this reply.
+    Protocol(String),
+    /// Redis 7 has no command of this name.
+    UnknownCommand { args: Vec<Bytes> },
+    /// The container command (CLIENT, ...) has no such subcommand, or keygate offers none.
+    UnknownSubcommand { container: &'static str, sub: Bytes },
+    /// Arity check failed; carries Redis's full command name (`client|setname`).
+    WrongArity(&'static str),
+    /// keygate does not offer this command; the reason says why.
+    Refused { command: String, reason: &'static str },
+    /// A plain `ERR` reply with this text (arguments of keygate's own commands).
+    Invalid(&'static str),
+    /// `ERR <what> '<option>'`: an option keygate's own commands do not take.
+    InvalidOption { what: &'static str, option: Bytes },
+    /// A reply with its own error code, e.g. `WRONGPASS ...`, `NOPROTO ...`.
+    Coded(&'static str),
+    /// The backend is not connected (down, refused, or reconnecting).
+    BackendDown { addr: Arc<str>, reason: Arc<str> },
+    /// The backend did not answer within the request timeout.
+    BackendTimeout { addr: Arc<str>, after: std::time::Duration },
+    /// The backend connection broke while this request was in flight.
+    BackendLost { addr: Arc<str>, reason: Arc<str> },
+    /// The backend's reply nests deeper than keygate forwards.
+    ReplyTooDeep { depth: usize },
+}
+
+impl Error {
+    /// The RESP error reply for this error.
+    pub fn to_reply(&self) -> Bytes {
+        let text = match self {
+            Error::Protocol(what) => format!("ERR Protocol error: {what}"),
+            Error::UnknownCommand { args } => {
+                // Redis's own text, so clients and their tests see what they expect.
+                let mut preview = String::new();
+                for arg in &args[1..] {
+                    if preview.len() >= 128 {
+                        break;
+                    }
+                    let room = 128 - preview.len();
+                    let shown = &arg[..arg.len().min(room)];
+                    preview.push_str(&format!("'{}' ", String::from_utf8_lossy(shown)));
+                }
+                let name = &args[0][..args[0].len().min(128)];
+                format!(
+                    "ERR unknown command '{}', with args beginning with: {preview}",
+                    String::from_utf8_lossy(name)
+                )
+            }
+            Error::UnknownSubcommand { container, sub } => format!(
+                "ERR unknown subcommand '{}'. Try {} HELP.",
+                String::from_utf8_lossy(&sub[..sub.len().min(128)]),
+                container.to_ascii_uppercase()
+            ),
+            Error::WrongArity(name) => {
+                format!("ERR wrong number of arguments for '{name}' command")
+            }
+            Error::Refused { command, reason } => {
+                format!("ERR '{command}' is not available through keygate: it {reason}")
+            }
+            Error::Invalid(text) => format!("ERR {text}"),
+            Error::InvalidOption { what, option } => format!(
+                "ERR {what} '{}'",
+                String::from_utf8_lossy(&option[..option.len().min(128)])
+            ),
+            Error::Coded(text) => (*text).to_string(),
+            Error::BackendDown { addr, reason } => {
+                format!("ERR keygate: backend {addr} is unavailable ({reason})")
+            }
+            Error::BackendTimeout { addr, after } => format!(
+                "ERR keygate: backend {addr} did not answer within {}",
+                humantime::format_duration(*after)
+            ),
+            Error::BackendLost { addr, reason } => {
+                format!("ERR keygate: connection to backend {addr} lost ({reason})")
+            }
+            Error::ReplyTooDeep { depth } => format!(
+                "ERR keygate: the reply nests deeper than {depth} levels and was not forwarded"
+            ),
+        };
+        resp::error(&text)
+    }
+
+    /// A failure of the backend rather than of the request.
+    pub fn is_backend(&self) -> bool {
+        matches!(
+            self,
+            Error::BackendDown { .. } | Error::BackendTimeout { .. } | Error::BackendLost { .. }
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reply = self.to_reply();
+        f.write_str(String::from_utf8_lossy(&reply[1..reply.len() - 2]).as_ref())
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_match_redis() {
+        let e = Error::UnknownCommand {
+            args: vec![Bytes::from_static(b"foo"), Bytes::from_static(b"a\r\nb")],
+        };
+        assert_eq!(
+            &e.to_reply()[..],
+            b"-ERR unknown command 'foo', with args beginning with: 'a  b' \r\n"
+        );
+        assert_eq!(
+            &Error::WrongArity("get").to_reply()[..],
+            b"-ERR wrong number of arguments for 'get' command\r\n"
+        );
+        let e = Error::UnknownSubcommand {
+            container: "client",
+            sub: Bytes::from_static(b"maint_notifications"),
+        };
+        assert_eq!(
+            &e.to_reply()[..],
+            b"-ERR unknown subcommand 'maint_notifications'. Try CLIENT HELP.\r\n"
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! keygate: a Redis-protocol proxy.
+//!
+//! The modules, in the order a request travels through them:
+//!
+//! - `config`: the TOML file's shape, validated once into a `Config`.
+//! - `server`: the accept loop, the client limit, graceful shutdown.
+//! - `session`: one client: read requests, keep up to N in flight, write replies in order;
+//!   answers the commands that touch connection state itself.
+//! - `resp`: the wire format without I/O: request decoder, reply scanner, encoders.
+//! - `command`: ONE command table (generated from Redis) and keygate's policy for each command.
+//! - `route`: pure planning of where a command goes.
+//! - `topology`: the backends, one snapshot behind one `ArcSwap`.
+//! - `backend`: per server, a pool of pipelined connections with FIFO reply matching.
+//! - `write_queue`: batched, zero-copy socket writes for both sides.
+//! - `admin`, `metrics`: /health, /ready, /metrics.
+//! - `error`: the one error enum; every client-facing error text.
+//!
+//! Everything from `resp` to `route` does no I/O, so it is unit-tested, benchmarked and fuzzed
+//! without sockets.
+//!
+//! Invariants:
+//! 1. Replies leave in request order, always, and only to the request they answer: a desync in a
+//!    multiplexing proxy would leak one client's data to another.
+//! 2. Every error that does not close the connection becomes exactly one RESP error reply.
+//! 3. No connection state (database, name, reply mode, auth) reaches a shared backend connection.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod backend;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod resp;
+pub mod route;
+pub mod server;
+pub mod session;
+pub mod topology;
+pub mod write_queue;

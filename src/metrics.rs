@@ -1,0 +1,131 @@
+//! Counters for /metrics, kept as plain atomics indexed by command id.
+//!
+//! Why not a metrics crate: the hot path bumps two counters per request, and a labelled family
+//! behind a lock and a hash map costs more than the rest of routing a GET. Command ids are dense
+//! indices into the one command table, so a fixed array of atomics is both exact and free of
+//! locks, and label cardinality is bounded by the table (unknown names share one label).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::command::{self, CommandId, COMMANDS, UNKNOWN};
+use crate::topology::Topology;
+
+pub struct Metrics {
+    /// Per command id; the last slot is for unknown commands.
+    requests: Box<[AtomicU64]>,
+    errors: Box<[AtomicU64]>,
+    pub clients_connected: AtomicU64,
+    pub clients_accepted: AtomicU64,
+    pub clients_rejected: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let slots = || (0..=COMMANDS.len()).map(|_| AtomicU64::new(0)).collect();
+        Metrics {
+            requests: slots(),
+            errors: slots(),
+            clients_connected: AtomicU64::new(0),
+            clients_accepted: AtomicU64::new(0),
+            clients_rejected: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+fn slot(id: CommandId) -> usize {
+    if id == UNKNOWN {
+        COMMANDS.len()
+    } else {
+        id as usize
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, id: CommandId) {
+        self.requests[slot(id)].fetch_add(1, Relaxed);
+    }
+
+    pub fn error(&self, id: CommandId) {
+        self.errors[slot(id)].fetch_add(1, Relaxed);
+    }
+
+    /// Requests counted for a command so far.
+    pub fn requests_of(&self, id: CommandId) -> u64 {
+        self.requests[slot(id)].load(Relaxed)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, topology: &Topology) -> String {
+        let mut out = String::with_capacity(4096);
+        let per_command = |out: &mut String, name: &str, help: &str, values: &[AtomicU64]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, v) in values.iter().enumerate() {
+                let v = v.load(Relaxed);
+                if v > 0 {
+                    let id = if i == COMMANDS.len() { UNKNOWN } else { i as CommandId };
+                    let _ = writeln!(out, "{name}{{command=\"{}\"}} {v}", command::name_of(id));
+                }
+            }
+        };
+        per_command(
+            &mut out,
+            "keygate_requests_total",
+            "Requests received, by command (unknown names counted as \"unknown\").",
+            &self.requests,
+        );
+        per_command(
+            &mut out,
+            "keygate_request_errors_total",
+            "Error replies sent, by command (keygate's own and the backend's).",
+            &self.errors,
+        );
+        let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "keygate_client_connections",
+            "gauge",
+            "Client connections open now.",
+            self.clients_connected.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_client_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            self.clients_accepted.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_client_connections_rejected_total",
+            "counter",
+            "Client connections refused because max_clients was reached.",
+            self.clients_rejected.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_client_protocol_errors_total",
+            "counter",
+            "Client connections closed for a protocol error.",
+            self.protocol_errors.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_backend_connections Backend connections established now, by server.\n\
+             # TYPE keygate_backend_connections gauge"
+        );
+        for backend in &topology.backends {
+            let _ = writeln!(
+                out,
+                "keygate_backend_connections{{server=\"{}\"}} {}",
+                backend.addr,
+                backend.connections_up()
+            );
+        }
+        out
+    }
+}

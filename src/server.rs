@@ -1,0 +1,136 @@
+//! The listening side: bind, accept clients up to `max_clients`, and shut down gracefully.
+//!
+//! Shutdown (SIGINT/SIGTERM in the binary, a cancelled token in tests): stop accepting, tell every
+//! session to stop reading and finish what it has in flight, wait up to `drain_timeout` for them,
+//! then return.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::session;
+use crate::topology::Topology;
+
+/// What every session shares.
+pub struct Proxy {
+    pub config: Config,
+    pub topology: ArcSwap<Topology>,
+    pub metrics: Metrics,
+    next_client_id: AtomicU64,
+}
+
+/// A bound, not yet running proxy.
+pub struct Server {
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    proxy: Arc<Proxy>,
+}
+
+impl Server {
+    /// Bind the client and admin ports and start connecting to the backends. Must be called
+    /// inside a tokio runtime.
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let admin = match &config.admin {
+            Some(a) => Some(TcpListener::bind(a.listen).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot listen on {} (admin): {e}", a.listen))
+            })?),
+            None => None,
+        };
+        let topology = Topology::start(&config);
+        let proxy = Arc::new(Proxy {
+            config,
+            topology: ArcSwap::from_pointee(topology),
+            metrics: Metrics::default(),
+            next_client_id: AtomicU64::new(1),
+        });
+        Ok(Server {
+            listener,
+            admin,
+            proxy,
+        })
+    }
+
+    /// The address clients connect to (useful when `listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// The admin HTTP address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn proxy(&self) -> Arc<Proxy> {
+        self.proxy.clone()
+    }
+
+    /// Serve until `shutdown` is cancelled, then drain.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Server {
+            listener,
+            admin,
+            proxy,
+        } = self;
+        info!(listen = %proxy.config.listen, "keygate listening");
+        if let Some(admin) = admin {
+            tokio::spawn(admin::serve(admin, proxy.clone(), shutdown.clone()));
+        }
+        let sessions = TaskTracker::new();
+        let max_clients = proxy.config.limits.max_clients;
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little, keep serving.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            if sessions.len() >= max_clients {
+                proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
+                tokio::spawn(reject(stream));
+                continue;
+            }
+            let id = proxy.next_client_id.fetch_add(1, Relaxed);
+            let proxy = proxy.clone();
+            let shutdown = shutdown.clone();
+            sessions.spawn(async move {
+                proxy.metrics.clients_accepted.fetch_add(1, Relaxed);
+                proxy.metrics.clients_connected.fetch_add(1, Relaxed);
+                session::run(proxy.clone(), stream, id, shutdown).await;
+                proxy.metrics.clients_connected.fetch_sub(1, Relaxed);
+            });
+        }
+        drop(listener);
+        sessions.close();
+        let drain = proxy.config.drain_timeout;
+        info!(clients = sessions.len(), timeout = ?drain, "shutting down: draining clients");
+        if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
+            warn!(clients = sessions.len(), "drain timeout reached; closing remaining clients");
+        }
+        info!("keygate stopped");
+    }
+}
+
+/// Tell a client over `max_clients` why, as Redis does, and close.
+async fn reject(mut stream: TcpStream) {
+    let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+}

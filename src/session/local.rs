@@ -1,0 +1,237 @@
+//! The commands keygate answers itself, because they read or change connection state and the
+//! backend connection is shared: PING, ECHO, QUIT, SELECT, AUTH, HELLO, RESET and CLIENT.
+//! Their replies follow Redis 7's texts, so clients behave exactly as they do against Redis.
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Handled, Session};
+use crate::command::{self, Command};
+use crate::error::Error;
+use crate::resp;
+
+const NOT_INTEGER: &str = "value is not an integer or out of range";
+const BAD_NAME: &str = "Client names cannot contain spaces, newlines or special characters.";
+
+impl Session {
+    pub(super) fn local(&mut self, cmd: &Command) -> Result<Handled, Error> {
+        let args = &cmd.args;
+        match cmd.name() {
+            "ping" => match args.len() {
+                1 => Handled::ready(resp::simple("PONG")),
+                2 => Handled::ready(resp::bulk(Some(&args[1]))),
+                _ => Err(Error::WrongArity("ping")),
+            },
+            "echo" => Handled::ready(resp::bulk(Some(&args[1]))),
+            "quit" => {
+                self.closing = true;
+                Handled::ready(resp::simple("OK"))
+            }
+            "select" => match resp::parse_int(&args[1]) {
+                Some(0) => Handled::ready(resp::simple("OK")),
+                Some(_) => Err(Error::Invalid(
+                    "keygate serves database 0 only; SELECT of another database is not supported",
+                )),
+                None => Err(Error::Invalid(NOT_INTEGER)),
+            },
+            "auth" => self.auth(&args[1..]).and_then(|()| Handled::ready(resp::simple("OK"))),
+            "hello" => self.hello(&args[1..]),
+            "reset" => {
+                self.name = None;
+                self.replies_off = false;
+                self.skip_next = false;
+                Handled::ready(resp::simple("RESET"))
+            }
+            "client" => self.client(cmd),
+            other => unreachable!("{other} has no local handler"),
+        }
+    }
+
+    /// AUTH as Redis answers it with no password configured for the default user: keygate has no
+    /// client credentials of its own yet (tenants bring them).
+    fn auth(&mut self, args: &[Bytes]) -> Result<(), Error> {
+        match args {
+            [_password] => Err(Error::Invalid(
+                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            )),
+            [user, _password] if user.eq_ignore_ascii_case(b"default") => Ok(()),
+            [_, _] => Err(Error::Coded(
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            )),
+            _ => Err(Error::Invalid("syntax error")),
+        }
+    }
+
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only for now, so HELLO 3 gets
+    /// -NOPROTO and clients fall back to RESP2.
+    fn hello(&mut self, args: &[Bytes]) -> Result<Handled, Error> {
+        if let Some(version) = args.first() {
+            match resp::parse_int(version) {
+                Some(2) => {}
+                Some(_) => {
+                    return Err(Error::Coded(
+                        "NOPROTO sorry, this protocol version is not supported.",
+                    ))
+                }
+                None => {
+                    return Err(Error::Invalid(
+                        "Protocol version is not an integer or out of range",
+                    ))
+                }
+            }
+        }
+        let mut name = None;
+        let mut i = 1;
+        while i < args.len() {
+            let more = args.len() - i - 1;
+            if args[i].eq_ignore_ascii_case(b"auth") && more >= 2 {
+                self.auth(&args[i + 1..i + 3])?;
+                i += 3;
+            } else if args[i].eq_ignore_ascii_case(b"setname") && more >= 1 {
+                name = Some(valid_name(&args[i + 1])?);
+                i += 2;
+            } else {
+                return Err(Error::InvalidOption {
+                    what: "Syntax error in HELLO option",
+                    option: args[i].clone(),
+                });
+            }
+        }
+        if let Some(name) = name {
+            self.name = name;
+        }
+        let mut out = BytesMut::new();
+        resp::put_header(&mut out, b'*', 14);
+        let text = |out: &mut BytesMut, s: &str| resp::put_bulk(out, Some(s.as_bytes()));
+        text(&mut out, "server");
+        text(&mut out, "keygate");
+        text(&mut out, "version");
+        text(&mut out, command::REDIS_VERSION);
+        text(&mut out, "proto");
+        resp::put_header(&mut out, b':', 2);
+        text(&mut out, "id");
+        resp::put_header(&mut out, b':', self.id as i64);
+        text(&mut out, "mode");
+        text(&mut out, "standalone");
+        text(&mut out, "role");
+        text(&mut out, "master");
+        text(&mut out, "modules");
+        resp::put_header(&mut out, b'*', 0);
+        Handled::ready(out.freeze())
+    }
+
+    fn client(&mut self, cmd: &Command) -> Result<Handled, Error> {
+        let args = &cmd.args;
+        let sub = cmd.sub_lower().unwrap_or_default();
+        let arity = |n: usize, name: &'static str| {
+            if args.len() == n {
+                Ok(())
+            } else {
+                Err(Error::WrongArity(name))
+            }
+        };
+        match sub.as_str() {
+            "id" => Handled::ready(resp::integer(self.id as i64)),
+            "getname" => Handled::ready(resp::bulk(self.name.as_deref())),
+            "setname" => {
+                self.name = valid_name(&args[2])?;
+                Handled::ready(resp::simple("OK"))
+            }
+            "setinfo" => {
+                // Redis 7.2's CLIENT SETINFO; Redis 7.0's table lacks it, so check arity here.
+                arity(4, "client|setinfo")?;
+                let value = valid_name(&args[3])?;
+                if args[2].eq_ignore_ascii_case(b"lib-name") {
+                    self.lib_name = value;
+                } else if args[2].eq_ignore_ascii_case(b"lib-ver") {
+                    self.lib_ver = value;
+                } else {
+                    return Err(Error::InvalidOption {
+                        what: "Unrecognized option",
+                        option: args[2].clone(),
+                    });
+                }
+                Handled::ready(resp::simple("OK"))
+            }
+            "info" => Handled::ready(resp::bulk(Some(self.info_line().as_bytes()))),
+            "reply" => {
+                let mode = &args[2];
+                if mode.eq_ignore_ascii_case(b"on") {
+                    self.replies_off = false;
+                    Handled::ready(resp::simple("OK"))
+                } else if mode.eq_ignore_ascii_case(b"off") {
+                    self.replies_off = true;
+                    Ok(Handled::quiet())
+                } else if mode.eq_ignore_ascii_case(b"skip") {
+                    self.skip_next = true;
+                    Ok(Handled::quiet())
+                } else {
+                    Err(Error::Invalid("syntax error"))
+                }
+            }
+            "help" => {
+                let lines = [
+                    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands keygate answers:",
+                    "ID", "    Return the ID of the current connection.",
+                    "GETNAME", "    Return the name of the current connection.",
+                    "SETNAME <connection-name>", "    Assign the name <connection-name> to the current connection.",
+                    "SETINFO <LIB-NAME|LIB-VER> <value>", "    Set client library name or version.",
+                    "INFO", "    Return information about the current client connection.",
+                    "REPLY (ON|OFF|SKIP)", "    Control the replies sent to the current connection.",
+                    "HELP", "    Print this help.",
+                ];
+                let mut out = BytesMut::new();
+                resp::put_header(&mut out, b'*', lines.len() as i64);
+                for line in lines {
+                    out.extend_from_slice(&resp::simple(line));
+                }
+                Handled::ready(out.freeze())
+            }
+            _ if cmd.spec.is_some_and(|s| s.name != "client") => Err(Error::Refused {
+                command: format!("CLIENT {}", sub.to_ascii_uppercase()),
+                reason: "would act on keygate's backend connections, which are shared by many clients, not on yours",
+            }),
+            _ => Err(Error::UnknownSubcommand {
+                container: "client",
+                sub: args[1].clone(),
+            }),
+        }
+    }
+
+    /// This connection in CLIENT INFO's format, with keygate's view of it.
+    fn info_line(&self) -> String {
+        let show = |b: &Option<Bytes>| {
+            b.as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        format!(
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp=2 lib-name={} lib-ver={}\n",
+            self.id,
+            self.peer,
+            self.local,
+            show(&self.name),
+            self.since.elapsed().as_secs(),
+            show(&self.lib_name),
+            show(&self.lib_ver),
+        )
+    }
+}
+
+impl Handled {
+    /// No reply at all (CLIENT REPLY OFF/SKIP answer nothing).
+    fn quiet() -> Self {
+        Handled {
+            reply: super::Reply::Ready(Bytes::new()),
+            quiet: true,
+        }
+    }
+}
+
+/// A connection name or library string as Redis accepts them: printable ASCII without spaces.
+/// An empty name clears it.
+fn valid_name(name: &Bytes) -> Result<Option<Bytes>, Error> {
+    if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+        return Err(Error::Invalid(BAD_NAME));
+    }
+    Ok((!name.is_empty()).then(|| name.clone()))
+}

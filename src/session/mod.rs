@@ -1,0 +1,280 @@
+//! One client connection: read requests, keep up to `max_pipeline` of them in flight, write the
+//! replies in request order.
+//!
+//! Each decoded request becomes a `Slot` at the back of a queue: either a reply keygate already
+//! has (its own commands, errors) or a receiver for the backend's reply. Replies leave from the
+//! front only, so they go out in request order whatever order backends answer in, and a reply can
+//! only ever reach the request it was produced for.
+//!
+//! Reading stops while `max_pipeline` requests are pending or too much output is waiting for a
+//! client that does not read: memory per client stays bounded. After QUIT, a protocol error or
+//! shutdown, the session stops reading, delivers what is pending, and closes.
+
+mod local;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{self, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::backend::ReplyResult;
+use crate::command::{Command, CommandId, Policy, UNKNOWN};
+use crate::error::Error;
+use crate::resp::request::{Decoder, Limits};
+use crate::route::{self, Plan};
+use crate::server::Proxy;
+use crate::write_queue::WriteQueue;
+
+/// Stop reading requests while this much output waits for the client.
+const OUTPUT_HIGH_WATER: usize = 1024 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A reply, or the promise of one.
+enum Reply {
+    Ready(Bytes),
+    Backend(oneshot::Receiver<ReplyResult>),
+}
+
+/// One request's place in the reply order.
+struct Slot {
+    reply: Reply,
+    command: CommandId,
+    /// Suppressed by CLIENT REPLY OFF/SKIP.
+    silent: bool,
+}
+
+/// The connection state keygate keeps for a client, in place of the backend's.
+struct Session {
+    proxy: Arc<Proxy>,
+    id: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+    since: Instant,
+    name: Option<Bytes>,
+    lib_name: Option<Bytes>,
+    lib_ver: Option<Bytes>,
+    /// CLIENT REPLY OFF is in force.
+    replies_off: bool,
+    /// CLIENT REPLY SKIP: the next command's reply is dropped.
+    skip_next: bool,
+    /// Stop reading; close once everything pending is written.
+    closing: bool,
+}
+
+/// Serve one client until it leaves, breaks the protocol, or `shutdown` is cancelled.
+pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: CancellationToken) {
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let limits = &proxy.config.limits;
+    let max_pipeline = limits.max_pipeline;
+    let idle_timeout = limits.client_idle_timeout;
+    let mut decoder = Decoder::new(Limits {
+        max_bulk: limits.max_request_bytes,
+        max_args: limits.max_request_args,
+    });
+    let mut session = Session {
+        proxy: proxy.clone(),
+        id,
+        peer,
+        local,
+        since: Instant::now(),
+        name: None,
+        lib_name: None,
+        lib_ver: None,
+        replies_off: false,
+        skip_next: false,
+        closing: false,
+    };
+    let (mut rd, mut wr) = stream.split();
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut pending: VecDeque<Slot> = VecDeque::new();
+    let mut out = WriteQueue::new();
+    let idle = time::sleep(idle_timeout.unwrap_or(Duration::from_secs(86400 * 365)));
+    tokio::pin!(idle);
+
+    loop {
+        // Requests already buffered (held back by max_pipeline) before reading more.
+        if !session.closing && pending.len() < max_pipeline && !input.is_empty() {
+            session.process(&mut decoder, &mut input, &mut pending, max_pipeline);
+        }
+        // Every reply that is ready at the front, in order, into the output.
+        while let Some(slot) = pending.front_mut() {
+            let bytes = match &mut slot.reply {
+                Reply::Ready(bytes) => std::mem::take(bytes),
+                Reply::Backend(rx) => match rx.try_recv() {
+                    Ok(result) => reply_bytes(result),
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => reply_bytes(Err(lost())),
+                },
+            };
+            let slot = pending.pop_front().expect("front exists");
+            session.emit(&slot, bytes, &mut out);
+        }
+        if session.closing && pending.is_empty() && out.is_empty() {
+            break;
+        }
+        let can_read =
+            !session.closing && pending.len() < max_pipeline && out.len() < OUTPUT_HIGH_WATER;
+        if can_read && input.capacity() - input.len() < READ_CHUNK / 2 {
+            input.reserve(READ_CHUNK.max(doubling_hint(&decoder, &input)));
+        }
+        let front_waits = matches!(pending.front(), Some(Slot { reply: Reply::Backend(_), .. }));
+        tokio::select! {
+            biased;
+            written = out.write_to(&mut wr), if !out.is_empty() => {
+                if written.is_err() {
+                    break;
+                }
+            }
+            result = front_reply(&mut pending), if front_waits => {
+                let slot = pending.pop_front().expect("front exists");
+                session.emit(&slot, reply_bytes(result), &mut out);
+            }
+            read = tokio::io::AsyncReadExt::read_buf(&mut rd, &mut input), if can_read => match read {
+                Ok(0) | Err(_) => session.closing = true,
+                Ok(_) => {
+                    if let Some(timeout) = idle_timeout {
+                        idle.as_mut().reset(Instant::now() + timeout);
+                    }
+                    session.process(&mut decoder, &mut input, &mut pending, max_pipeline);
+                }
+            },
+            _ = shutdown.cancelled(), if !session.closing => session.closing = true,
+            _ = &mut idle, if idle_timeout.is_some() && !session.closing => {
+                debug!(client = id, "closing idle client");
+                session.closing = true;
+            }
+        }
+    }
+}
+
+/// Wait for the reply of the request at the front of the queue.
+async fn front_reply(pending: &mut VecDeque<Slot>) -> ReplyResult {
+    match pending.front_mut().map(|slot| &mut slot.reply) {
+        Some(Reply::Backend(rx)) => rx.await.unwrap_or_else(|_| Err(lost())),
+        _ => unreachable!("only called when the front waits for a backend"),
+    }
+}
+
+fn reply_bytes(result: ReplyResult) -> Bytes {
+    result.unwrap_or_else(|e| e.to_reply())
+}
+
+fn lost() -> Error {
+    Error::BackendLost {
+        addr: "?".into(),
+        reason: "request dropped".into(),
+    }
+}
+
+/// How much to grow the read buffer by: the rest of a large argument being received, but never
+/// more than doubling what has arrived, so a client that announces a huge value and sends
+/// nothing cannot make keygate allocate it.
+fn doubling_hint(decoder: &Decoder, input: &BytesMut) -> usize {
+    decoder.missing(input).min(input.capacity().max(READ_CHUNK))
+}
+
+impl Session {
+    /// Decode and start every complete request in `input`, up to the pipeline limit.
+    fn process(
+        &mut self,
+        decoder: &mut Decoder,
+        input: &mut BytesMut,
+        pending: &mut VecDeque<Slot>,
+        max_pipeline: usize,
+    ) {
+        while !self.closing && pending.len() < max_pipeline {
+            match decoder.decode(input) {
+                Ok(Some(args)) => pending.push_back(self.handle(args)),
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(client = self.id, peer = %self.peer, error = %e.0, "protocol error");
+                    self.proxy.metrics.protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    pending.push_back(Slot {
+                        reply: Reply::Ready(Error::Protocol(e.0).to_reply()),
+                        command: UNKNOWN,
+                        silent: false,
+                    });
+                    self.closing = true;
+                }
+            }
+        }
+    }
+
+    /// Start one request.
+    fn handle(&mut self, args: Vec<Bytes>) -> Slot {
+        let cmd = Command::parse(args);
+        self.proxy.metrics.request(cmd.id);
+        let command = cmd.id;
+        let skipped = std::mem::take(&mut self.skip_next);
+        let (reply, quiet) = match self.try_handle(cmd) {
+            Ok(Handled { reply, quiet }) => (reply, quiet),
+            Err(e) => (Reply::Ready(e.to_reply()), false),
+        };
+        Slot {
+            reply,
+            command,
+            silent: quiet || skipped || self.replies_off,
+        }
+    }
+
+    fn try_handle(&mut self, cmd: Command) -> Result<Handled, Error> {
+        let Some(spec) = cmd.spec else {
+            return Err(Error::UnknownCommand { args: cmd.args });
+        };
+        if !spec.arity_ok(cmd.args.len()) {
+            return Err(Error::WrongArity(spec.name));
+        }
+        match cmd.policy {
+            Policy::Local => self.local(&cmd),
+            Policy::Refuse(reason) => Err(Error::Refused {
+                command: spec.name.replace('|', " ").to_ascii_uppercase(),
+                reason,
+            }),
+            Policy::Forward => {
+                let topology = self.proxy.topology.load();
+                let Plan::One(backend) = route::plan(&cmd, &topology);
+                let rx = topology.backends[backend].send(self.id, cmd.args);
+                Ok(Handled::reply(Reply::Backend(rx)))
+            }
+        }
+    }
+
+    /// Queue a finished reply for the client, unless it was silenced.
+    fn emit(&self, slot: &Slot, bytes: Bytes, out: &mut WriteQueue) {
+        if bytes.first() == Some(&b'-') {
+            self.proxy.metrics.error(slot.command);
+        }
+        if !slot.silent {
+            out.push(bytes);
+        }
+    }
+}
+
+/// A command's outcome: its reply, and whether CLIENT REPLY rules drop that reply.
+struct Handled {
+    reply: Reply,
+    quiet: bool,
+}
+
+impl Handled {
+    fn reply(reply: Reply) -> Self {
+        Handled {
+            reply,
+            quiet: false,
+        }
+    }
+
+    fn ready(bytes: Bytes) -> Result<Self, Error> {
+        Ok(Handled::reply(Reply::Ready(bytes)))
+    }
+}

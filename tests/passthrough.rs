@@ -1,0 +1,337 @@
+//! Through keygate, a client sees the same Redis: the same replies to the same commands, in
+//! order, with many clients sharing the backend connections.
+
+mod common;
+
+use common::{bulk, Keygate, Raw, Redis};
+use redis::AsyncCommands;
+
+/// Commands of every data type, run against keygate and against a second, identical Redis
+/// directly: the replies must be byte-for-byte the same. (Only commands whose replies are
+/// deterministic on a fresh server are used: no random iteration orders.)
+const SCRIPT: &[&[&str]] = &[
+    // strings
+    &["SET", "s", "hello"],
+    &["GET", "s"],
+    &["APPEND", "s", " world"],
+    &["GETRANGE", "s", "0", "4"],
+    &["STRLEN", "s"],
+    &["SETNX", "s", "x"],
+    &["SET", "n", "10"],
+    &["INCR", "n"],
+    &["INCRBY", "n", "5"],
+    &["DECR", "n"],
+    &["INCRBYFLOAT", "n", "1.5"],
+    &["MSET", "a", "1", "b", "2", "c", "3"],
+    &["MGET", "a", "b", "nosuch", "c"],
+    &["GETDEL", "c"],
+    &["GETSET", "a", "9"],
+    &["SET", "e", "v", "EX", "100"],
+    &["TTL", "e"],
+    &["PERSIST", "e"],
+    &["TTL", "e"],
+    &["EXISTS", "a", "b", "nosuch"],
+    &["TYPE", "s"],
+    &["INCR", "s"],
+    // lists
+    &["RPUSH", "l", "a", "b", "c", "d"],
+    &["LPUSH", "l", "z"],
+    &["LRANGE", "l", "0", "-1"],
+    &["LLEN", "l"],
+    &["LINDEX", "l", "2"],
+    &["LPOP", "l"],
+    &["RPOP", "l", "2"],
+    &["LINSERT", "l", "BEFORE", "b", "x"],
+    &["LRANGE", "l", "0", "-1"],
+    &["LMOVE", "l", "l2", "LEFT", "RIGHT"],
+    &["LRANGE", "l2", "0", "-1"],
+    &["LPOS", "l", "b"],
+    &["GET", "l"],
+    // hashes
+    &["HSET", "h", "f1", "v1", "f2", "v2"],
+    &["HGET", "h", "f1"],
+    &["HGETALL", "h"],
+    &["HMGET", "h", "f1", "nosuch", "f2"],
+    &["HINCRBY", "h", "n", "3"],
+    &["HLEN", "h"],
+    &["HDEL", "h", "f1"],
+    &["HEXISTS", "h", "f1"],
+    &["HKEYS", "h"],
+    // sets (integer sets iterate in order)
+    &["SADD", "set1", "1", "2", "3", "4"],
+    &["SADD", "set2", "3", "4", "5"],
+    &["SCARD", "set1"],
+    &["SISMEMBER", "set1", "2"],
+    &["SMISMEMBER", "set1", "2", "9"],
+    &["SINTER", "set1", "set2"],
+    &["SINTERSTORE", "set3", "set1", "set2"],
+    &["SMEMBERS", "set3"],
+    &["SREM", "set1", "1"],
+    // sorted sets
+    &["ZADD", "z", "1", "one", "2", "two", "3", "three"],
+    &["ZRANGE", "z", "0", "-1", "WITHSCORES"],
+    &["ZSCORE", "z", "two"],
+    &["ZINCRBY", "z", "2.5", "one"],
+    &["ZRANK", "z", "one"],
+    &["ZRANGEBYSCORE", "z", "2", "+inf"],
+    &["ZREVRANGE", "z", "0", "0"],
+    &["ZPOPMIN", "z"],
+    &["ZCARD", "z"],
+    &["ZADD", "z", "NX", "GT", "1", "x"],
+    // streams (explicit ids keep replies deterministic)
+    &["XADD", "st", "1-1", "f", "v"],
+    &["XADD", "st", "2-1", "f", "w"],
+    &["XLEN", "st"],
+    &["XRANGE", "st", "-", "+"],
+    &["XREAD", "COUNT", "5", "STREAMS", "st", "0"],
+    &["XGROUP", "CREATE", "st", "g", "0"],
+    &["XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "STREAMS", "st", ">"],
+    &["XACK", "st", "g", "1-1"],
+    &["XDEL", "st", "1-1"],
+    // geo
+    &["GEOADD", "geo", "13.361389", "38.115556", "Palermo", "15.087269", "37.502669", "Catania"],
+    &["GEODIST", "geo", "Palermo", "Catania", "km"],
+    &["GEOPOS", "geo", "Palermo"],
+    &["GEOSEARCH", "geo", "FROMLONLAT", "15", "37", "BYRADIUS", "200", "km", "ASC"],
+    // HyperLogLog
+    &["PFADD", "hll", "a", "b", "c", "d"],
+    &["PFCOUNT", "hll"],
+    &["PFADD", "hll2", "c", "d", "e"],
+    &["PFMERGE", "hll3", "hll", "hll2"],
+    &["PFCOUNT", "hll3"],
+    // bitmaps
+    &["SETBIT", "bits", "7", "1"],
+    &["GETBIT", "bits", "7"],
+    &["BITCOUNT", "bits"],
+    &["BITPOS", "bits", "1"],
+    &["BITOP", "NOT", "bits2", "bits"],
+    &["GET", "bits2"],
+    &["BITFIELD", "bf", "INCRBY", "u8", "0", "200", "GET", "u8", "0"],
+    // keys and scripts
+    &["RENAME", "a", "a2"],
+    &["EXPIRE", "a2", "1000"],
+    &["EXPIRETIME", "nosuch"],
+    &["DEL", "a2", "b", "nosuch"],
+    &["UNLINK", "s"],
+    &["EVAL", "return {KEYS[1], ARGV[1], 3}", "1", "k", "arg"],
+    &["EVAL", "return redis.call('get', KEYS[1])", "1", "n"],
+    &["OBJECT", "ENCODING", "l"],
+    &["DBSIZE"],
+    // errors from Redis itself are passed through
+    &["LPUSH", "h", "x"],
+    &["SET", "k", "v", "BADOPTION"],
+    &["GET"],
+    &["SET", "onlykey"],
+    &["ECHO", "echoed"],
+    &["PING", "pong-arg"],
+];
+
+async fn run_script(raw: &mut Raw) -> Vec<Vec<u8>> {
+    let mut replies = Vec::new();
+    for args in SCRIPT {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        replies.push(raw.call(&args).await);
+    }
+    replies
+}
+
+#[tokio::test]
+async fn every_data_type_round_trips_exactly_as_redis_answers() {
+    let backend = Redis::start();
+    let reference = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let through = run_script(&mut kg.raw().await).await;
+    let direct = run_script(&mut Raw::connect(format!("127.0.0.1:{}", reference.port).parse().unwrap()).await).await;
+    for ((args, got), want) in SCRIPT.iter().zip(&through).zip(&direct) {
+        assert_eq!(
+            String::from_utf8_lossy(got),
+            String::from_utf8_lossy(want),
+            "reply to {args:?} differs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn typed_values_through_a_real_client_library() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut con = kg.connection().await;
+    let _: () = con.set("greeting", "hi").await.unwrap();
+    let got: String = con.get("greeting").await.unwrap();
+    assert_eq!(got, "hi");
+    let _: () = con.hset_multiple("user", &[("name", "ada"), ("lang", "rust")]).await.unwrap();
+    let name: String = con.hget("user", "name").await.unwrap();
+    assert_eq!(name, "ada");
+    let _: () = con.rpush("queue", &[1, 2, 3]).await.unwrap();
+    let items: Vec<i64> = con.lrange("queue", 0, -1).await.unwrap();
+    assert_eq!(items, vec![1, 2, 3]);
+    let _: () = con.zadd("board", "x", 5).await.unwrap();
+    let score: f64 = con.zscore("board", "x").await.unwrap();
+    assert_eq!(score, 5.0);
+    let missing: Option<String> = con.get("nothing-here").await.unwrap();
+    assert_eq!(missing, None);
+    let err = redis::cmd("LPUSH")
+        .arg("greeting")
+        .arg("x")
+        .query_async::<i64>(&mut con)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("WRONGTYPE"));
+    // The connection stays usable after an error.
+    let n: i64 = con.incr("counter", 2).await.unwrap();
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn thousand_deep_pipelines_are_answered_in_order() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+
+    // Raw bytes: one write carrying 2 000 commands.
+    let mut raw = kg.raw().await;
+    let mut batch = Vec::new();
+    for i in 0..1000 {
+        let key = format!("p:{i}");
+        let value = format!("value-{i}");
+        batch.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
+        batch.extend_from_slice(&bulk(&key));
+        batch.extend_from_slice(&bulk(&value));
+        batch.extend_from_slice(b"*2\r\n$3\r\nGET\r\n");
+        batch.extend_from_slice(&bulk(&key));
+    }
+    raw.send(&batch).await;
+    for i in 0..1000 {
+        assert_eq!(raw.reply().await.unwrap(), b"+OK\r\n");
+        assert_eq!(raw.reply().await.unwrap(), bulk(&format!("value-{i}")));
+    }
+
+    // A real client library's pipeline.
+    let mut con = kg.connection().await;
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.incr(format!("c:{}", i % 10), 1);
+    }
+    let counts: Vec<i64> = pipe.query_async(&mut con).await.unwrap();
+    let want: Vec<i64> = (0..1000).map(|i| i / 10 + 1).collect();
+    assert_eq!(counts, want);
+}
+
+#[tokio::test]
+async fn hundred_concurrent_clients_each_see_only_their_own_values() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), "").await;
+    let mut tasks = Vec::new();
+    for client in 0..100 {
+        let redis_client = kg.client();
+        tasks.push(tokio::spawn(async move {
+            let mut con = redis_client.get_multiplexed_async_connection().await.unwrap();
+            for round in 0..50 {
+                let key = format!("client:{client}:{}", round % 5);
+                let value = format!("{client}-{round}-{}", "x".repeat(client % 7 * 100));
+                let mut pipe = redis::pipe();
+                pipe.set(&key, &value).ignore().get(&key).append(&key, "!").get(&key);
+                let (got, _, appended): (String, i64, String) = pipe.query_async(&mut con).await.unwrap();
+                assert_eq!(got, value);
+                assert_eq!(appended, format!("{value}!"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn hundred_mebibyte_values_pass_through() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut con = kg.connection().await;
+    let value: Vec<u8> = (0..100 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let _: () = con.set("big", &value).await.unwrap();
+    let got: Vec<u8> = con.get("big").await.unwrap();
+    assert!(got == value, "100 MiB value came back different");
+    let len: usize = con.strlen("big").await.unwrap();
+    assert_eq!(len, value.len());
+}
+
+/// What today's client libraries send before their first real command, each answered cleanly
+/// on a connection that stays open.
+#[tokio::test]
+async fn client_handshakes_get_clean_answers_on_an_open_connection() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut raw = kg.raw().await;
+    assert_eq!(
+        raw.call(&[b"HELLO", b"3"]).await,
+        b"-NOPROTO sorry, this protocol version is not supported.\r\n"
+    );
+    let hello = raw.call(&[b"HELLO", b"2", b"SETNAME", b"app"]).await;
+    assert!(hello.starts_with(b"*14\r\n$6\r\nserver\r\n$7\r\nkeygate\r\n"), "{}", String::from_utf8_lossy(&hello));
+    assert_eq!(raw.call(&[b"CLIENT", b"GETNAME"]).await, bulk("app"));
+    assert_eq!(raw.call(&[b"CLIENT", b"SETINFO", b"LIB-NAME", b"redis-py"]).await, b"+OK\r\n");
+    assert_eq!(raw.call(&[b"CLIENT", b"SETINFO", b"LIB-VER", b"5.2.1"]).await, b"+OK\r\n");
+    assert_eq!(
+        raw.call(&[b"CLIENT", b"MAINT_NOTIFICATIONS", b"on", b"moving-endpoint-type", b"internal-ip"]).await,
+        b"-ERR unknown subcommand 'MAINT_NOTIFICATIONS'. Try CLIENT HELP.\r\n"
+    );
+    let id = raw.call(&[b"CLIENT", b"ID"]).await;
+    assert!(id.starts_with(b":"), "{id:?}");
+    let info = raw.call(&[b"INFO", b"server"]).await;
+    assert!(info.starts_with(b"$") && String::from_utf8_lossy(&info).contains("redis_version"));
+    let client_info = String::from_utf8_lossy(&raw.call(&[b"CLIENT", b"INFO"]).await).into_owned();
+    assert!(client_info.contains("name=app") && client_info.contains("lib-name=redis-py"), "{client_info}");
+    raw.send(b"PING\r\n").await;
+    assert_eq!(raw.reply().await.unwrap(), b"+PONG\r\n");
+    raw.send(b"set inline \"two words\"\r\nget inline\r\n").await;
+    assert_eq!(raw.reply().await.unwrap(), b"+OK\r\n");
+    assert_eq!(raw.reply().await.unwrap(), bulk("two words"));
+    assert_eq!(raw.call(&[b"NOSUCHCOMMAND", b"a"]).await, b"-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'a' \r\n");
+    assert_eq!(raw.call(&[b"GET", b"inline"]).await, bulk("two words"));
+}
+
+#[tokio::test]
+async fn connection_state_is_kept_per_client_and_never_leaks() {
+    let backend = Redis::start();
+    // One backend connection shared by both clients.
+    let kg = Keygate::start_with(&backend.addr(), "").await;
+    let mut a = kg.raw().await;
+    let mut b = kg.raw().await;
+    assert_eq!(a.call(&[b"CLIENT", b"SETNAME", b"alice"]).await, b"+OK\r\n");
+    assert_eq!(b.call(&[b"CLIENT", b"GETNAME"]).await, b"$-1\r\n");
+    assert_eq!(a.call(&[b"CLIENT", b"GETNAME"]).await, bulk("alice"));
+    assert_ne!(a.call(&[b"CLIENT", b"ID"]).await, b.call(&[b"CLIENT", b"ID"]).await);
+    assert_eq!(a.call(&[b"CLIENT", b"SETNAME", b"bad name"]).await, b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+
+    assert_eq!(a.call(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    let refused = a.call(&[b"SELECT", b"1"]).await;
+    assert!(refused.starts_with(b"-ERR keygate serves database 0 only"), "{}", String::from_utf8_lossy(&refused));
+    assert_eq!(a.call(&[b"SELECT", b"x"]).await, b"-ERR value is not an integer or out of range\r\n");
+
+    assert_eq!(
+        a.call(&[b"AUTH", b"secret"]).await,
+        b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n"
+    );
+    assert_eq!(a.call(&[b"AUTH", b"default", b"anything"]).await, b"+OK\r\n");
+    assert_eq!(a.call(&[b"AUTH", b"bob", b"pw"]).await, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+
+    // CLIENT REPLY OFF silences only this client.
+    a.send(b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n*3\r\n$3\r\nSET\r\n$1\r\nq\r\n$1\r\n1\r\n").await;
+    assert_eq!(b.call(&[b"GET", b"q"]).await, bulk("1"));
+    assert_eq!(a.call(&[b"CLIENT", b"REPLY", b"ON"]).await, b"+OK\r\n");
+    a.send(b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n").await;
+    assert_eq!(a.reply().await.unwrap(), bulk("hi"));
+
+    assert_eq!(a.call(&[b"RESET"]).await, b"+RESET\r\n");
+    assert_eq!(a.call(&[b"CLIENT", b"GETNAME"]).await, b"$-1\r\n");
+
+    // Stateful commands are refused cleanly, and the connection stays usable.
+    for cmd in [&[&b"MULTI"[..]][..], &[b"WATCH", b"k"], &[b"BLPOP", b"k", b"0"], &[b"SUBSCRIBE", b"ch"], &[b"CLIENT", b"KILL", b"ID", b"1"], &[b"MONITOR"], &[b"WAIT", b"0", b"0"], &[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"$"]] {
+        let reply = a.call(cmd).await;
+        assert!(reply.starts_with(b"-ERR '") && String::from_utf8_lossy(&reply).contains("is not available through keygate"), "{cmd:?}: {}", String::from_utf8_lossy(&reply));
+    }
+    assert_eq!(a.call(&[b"GET", b"q"]).await, bulk("1"));
+
+    assert_eq!(a.call(&[b"QUIT"]).await, b"+OK\r\n");
+    a.expect_closed().await;
+    assert_eq!(b.call(&[b"PING"]).await, b"+PONG\r\n");
+}

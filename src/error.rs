@@ -42,23 +42,7 @@ impl Error {
     pub fn to_reply(&self) -> Bytes {
         let text = match self {
             Error::Protocol(what) => format!("ERR Protocol error: {what}"),
-            Error::UnknownCommand { args } => {
-                // Redis's own text, so clients and their tests see what they expect.
-                let mut preview = String::new();
-                for arg in &args[1..] {
-                    if preview.len() >= 128 {
-                        break;
-                    }
-                    let room = 128 - preview.len();
-                    let shown = &arg[..arg.len().min(room)];
-                    preview.push_str(&format!("'{}' ", String::from_utf8_lossy(shown)));
-                }
-                let name = &args[0][..args[0].len().min(128)];
-                format!(
-                    "ERR unknown command '{}', with args beginning with: {preview}",
-                    String::from_utf8_lossy(name)
-                )
-            }
+            Error::UnknownCommand { args } => return unknown_command(args),
             Error::UnknownSubcommand { container, sub } => format!(
                 "ERR unknown subcommand '{}'. Try {} HELP.",
                 String::from_utf8_lossy(&sub[..sub.len().min(128)]),
@@ -100,6 +84,26 @@ impl Error {
             Error::BackendDown { .. } | Error::BackendTimeout { .. } | Error::BackendLost { .. }
         )
     }
+}
+
+/// Redis's own "unknown command" text, so clients and their tests see what they expect. The
+/// client's bytes are echoed as they are (not as UTF-8), as Redis does.
+fn unknown_command(args: &[Bytes]) -> Bytes {
+    let mut text = b"ERR unknown command '".to_vec();
+    text.extend_from_slice(&args[0][..args[0].len().min(128)]);
+    text.extend_from_slice(b"', with args beginning with: ");
+    let mut preview = 0;
+    for arg in &args[1..] {
+        if preview >= 128 {
+            break;
+        }
+        let shown = &arg[..arg.len().min(128 - preview)];
+        preview += shown.len() + 3;
+        text.push(b'\'');
+        text.extend_from_slice(shown);
+        text.extend_from_slice(b"' ");
+    }
+    resp::error_bytes(&text)
 }
 
 impl fmt::Display for Error {

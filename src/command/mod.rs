@@ -75,6 +75,9 @@ pub enum Policy {
     Local,
     /// Refused with this reason.
     Refuse(&'static str),
+    /// Close the connection without a reply: `POST` and `Host:` mean someone is speaking HTTP to
+    /// the RESP port (a cross-protocol attack from a browser, as Redis itself treats them).
+    Close,
 }
 
 const NEEDS_PINNED: &str =
@@ -126,12 +129,17 @@ impl Command {
     /// with Redis's "unknown command" error by the caller.
     pub fn parse(args: Vec<Bytes>) -> Command {
         let mut name = [0u8; 32];
-        let Some(id) = lower_into(&args[0], &mut name).and_then(lookup) else {
+        let lower = lower_into(&args[0], &mut name);
+        let Some(id) = lower.and_then(lookup) else {
+            let policy = match lower {
+                Some(b"post" | b"host:") => Policy::Close,
+                _ => Policy::Forward,
+            };
             return Command {
                 args,
                 id: UNKNOWN,
                 spec: None,
-                policy: Policy::Forward,
+                policy,
             };
         };
         let mut spec = &COMMANDS[id];

@@ -39,11 +39,16 @@ pub fn simple(text: &str) -> Bytes {
 /// `-text\r\n`; `text` must start with an error code such as `ERR`. CR and LF in it are replaced
 /// by spaces, as Redis does, so an error can never break the framing.
 pub fn error(text: &str) -> Bytes {
+    error_bytes(text.as_bytes())
+}
+
+/// `error` for text that need not be UTF-8 (it may echo client bytes).
+pub fn error_bytes(text: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(text.len() + 3);
     out.put_u8(b'-');
     out.extend(
-        text.bytes()
-            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        text.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
     );
     out.put_slice(b"\r\n");
     out.freeze()

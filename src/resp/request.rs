@@ -14,7 +14,7 @@
 //! received, never to a count the client merely announced.
 
 use bytes::{Bytes, BytesMut};
-use memchr::memchr;
+use memchr::{memchr, memchr2};
 
 use super::parse_int;
 
@@ -156,13 +156,15 @@ impl Decoder {
         Ok(Some(std::mem::take(&mut self.args)))
     }
 
-    /// Take one `\r\n`-terminated line (without its ending) off the front of `buf`.
+    /// Take one `\r\n`-terminated line (without its ending) off the front of `buf`. A `\n`
+    /// without its `\r` is an error at once, where Redis would wait for a `\r` that a client
+    /// using bare LF never sends.
     fn line(
         &mut self,
         buf: &mut BytesMut,
         too_long: &str,
     ) -> Result<Option<BytesMut>, ProtocolError> {
-        match memchr(b'\r', &buf[self.searched..]) {
+        match memchr2(b'\r', b'\n', &buf[self.searched..]) {
             None => {
                 self.searched = buf.len();
                 if buf.len() > MAX_INLINE {
@@ -172,6 +174,9 @@ impl Decoder {
             }
             Some(i) => {
                 let cr = self.searched + i;
+                if buf[cr] == b'\n' {
+                    return Err(ProtocolError::new("expected CRLF at end of line"));
+                }
                 if cr > MAX_INLINE {
                     return Err(ProtocolError::new(too_long));
                 }
@@ -209,6 +214,11 @@ impl Decoder {
         if line.last() == Some(&b'\r') {
             line.truncate(newline - 1);
         }
+        // Redis searches inline lines with strchr(), so a NUL hides the rest of the line and the
+        // connection silently stops answering. A clear error is better than that.
+        if memchr(0, &line).is_some() {
+            return Err(ProtocolError::new("NUL byte in inline request"));
+        }
         split_inline(&line)
             .map(Some)
             .ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))
@@ -218,13 +228,8 @@ impl Decoder {
 /// Split an inline command line into arguments exactly as Redis's `sdssplitargs` does: words
 /// separated by spaces, `"double quoted"` with `\n \r \t \b \a \\ \" \xHH` escapes, `'single
 /// quoted'` with only `\'`; a closing quote must be followed by a space or the end of the line.
-/// Like Redis (which reads the line as a C string) a NUL byte ends the line. `None` means
-/// unbalanced quotes.
+/// `None` means unbalanced quotes. The line holds no NUL (the caller refuses those).
 pub fn split_inline(line: &[u8]) -> Option<Vec<Bytes>> {
-    let line = match memchr(0, line) {
-        Some(nul) => &line[..nul],
-        None => line,
-    };
     let at = |i: usize| line.get(i).copied().unwrap_or(0);
     let mut args = Vec::new();
     let mut p = 0;

@@ -219,7 +219,7 @@ impl Session {
 
 impl Handled {
     /// No reply at all (CLIENT REPLY OFF/SKIP answer nothing).
-    fn quiet() -> Self {
+    pub(super) fn quiet() -> Self {
         Handled {
             reply: super::Reply::Ready(Bytes::new()),
             quiet: true,

@@ -66,6 +66,8 @@ struct Session {
     skip_next: bool,
     /// Stop reading; close once everything pending is written.
     closing: bool,
+    /// Close at once, dropping pending replies (HTTP on the RESP port, as Redis does).
+    abort: bool,
 }
 
 /// Serve one client until it leaves, breaks the protocol, or `shutdown` is cancelled.
@@ -93,6 +95,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         replies_off: false,
         skip_next: false,
         closing: false,
+        abort: false,
     };
     let (mut rd, mut wr) = stream.split();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -119,7 +122,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
             let slot = pending.pop_front().expect("front exists");
             session.emit(&slot, bytes, &mut out);
         }
-        if session.closing && pending.is_empty() && out.is_empty() {
+        if session.abort || (session.closing && pending.is_empty() && out.is_empty()) {
             break;
         }
         let can_read =
@@ -228,8 +231,15 @@ impl Session {
     }
 
     fn try_handle(&mut self, cmd: Command) -> Result<Handled, Error> {
-        let Some(spec) = cmd.spec else {
-            return Err(Error::UnknownCommand { args: cmd.args });
+        let spec = match (cmd.policy, cmd.spec) {
+            (Policy::Close, _) => {
+                tracing::warn!(client = self.id, peer = %self.peer, "HTTP sent to the RESP port: closing the connection");
+                self.closing = true;
+                self.abort = true;
+                return Ok(Handled::quiet());
+            }
+            (_, None) => return Err(Error::UnknownCommand { args: cmd.args }),
+            (_, Some(spec)) => spec,
         };
         if !spec.arity_ok(cmd.args.len()) {
             return Err(Error::WrongArity(spec.name));
@@ -246,6 +256,7 @@ impl Session {
                 let rx = topology.backends[backend].send(self.id, cmd.args);
                 Ok(Handled::reply(Reply::Backend(rx)))
             }
+            Policy::Close => unreachable!("handled above"),
         }
     }
 

@@ -31,6 +31,7 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl Redis {
@@ -45,17 +46,18 @@ impl Redis {
             port,
             child: None,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        redis.spawn(extra);
+        redis.spawn();
         redis
     }
 
-    fn spawn(&mut self, extra: &[&str]) {
+    fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", self.dir.path().to_str().unwrap()])
-            .args(extra)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -80,7 +82,7 @@ impl Redis {
     /// Start it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn(&[]);
+        self.spawn();
     }
 
     /// Send SIGSTOP / SIGCONT: a server that accepts connections but never answers.

@@ -1,0 +1,256 @@
+//! When a backend fails, every request gets exactly one clear error, never a hang and never a
+//! reply meant for another request; keygate reconnects by itself.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::{bulk, http_get, Keygate, Redis};
+use keygate::resp::request::{Decoder, Limits};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// Poll `GET key` through keygate until it answers `want` (the backend is back).
+async fn until_answers(kg: &Keygate, key: &[u8], want: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut raw = kg.raw().await;
+    loop {
+        if raw.call(&[b"GET", key]).await == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "backend never came back");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn backend_killed_mid_pipeline_fails_pending_requests_then_recovers() {
+    let mut backend = Redis::start_with(&["--enable-debug-command", "yes"]);
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut raw = kg.raw().await;
+    assert_eq!(raw.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+
+    // A pipeline stuck behind a slow command when the server dies.
+    let mut pipeline = b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$3\r\n0.5\r\n".to_vec();
+    for _ in 0..500 {
+        pipeline.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    }
+    raw.send(&pipeline).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    backend.kill();
+    for i in 0..501 {
+        let reply = String::from_utf8(raw.reply().await.expect("a reply")).unwrap();
+        assert!(
+            reply.starts_with(&format!("-ERR keygate: connection to backend {} lost", backend.addr())),
+            "reply {i}: {reply}"
+        );
+    }
+    // While it is down: a fast, clear error and /ready says so.
+    let started = Instant::now();
+    let reply = String::from_utf8(raw.call(&[b"GET", b"k"]).await).unwrap();
+    assert!(reply.starts_with(&format!("-ERR keygate: backend {} is unavailable", backend.addr())), "{reply}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let (status, body) = http_get(kg.admin, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+
+    backend.restart();
+    until_answers(&kg, b"k", b"$-1\r\n").await;
+    kg.wait_ready().await;
+    // The same client connection is still usable.
+    assert_eq!(raw.call(&[b"SET", b"k", b"again"]).await, b"+OK\r\n");
+    assert_eq!(raw.call(&[b"GET", b"k"]).await, bulk("again"));
+}
+
+#[tokio::test]
+async fn a_backend_that_stops_answering_times_out_and_late_replies_go_nowhere() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut raw = kg.raw().await;
+    raw.call(&[b"SET", b"x", b"for-x"]).await;
+    raw.call(&[b"SET", b"y", b"for-y"]).await;
+
+    backend.signal("STOP");
+    let started = Instant::now();
+    let reply = String::from_utf8(raw.call(&[b"GET", b"x"]).await).unwrap();
+    backend.signal("CONT");
+    assert!(reply.starts_with(&format!("-ERR keygate: backend {} did not answer within 1s", backend.addr())), "{reply}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // The server now answers the GET x it had read; that reply must never reach GET y.
+    until_answers(&kg, b"y", &bulk("for-y")).await;
+    assert_eq!(raw.call(&[b"GET", b"y"]).await, bulk("for-y"));
+    assert_eq!(raw.call(&[b"GET", b"x"]).await, bulk("for-x"));
+}
+
+#[tokio::test]
+async fn backend_authentication() {
+    let backend = Redis::start_with(&["--requirepass", "s3cret"]);
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\npassword = \"s3cret\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        backend.addr()
+    ))
+    .await;
+    let mut raw = kg.raw().await;
+    assert_eq!(raw.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(raw.call(&[b"GET", b"k"]).await, bulk("v"));
+
+    // A wrong password: never ready, and requests say why.
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\npassword = \"wrong\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        backend.addr()
+    );
+    let server = keygate::server::Server::bind(keygate::config::Config::parse(&config, "t").unwrap()).await.unwrap();
+    let (addr, admin) = (server.local_addr(), server.admin_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    let mut raw = common::Raw::connect(addr).await;
+    let reply = String::from_utf8(raw.call(&[b"GET", b"k"]).await).unwrap();
+    assert!(reply.contains("AUTH refused: WRONGPASS"), "{reply}");
+    assert_eq!(http_get(admin, "/ready").await.0, 503);
+    stop.cancel();
+}
+
+/// What the fake backend does with one request.
+enum Act {
+    Reply(Vec<u8>),
+    Close,
+}
+
+/// A scripted backend for misbehaviour no real Redis shows: `script(connection, request, args)`
+/// decides each answer. Returns its address and a count of connections accepted.
+async fn fake_backend(
+    script: impl Fn(usize, usize, &[bytes::Bytes]) -> Act + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let script = Arc::new(script);
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let conn = counter.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut decoder = Decoder::new(Limits::default());
+                let mut buf = BytesMut::new();
+                let mut n = 0;
+                loop {
+                    while let Ok(Some(args)) = decoder.decode(&mut buf) {
+                        match script(conn, n, &args) {
+                            Act::Reply(bytes) => {
+                                if stream.write_all(&bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Act::Close => return,
+                        }
+                        n += 1;
+                    }
+                    if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// A well-behaved answer: GET k -> "k", anything else -> +OK.
+fn normal(args: &[bytes::Bytes]) -> Vec<u8> {
+    if args[0].eq_ignore_ascii_case(b"get") {
+        bulk(std::str::from_utf8(&args[1]).unwrap())
+    } else {
+        b"+OK\r\n".to_vec()
+    }
+}
+
+#[tokio::test]
+async fn garbage_from_the_backend_poisons_only_that_connection() {
+    let (addr, connections) = fake_backend(|conn, _, args| match (conn, &args[1][..]) {
+        (0, b"bad") => Act::Reply(b"?garbage\r\n".to_vec()),
+        _ => Act::Reply(normal(args)),
+    })
+    .await;
+    let kg = Keygate::start(&addr).await;
+    let mut raw = kg.raw().await;
+    assert_eq!(raw.call(&[b"GET", b"a"]).await, bulk("a"));
+    let reply = String::from_utf8(raw.call(&[b"GET", b"bad"]).await).unwrap();
+    assert!(reply.starts_with("-ERR keygate: connection to backend") && reply.contains("protocol error in reply"), "{reply}");
+    until_answers(&kg, b"b", &bulk("b")).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_unsolicited_extra_reply_poisons_the_connection() {
+    let (addr, connections) = fake_backend(|conn, _, args| match (conn, &args[1][..]) {
+        (0, b"twice") => Act::Reply(b"$5\r\ntwice$4\r\nevil\r\n".to_vec()),
+        _ => Act::Reply(normal(args)),
+    })
+    .await;
+    let kg = Keygate::start(&addr).await;
+    let mut raw = kg.raw().await;
+    // The malformed double answer is caught (bad CRLF) ...
+    let reply = String::from_utf8(raw.call(&[b"GET", b"twice"]).await).unwrap();
+    assert!(reply.starts_with("-ERR keygate: connection to backend"), "{reply}");
+    until_answers(&kg, b"next", &bulk("next")).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+
+    // ... and so is a well-formed reply nobody asked for.
+    let (addr, connections) = fake_backend(|conn, _, args| match (conn, &args[1][..]) {
+        (0, b"twice") => Act::Reply(b"$5\r\ntwice\r\n$4\r\nevil\r\n".to_vec()),
+        _ => Act::Reply(normal(args)),
+    })
+    .await;
+    let kg = Keygate::start(&addr).await;
+    let mut raw = kg.raw().await;
+    assert_eq!(raw.call(&[b"GET", b"twice"]).await, bulk("twice"));
+    // "evil" must never be taken as the answer to the next request.
+    until_answers(&kg, b"next", &bulk("next")).await;
+    assert_eq!(raw.call(&[b"GET", b"after"]).await, bulk("after"));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn deeply_nested_replies_are_refused_without_losing_step() {
+    let (addr, connections) = fake_backend(|_, _, args| match &args[1][..] {
+        b"deep" => {
+            let mut reply = b"*1\r\n".repeat(10_000);
+            reply.extend_from_slice(b":1\r\n");
+            Act::Reply(reply)
+        }
+        _ => Act::Reply(normal(args)),
+    })
+    .await;
+    let kg = Keygate::start(&addr).await;
+    let mut raw = kg.raw().await;
+    raw.send(b"*2\r\n$3\r\nGET\r\n$4\r\ndeep\r\n*2\r\n$3\r\nGET\r\n$5\r\nafter\r\n").await;
+    assert_eq!(
+        raw.reply().await.unwrap(),
+        b"-ERR keygate: the reply nests deeper than 512 levels and was not forwarded\r\n"
+    );
+    assert_eq!(raw.reply().await.unwrap(), bulk("after"));
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "the connection stayed in step");
+}
+
+#[tokio::test]
+async fn a_truncated_reply_then_eof_is_an_error() {
+    let (addr, _) = fake_backend(|conn, _, args| match (conn, &args[1][..]) {
+        (0, b"cut") => Act::Reply(b"$10\r\nabc".to_vec()),
+        (0, b"close") => Act::Close,
+        _ => Act::Reply(normal(args)),
+    })
+    .await;
+    let kg = Keygate::start(&addr).await;
+    let mut raw = kg.raw().await;
+    raw.send(b"*2\r\n$3\r\nGET\r\n$3\r\ncut\r\n*2\r\n$3\r\nGET\r\n$5\r\nclose\r\n").await;
+    for _ in 0..2 {
+        let reply = String::from_utf8(raw.reply().await.unwrap()).unwrap();
+        assert!(reply.starts_with("-ERR keygate: connection to backend") && reply.contains("closed by server"), "{reply}");
+    }
+    until_answers(&kg, b"fine", &bulk("fine")).await;
+}

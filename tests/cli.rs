@@ -1,0 +1,126 @@
+//! The `keygate` binary: config checking, running, and graceful shutdown on signals.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{bulk, free_port, http_get, wait_for_port, Keygate, Raw, Redis};
+
+const KEYGATE: &str = env!("CARGO_BIN_EXE_keygate");
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+fn check(text: &str) -> (bool, String) {
+    let file = config_file(text);
+    let out = Command::new(KEYGATE)
+        .args(["--check", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text.replace(&file.path().display().to_string(), "FILE"))
+}
+
+const VALID: &str = "listen = \"127.0.0.1:6380\"\n[upstream]\nkind = \"standalone\"\nservers = [\"127.0.0.1:6379\"]\nconnect_timeout = \"500ms\"\n";
+
+#[test]
+fn check_accepts_a_valid_config_and_the_example() {
+    let (ok, out) = check(VALID);
+    assert!(ok, "{out}");
+    assert!(out.contains("configuration is valid"), "{out}");
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
+    let (ok, out) = check(&example);
+    assert!(ok, "proxy.toml must be valid: {out}");
+}
+
+#[test]
+fn check_names_file_key_and_reason() {
+    let cases = [
+        (VALID.replace("\"500ms\"", "\"500\""), "FILE: upstream.connect_timeout: invalid duration \"500\""),
+        (VALID.replace("kind =", "colour = 1\nkind ="), "FILE: upstream.colour: unknown field `colour`"),
+        (VALID.replace("servers = [\"127.0.0.1:6379\"]\n", ""), "FILE: upstream: missing field `servers`"),
+        (VALID.replace("[\"127.0.0.1:6379\"]", "[]"), "FILE: upstream.servers: the server list is empty"),
+        (VALID.replace("127.0.0.1:6380", "nowhere"), "FILE: listen: invalid address \"nowhere\""),
+        ("listen = ".to_string(), "FILE: "),
+    ];
+    for (text, want) in cases {
+        let (ok, out) = check(&text);
+        assert!(!ok, "should be refused: {text}");
+        assert!(out.contains(want), "want {want:?} in {out:?}");
+    }
+    let out = Command::new(KEYGATE).args(["--check", "--config", "/no/such/file.toml"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.toml: cannot read"));
+}
+
+/// SIGTERM and SIGINT: stop accepting, finish what is in flight, exit 0.
+#[tokio::test]
+async fn signals_drain_in_flight_requests_and_exit_cleanly() {
+    let backend = Redis::start_with(&["--enable-debug-command", "yes"]);
+    for signal in ["TERM", "INT"] {
+        let port = free_port();
+        let file = config_file(&format!(
+            "listen = \"127.0.0.1:{port}\"\ndrain_timeout = \"5s\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n",
+            backend.addr()
+        ));
+        let mut child = Command::new(KEYGATE)
+            .arg("--config")
+            .arg(file.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        let mut raw = Raw::connect(format!("127.0.0.1:{port}").parse().unwrap()).await;
+        assert_eq!(raw.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+        raw.send(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$3\r\n0.5\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+        // In-flight requests still get their replies, then the connection closes.
+        assert_eq!(raw.reply().await.unwrap(), b"+OK\r\n");
+        assert_eq!(raw.reply().await.unwrap(), bulk("v"));
+        raw.expect_closed().await;
+        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "SIG{signal}: exit status {status}");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "still accepting after SIG{signal}");
+    }
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut raw = kg.raw().await;
+    raw.call(&[b"SET", b"k", b"v"]).await;
+    raw.call(&[b"GET", b"k"]).await;
+    raw.call(&[b"GET", b"k", b"extra"]).await;
+    raw.call(&[b"LPUSH", b"k", b"x"]).await;
+    raw.call(&[b"NOSUCH"]).await;
+    assert_eq!(http_get(kg.admin, "/health").await, (200, "ok\n".to_string()));
+    assert_eq!(http_get(kg.admin, "/ready").await.0, 200);
+    assert_eq!(http_get(kg.admin, "/nothing").await.0, 404);
+    let (status, metrics) = http_get(kg.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "keygate_requests_total{command=\"get\"} 2",
+        "keygate_requests_total{command=\"set\"} 1",
+        "keygate_requests_total{command=\"unknown\"} 1",
+        "keygate_request_errors_total{command=\"get\"} 1",
+        "keygate_request_errors_total{command=\"lpush\"} 1",
+        "keygate_request_errors_total{command=\"unknown\"} 1",
+        "keygate_client_connections 1",
+        &format!("keygate_backend_connections{{server=\"{}\"}} 1", backend.addr()),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+    }
+    // Every sample line has a TYPE line for its family.
+    for sample in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let family = sample.split(['{', ' ']).next().unwrap();
+        assert!(metrics.contains(&format!("# TYPE {family} ")), "no TYPE for {family}");
+    }
+}

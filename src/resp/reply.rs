@@ -84,6 +84,9 @@ impl Scanner {
             if buf[cr + 1] != b'\n' {
                 return Err(ReplyError("line not ended by CRLF"));
             }
+            if cr == start {
+                return Err(ReplyError("empty line where a reply was expected"));
+            }
             self.searched = 0;
             let kind = buf[start];
             let header = &buf[start + 1..cr];
@@ -235,6 +238,9 @@ mod tests {
             b"*-2\r\n",
             b"+OK\rX",
             b"$99999999999999999999\r\n",
+            // Found by fuzzing (reply_scan): an empty line inside an aggregate.
+            b"*2\r\n\r\n%0\r\n",
+            b"\r\n",
         ] {
             let mut s = Scanner::new(64);
             assert!(s.scan(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));

@@ -14,7 +14,12 @@ fn set_pipeline(n: usize, value_len: usize) -> Vec<u8> {
     for i in 0..n {
         let key = format!("key:{i:012}");
         out.extend_from_slice(
-            format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n", key.len(), value.len()).as_bytes(),
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            )
+            .as_bytes(),
         );
     }
     out
@@ -46,14 +51,20 @@ fn request_decoding(c: &mut Criterion) {
 
 fn reply_scanning(c: &mut Criterion) {
     let mut group = c.benchmark_group("reply_scan");
-    let bulk32 = format!("$32\r\n{}\r\n", "v".repeat(32)).repeat(100).into_bytes();
+    let bulk32 = format!("$32\r\n{}\r\n", "v".repeat(32))
+        .repeat(100)
+        .into_bytes();
     let mut mget = b"*10\r\n".to_vec();
     for _ in 0..10 {
         mget.extend_from_slice(format!("$32\r\n{}\r\n", "v".repeat(32)).as_bytes());
     }
     let mget = mget.repeat(10);
     let ok = b"+OK\r\n".repeat(100);
-    for (name, input) in [("bulk_32B_x100", bulk32), ("mget10_x10", mget), ("ok_x100", ok)] {
+    for (name, input) in [
+        ("bulk_32B_x100", bulk32),
+        ("mget10_x10", mget),
+        ("ok_x100", ok),
+    ] {
         group.throughput(Throughput::Bytes(input.len() as u64));
         let input = Bytes::from(input);
         group.bench_function(name, |b| {

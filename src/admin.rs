@@ -55,7 +55,11 @@ fn respond(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .expect("static response parts are valid")
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
     }
     match req.uri().path() {
         "/health" => reply(StatusCode::OK, "text/plain", "ok\n".into()),

@@ -183,8 +183,11 @@ fn default_request() -> Duration {
 /// A duration written with its unit: "500ms", "2s", "1m 30s".
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| de::Error::custom(format!("invalid duration {text:?}: {e} (write e.g. \"500ms\" or \"2s\")")))
+    humantime::parse_duration(&text).map_err(|e| {
+        de::Error::custom(format!(
+            "invalid duration {text:?}: {e} (write e.g. \"500ms\" or \"2s\")"
+        ))
+    })
 }
 
 /// A size in bytes: a whole number, or a string with a unit ("512MiB", "64KiB", "1GB").
@@ -207,7 +210,9 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
 
 fn parse_size(text: &str) -> Option<usize> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: usize = digits.parse().ok()?;
     let mult: usize = match unit.trim() {
@@ -306,16 +311,12 @@ impl Config {
             None => None,
         };
         let l = raw.limits;
-        positive(l.max_clients, 1_000_000)
-            .map_err(|r| fail("limits.max_clients", r))?;
-        positive(l.max_request_bytes, 1 << 32)
-            .map_err(|r| fail("limits.max_request_bytes", r))?;
+        positive(l.max_clients, 1_000_000).map_err(|r| fail("limits.max_clients", r))?;
+        positive(l.max_request_bytes, 1 << 32).map_err(|r| fail("limits.max_request_bytes", r))?;
         positive(l.max_request_args, i32::MAX as usize)
             .map_err(|r| fail("limits.max_request_args", r))?;
-        positive(l.max_pipeline, 1_000_000)
-            .map_err(|r| fail("limits.max_pipeline", r))?;
-        positive(l.max_reply_depth, 100_000)
-            .map_err(|r| fail("limits.max_reply_depth", r))?;
+        positive(l.max_pipeline, 1_000_000).map_err(|r| fail("limits.max_pipeline", r))?;
+        positive(l.max_reply_depth, 100_000).map_err(|r| fail("limits.max_reply_depth", r))?;
         let json = match raw.log.format.as_str() {
             "text" => false,
             "json" => true,
@@ -326,8 +327,12 @@ impl Config {
                 ))
             }
         };
-        tracing_subscriber::EnvFilter::try_new(&raw.log.level)
-            .map_err(|e| fail("log.level", format!("invalid filter {:?}: {e}", raw.log.level)))?;
+        tracing_subscriber::EnvFilter::try_new(&raw.log.level).map_err(|e| {
+            fail(
+                "log.level",
+                format!("invalid filter {:?}: {e}", raw.log.level),
+            )
+        })?;
 
         Ok(Config {
             listen,

@@ -31,19 +31,37 @@ fn loads_a_good_file_with_defaults() {
 #[test]
 fn errors_name_file_key_and_reason() {
     let e = error_of(&GOOD.replace("\"250ms\"", "\"250\""));
-    assert!(e.starts_with("t.toml: upstream.connect_timeout: invalid duration \"250\""), "{e}");
+    assert!(
+        e.starts_with("t.toml: upstream.connect_timeout: invalid duration \"250\""),
+        "{e}"
+    );
     let e = error_of(&GOOD.replace("kind =", "colour = \"red\"\nkind ="));
-    assert!(e.starts_with("t.toml: upstream.colour: unknown field `colour`"), "{e}");
+    assert!(
+        e.starts_with("t.toml: upstream.colour: unknown field `colour`"),
+        "{e}"
+    );
     let e = error_of(&GOOD.replace("servers = [\"127.0.0.1:6379\"]", ""));
-    assert!(e.contains("upstream") && e.contains("missing field `servers`"), "{e}");
+    assert!(
+        e.contains("upstream") && e.contains("missing field `servers`"),
+        "{e}"
+    );
     let e = error_of(&GOOD.replace("[\"127.0.0.1:6379\"]", "[]"));
     assert_eq!(e, "t.toml: upstream.servers: the server list is empty");
     let e = error_of(&GOOD.replace("127.0.0.1:6379", "nohost"));
-    assert!(e.starts_with("t.toml: upstream.servers[0]: invalid server"), "{e}");
+    assert!(
+        e.starts_with("t.toml: upstream.servers[0]: invalid server"),
+        "{e}"
+    );
     let e = error_of(&GOOD.replace("\"1MiB\"", "\"lots\""));
-    assert!(e.starts_with("t.toml: limits.max_request_bytes: invalid size"), "{e}");
+    assert!(
+        e.starts_with("t.toml: limits.max_request_bytes: invalid size"),
+        "{e}"
+    );
     let e = error_of(&GOOD.replace("standalone", "ketama"));
-    assert!(e.starts_with("t.toml: upstream.kind: kind \"ketama\" is not supported yet"), "{e}");
+    assert!(
+        e.starts_with("t.toml: upstream.kind: kind \"ketama\" is not supported yet"),
+        "{e}"
+    );
     let e = error_of("listen = \"x\"\n[upstream]\nkind=\"standalone\"\nservers=[\"a:1\"]\n");
     assert!(e.starts_with("t.toml: listen: invalid address"), "{e}");
 }

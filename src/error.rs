@@ -20,7 +20,10 @@ pub enum Error {
     /// Arity check failed; carries Redis's full command name (`client|setname`).
     WrongArity(&'static str),
     /// keygate does not offer this command; the reason says why.
-    Refused { command: String, reason: &'static str },
+    Refused {
+        command: String,
+        reason: &'static str,
+    },
     /// A plain `ERR` reply with this text (arguments of keygate's own commands).
     Invalid(&'static str),
     /// `ERR <what> '<option>'`: an option keygate's own commands do not take.
@@ -30,7 +33,10 @@ pub enum Error {
     /// The backend is not connected (down, refused, or reconnecting).
     BackendDown { addr: Arc<str>, reason: Arc<str> },
     /// The backend did not answer within the request timeout.
-    BackendTimeout { addr: Arc<str>, after: std::time::Duration },
+    BackendTimeout {
+        addr: Arc<str>,
+        after: std::time::Duration,
+    },
     /// The backend connection broke while this request was in flight.
     BackendLost { addr: Arc<str>, reason: Arc<str> },
     /// The backend's reply nests deeper than keygate forwards.

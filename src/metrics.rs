@@ -65,7 +65,11 @@ impl Metrics {
             for (i, v) in values.iter().enumerate() {
                 let v = v.load(Relaxed);
                 if v > 0 {
-                    let id = if i == COMMANDS.len() { UNKNOWN } else { i as CommandId };
+                    let id = if i == COMMANDS.len() {
+                        UNKNOWN
+                    } else {
+                        i as CommandId
+                    };
                     let _ = writeln!(out, "{name}{{command=\"{}\"}} {v}", command::name_of(id));
                 }
             }
@@ -83,7 +87,10 @@ impl Metrics {
             &self.errors,
         );
         let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
         };
         gauge(
             &mut out,

@@ -46,7 +46,10 @@ impl Server {
         })?;
         let admin = match &config.admin {
             Some(a) => Some(TcpListener::bind(a.listen).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen on {} (admin): {e}", a.listen))
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {} (admin): {e}", a.listen),
+                )
             })?),
             None => None,
         };
@@ -66,7 +69,9 @@ impl Server {
 
     /// The address clients connect to (useful when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// The admin HTTP address, if there is one.
@@ -124,7 +129,10 @@ impl Server {
         let drain = proxy.config.drain_timeout;
         info!(clients = sessions.len(), timeout = ?drain, "shutting down: draining clients");
         if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
-            warn!(clients = sessions.len(), "drain timeout reached; closing remaining clients");
+            warn!(
+                clients = sessions.len(),
+                "drain timeout reached; closing remaining clients"
+            );
         }
         info!("keygate stopped");
     }
@@ -132,5 +140,7 @@ impl Server {
 
 /// Tell a client over `max_clients` why, as Redis does, and close.
 async fn reject(mut stream: TcpStream) {
-    let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
 }

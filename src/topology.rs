@@ -17,7 +17,10 @@ pub struct Topology {
 impl Topology {
     /// Build the topology a config describes and start its connections (on the current runtime).
     pub fn start(config: &Config) -> Topology {
-        let opts = Arc::new(Options::new(&config.upstream, config.limits.max_reply_depth));
+        let opts = Arc::new(Options::new(
+            &config.upstream,
+            config.limits.max_reply_depth,
+        ));
         let backends = config
             .upstream
             .servers

@@ -45,14 +45,23 @@ async fn backend_killed_mid_pipeline_fails_pending_requests_then_recovers() {
     for i in 0..501 {
         let reply = String::from_utf8(raw.reply().await.expect("a reply")).unwrap();
         assert!(
-            reply.starts_with(&format!("-ERR keygate: connection to backend {} lost", backend.addr())),
+            reply.starts_with(&format!(
+                "-ERR keygate: connection to backend {} lost",
+                backend.addr()
+            )),
             "reply {i}: {reply}"
         );
     }
     // While it is down: a fast, clear error and /ready says so.
     let started = Instant::now();
     let reply = String::from_utf8(raw.call(&[b"GET", b"k"]).await).unwrap();
-    assert!(reply.starts_with(&format!("-ERR keygate: backend {} is unavailable", backend.addr())), "{reply}");
+    assert!(
+        reply.starts_with(&format!(
+            "-ERR keygate: backend {} is unavailable",
+            backend.addr()
+        )),
+        "{reply}"
+    );
     assert!(started.elapsed() < Duration::from_millis(500));
     let (status, body) = http_get(kg.admin, "/ready").await;
     assert_eq!(status, 503, "{body}");
@@ -77,7 +86,13 @@ async fn a_backend_that_stops_answering_times_out_and_late_replies_go_nowhere() 
     let started = Instant::now();
     let reply = String::from_utf8(raw.call(&[b"GET", b"x"]).await).unwrap();
     backend.signal("CONT");
-    assert!(reply.starts_with(&format!("-ERR keygate: backend {} did not answer within 1s", backend.addr())), "{reply}");
+    assert!(
+        reply.starts_with(&format!(
+            "-ERR keygate: backend {} did not answer within 1s",
+            backend.addr()
+        )),
+        "{reply}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(900));
     // The server now answers the GET x it had read; that reply must never reach GET y.
     until_answers(&kg, b"y", &bulk("for-y")).await;
@@ -102,7 +117,10 @@ async fn backend_authentication() {
         "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\npassword = \"wrong\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         backend.addr()
     );
-    let server = keygate::server::Server::bind(keygate::config::Config::parse(&config, "t").unwrap()).await.unwrap();
+    let server =
+        keygate::server::Server::bind(keygate::config::Config::parse(&config, "t").unwrap())
+            .await
+            .unwrap();
     let (addr, admin) = (server.local_addr(), server.admin_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(server.run(stop.clone()));
@@ -131,7 +149,9 @@ async fn fake_backend(
     let counter = connections.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
             let conn = counter.fetch_add(1, Ordering::SeqCst);
             let script = script.clone();
             tokio::spawn(async move {
@@ -180,7 +200,11 @@ async fn garbage_from_the_backend_poisons_only_that_connection() {
     let mut raw = kg.raw().await;
     assert_eq!(raw.call(&[b"GET", b"a"]).await, bulk("a"));
     let reply = String::from_utf8(raw.call(&[b"GET", b"bad"]).await).unwrap();
-    assert!(reply.starts_with("-ERR keygate: connection to backend") && reply.contains("protocol error in reply"), "{reply}");
+    assert!(
+        reply.starts_with("-ERR keygate: connection to backend")
+            && reply.contains("protocol error in reply"),
+        "{reply}"
+    );
     until_answers(&kg, b"b", &bulk("b")).await;
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
@@ -196,7 +220,10 @@ async fn an_unsolicited_extra_reply_poisons_the_connection() {
     let mut raw = kg.raw().await;
     // The malformed double answer is caught (bad CRLF) ...
     let reply = String::from_utf8(raw.call(&[b"GET", b"twice"]).await).unwrap();
-    assert!(reply.starts_with("-ERR keygate: connection to backend"), "{reply}");
+    assert!(
+        reply.starts_with("-ERR keygate: connection to backend"),
+        "{reply}"
+    );
     until_answers(&kg, b"next", &bulk("next")).await;
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 
@@ -228,13 +255,18 @@ async fn deeply_nested_replies_are_refused_without_losing_step() {
     .await;
     let kg = Keygate::start(&addr).await;
     let mut raw = kg.raw().await;
-    raw.send(b"*2\r\n$3\r\nGET\r\n$4\r\ndeep\r\n*2\r\n$3\r\nGET\r\n$5\r\nafter\r\n").await;
+    raw.send(b"*2\r\n$3\r\nGET\r\n$4\r\ndeep\r\n*2\r\n$3\r\nGET\r\n$5\r\nafter\r\n")
+        .await;
     assert_eq!(
         raw.reply().await.unwrap(),
         b"-ERR keygate: the reply nests deeper than 512 levels and was not forwarded\r\n"
     );
     assert_eq!(raw.reply().await.unwrap(), bulk("after"));
-    assert_eq!(connections.load(Ordering::SeqCst), 1, "the connection stayed in step");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "the connection stayed in step"
+    );
 }
 
 #[tokio::test]
@@ -247,10 +279,15 @@ async fn a_truncated_reply_then_eof_is_an_error() {
     .await;
     let kg = Keygate::start(&addr).await;
     let mut raw = kg.raw().await;
-    raw.send(b"*2\r\n$3\r\nGET\r\n$3\r\ncut\r\n*2\r\n$3\r\nGET\r\n$5\r\nclose\r\n").await;
+    raw.send(b"*2\r\n$3\r\nGET\r\n$3\r\ncut\r\n*2\r\n$3\r\nGET\r\n$5\r\nclose\r\n")
+        .await;
     for _ in 0..2 {
         let reply = String::from_utf8(raw.reply().await.unwrap()).unwrap();
-        assert!(reply.starts_with("-ERR keygate: connection to backend") && reply.contains("closed by server"), "{reply}");
+        assert!(
+            reply.starts_with("-ERR keygate: connection to backend")
+                && reply.contains("closed by server"),
+            "{reply}"
+        );
     }
     until_answers(&kg, b"fine", &bulk("fine")).await;
 }

@@ -23,8 +23,12 @@ fn check(text: &str) -> (bool, String) {
         .arg(file.path())
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text.replace(&file.path().display().to_string(), "FILE"))
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.success(),
+        text.replace(&file.path().display().to_string(), "FILE"),
+    )
 }
 
 const VALID: &str = "listen = \"127.0.0.1:6380\"\n[upstream]\nkind = \"standalone\"\nservers = [\"127.0.0.1:6379\"]\nconnect_timeout = \"500ms\"\n";
@@ -34,7 +38,8 @@ fn check_accepts_a_valid_config_and_the_example() {
     let (ok, out) = check(VALID);
     assert!(ok, "{out}");
     assert!(out.contains("configuration is valid"), "{out}");
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
     let (ok, out) = check(&example);
     assert!(ok, "proxy.toml must be valid: {out}");
 }
@@ -42,11 +47,26 @@ fn check_accepts_a_valid_config_and_the_example() {
 #[test]
 fn check_names_file_key_and_reason() {
     let cases = [
-        (VALID.replace("\"500ms\"", "\"500\""), "FILE: upstream.connect_timeout: invalid duration \"500\""),
-        (VALID.replace("kind =", "colour = 1\nkind ="), "FILE: upstream.colour: unknown field `colour`"),
-        (VALID.replace("servers = [\"127.0.0.1:6379\"]\n", ""), "FILE: upstream: missing field `servers`"),
-        (VALID.replace("[\"127.0.0.1:6379\"]", "[]"), "FILE: upstream.servers: the server list is empty"),
-        (VALID.replace("127.0.0.1:6380", "nowhere"), "FILE: listen: invalid address \"nowhere\""),
+        (
+            VALID.replace("\"500ms\"", "\"500\""),
+            "FILE: upstream.connect_timeout: invalid duration \"500\"",
+        ),
+        (
+            VALID.replace("kind =", "colour = 1\nkind ="),
+            "FILE: upstream.colour: unknown field `colour`",
+        ),
+        (
+            VALID.replace("servers = [\"127.0.0.1:6379\"]\n", ""),
+            "FILE: upstream: missing field `servers`",
+        ),
+        (
+            VALID.replace("[\"127.0.0.1:6379\"]", "[]"),
+            "FILE: upstream.servers: the server list is empty",
+        ),
+        (
+            VALID.replace("127.0.0.1:6380", "nowhere"),
+            "FILE: listen: invalid address \"nowhere\"",
+        ),
         ("listen = ".to_string(), "FILE: "),
     ];
     for (text, want) in cases {
@@ -54,7 +74,10 @@ fn check_names_file_key_and_reason() {
         assert!(!ok, "should be refused: {text}");
         assert!(out.contains(want), "want {want:?} in {out:?}");
     }
-    let out = Command::new(KEYGATE).args(["--check", "--config", "/no/such/file.toml"]).output().unwrap();
+    let out = Command::new(KEYGATE)
+        .args(["--check", "--config", "/no/such/file.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/file.toml: cannot read"));
 }
@@ -78,16 +101,28 @@ async fn signals_drain_in_flight_requests_and_exit_cleanly() {
         wait_for_port(port);
         let mut raw = Raw::connect(format!("127.0.0.1:{port}").parse().unwrap()).await;
         assert_eq!(raw.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
-        raw.send(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$3\r\n0.5\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").await;
+        raw.send(
+            b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$3\r\n0.5\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
         // In-flight requests still get their replies, then the connection closes.
         assert_eq!(raw.reply().await.unwrap(), b"+OK\r\n");
         assert_eq!(raw.reply().await.unwrap(), bulk("v"));
         raw.expect_closed().await;
-        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(status.success(), "SIG{signal}: exit status {status}");
-        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "still accepting after SIG{signal}");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "still accepting after SIG{signal}"
+        );
     }
 }
 
@@ -101,7 +136,10 @@ async fn admin_endpoints() {
     raw.call(&[b"GET", b"k", b"extra"]).await;
     raw.call(&[b"LPUSH", b"k", b"x"]).await;
     raw.call(&[b"NOSUCH"]).await;
-    assert_eq!(http_get(kg.admin, "/health").await, (200, "ok\n".to_string()));
+    assert_eq!(
+        http_get(kg.admin, "/health").await,
+        (200, "ok\n".to_string())
+    );
     assert_eq!(http_get(kg.admin, "/ready").await.0, 200);
     assert_eq!(http_get(kg.admin, "/nothing").await.0, 404);
     let (status, metrics) = http_get(kg.admin, "/metrics").await;
@@ -114,13 +152,22 @@ async fn admin_endpoints() {
         "keygate_request_errors_total{command=\"lpush\"} 1",
         "keygate_request_errors_total{command=\"unknown\"} 1",
         "keygate_client_connections 1",
-        &format!("keygate_backend_connections{{server=\"{}\"}} 1", backend.addr()),
+        &format!(
+            "keygate_backend_connections{{server=\"{}\"}} 1",
+            backend.addr()
+        ),
     ] {
-        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
     }
     // Every sample line has a TYPE line for its family.
     for sample in metrics.lines().filter(|l| !l.starts_with('#')) {
         let family = sample.split(['{', ' ']).next().unwrap();
-        assert!(metrics.contains(&format!("# TYPE {family} ")), "no TYPE for {family}");
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "no TYPE for {family}"
+        );
     }
 }

@@ -16,37 +16,181 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<u8>, bool)> {
     let mut long_bulk_len = b"*1\r\n$".to_vec();
     long_bulk_len.extend_from_slice(&[b'1'; 70_000]);
     vec![
-        ("bulk length over max_request_bytes", b"*1\r\n$536870913\r\n".to_vec(), proto("invalid bulk length"), true),
-        ("negative bulk length", b"*1\r\n$-5\r\n".to_vec(), proto("invalid bulk length"), true),
-        ("null bulk in a request", b"*1\r\n$-1\r\n".to_vec(), proto("invalid bulk length"), true),
-        ("non-numeric bulk length", b"*1\r\n$abc\r\n".to_vec(), proto("invalid bulk length"), true),
-        ("overflowing bulk length", b"*1\r\n$99999999999999999999\r\n".to_vec(), proto("invalid bulk length"), true),
-        ("bulk length with a plus sign", b"*1\r\n$+4\r\nPING\r\n".to_vec(), proto("invalid bulk length"), true),
-        ("multibulk count over the limit", b"*1048577\r\n".to_vec(), proto("invalid multibulk length"), true),
-        ("non-numeric multibulk count", b"*abc\r\n".to_vec(), proto("invalid multibulk length"), true),
-        ("overflowing multibulk count", b"*99999999999999999999999\r\n".to_vec(), proto("invalid multibulk length"), true),
-        ("nested array in a request", b"*1\r\n*1\r\n$4\r\nPING\r\n".to_vec(), proto("expected '$', got '*'"), true),
-        ("integer instead of bulk", b"*2\r\n$3\r\nGET\r\n:1\r\n".to_vec(), proto("expected '$', got ':'"), true),
-        ("inline line over 64 KiB", long_inline, proto("too big inline request"), true),
-        ("multibulk count line over 64 KiB", long_count, proto("too big mbulk count string"), true),
-        ("bulk length line over 64 KiB", long_bulk_len, proto("too big bulk count string"), true),
-        ("missing CRLF after a bulk payload", b"*1\r\n$4\r\nPINGxx*1\r\n$4\r\nPING\r\n".to_vec(), proto("expected CRLF after bulk payload"), true),
-        ("LF-only line ends", b"*1\n$4\nPING\n".to_vec(), proto("expected CRLF at end of line"), true),
-        ("CR without LF", b"*1\rX$4\r\nPING\r\n".to_vec(), proto("expected CRLF at end of line"), true),
-        ("unbalanced double quotes", b"SET a \"b\r\n".to_vec(), proto("unbalanced quotes in request"), true),
-        ("text after a closing quote", b"SET a \"b\"c\r\n".to_vec(), proto("unbalanced quotes in request"), true),
-        ("unbalanced single quotes", b"SET a 'b\r\n".to_vec(), proto("unbalanced quotes in request"), true),
+        (
+            "bulk length over max_request_bytes",
+            b"*1\r\n$536870913\r\n".to_vec(),
+            proto("invalid bulk length"),
+            true,
+        ),
+        (
+            "negative bulk length",
+            b"*1\r\n$-5\r\n".to_vec(),
+            proto("invalid bulk length"),
+            true,
+        ),
+        (
+            "null bulk in a request",
+            b"*1\r\n$-1\r\n".to_vec(),
+            proto("invalid bulk length"),
+            true,
+        ),
+        (
+            "non-numeric bulk length",
+            b"*1\r\n$abc\r\n".to_vec(),
+            proto("invalid bulk length"),
+            true,
+        ),
+        (
+            "overflowing bulk length",
+            b"*1\r\n$99999999999999999999\r\n".to_vec(),
+            proto("invalid bulk length"),
+            true,
+        ),
+        (
+            "bulk length with a plus sign",
+            b"*1\r\n$+4\r\nPING\r\n".to_vec(),
+            proto("invalid bulk length"),
+            true,
+        ),
+        (
+            "multibulk count over the limit",
+            b"*1048577\r\n".to_vec(),
+            proto("invalid multibulk length"),
+            true,
+        ),
+        (
+            "non-numeric multibulk count",
+            b"*abc\r\n".to_vec(),
+            proto("invalid multibulk length"),
+            true,
+        ),
+        (
+            "overflowing multibulk count",
+            b"*99999999999999999999999\r\n".to_vec(),
+            proto("invalid multibulk length"),
+            true,
+        ),
+        (
+            "nested array in a request",
+            b"*1\r\n*1\r\n$4\r\nPING\r\n".to_vec(),
+            proto("expected '$', got '*'"),
+            true,
+        ),
+        (
+            "integer instead of bulk",
+            b"*2\r\n$3\r\nGET\r\n:1\r\n".to_vec(),
+            proto("expected '$', got ':'"),
+            true,
+        ),
+        (
+            "inline line over 64 KiB",
+            long_inline,
+            proto("too big inline request"),
+            true,
+        ),
+        (
+            "multibulk count line over 64 KiB",
+            long_count,
+            proto("too big mbulk count string"),
+            true,
+        ),
+        (
+            "bulk length line over 64 KiB",
+            long_bulk_len,
+            proto("too big bulk count string"),
+            true,
+        ),
+        (
+            "missing CRLF after a bulk payload",
+            b"*1\r\n$4\r\nPINGxx*1\r\n$4\r\nPING\r\n".to_vec(),
+            proto("expected CRLF after bulk payload"),
+            true,
+        ),
+        (
+            "LF-only line ends",
+            b"*1\n$4\nPING\n".to_vec(),
+            proto("expected CRLF at end of line"),
+            true,
+        ),
+        (
+            "CR without LF",
+            b"*1\rX$4\r\nPING\r\n".to_vec(),
+            proto("expected CRLF at end of line"),
+            true,
+        ),
+        (
+            "unbalanced double quotes",
+            b"SET a \"b\r\n".to_vec(),
+            proto("unbalanced quotes in request"),
+            true,
+        ),
+        (
+            "text after a closing quote",
+            b"SET a \"b\"c\r\n".to_vec(),
+            proto("unbalanced quotes in request"),
+            true,
+        ),
+        (
+            "unbalanced single quotes",
+            b"SET a 'b\r\n".to_vec(),
+            proto("unbalanced quotes in request"),
+            true,
+        ),
         // As Redis: `Host:` or `POST` closes at once, dropping even the replies already due.
-        ("HTTP request", b"GET / HTTP/1.1\r\nHost: example\r\n\r\n".to_vec(), Vec::new(), true),
-        ("HTTP POST", b"POST /x HTTP/1.1\r\n".to_vec(), Vec::new(), true),
+        (
+            "HTTP request",
+            b"GET / HTTP/1.1\r\nHost: example\r\n\r\n".to_vec(),
+            Vec::new(),
+            true,
+        ),
+        (
+            "HTTP POST",
+            b"POST /x HTTP/1.1\r\n".to_vec(),
+            Vec::new(),
+            true,
+        ),
         // Not errors in Redis either: skipped silently, connection kept.
-        ("empty and negative multibulks", b"*0\r\n*-1\r\n*-3\r\n\r\n   \r\n*1\r\n$4\r\nPING\r\n".to_vec(), b"+PONG\r\n".to_vec(), false),
-        ("binary garbage inline", b"\xff\xfe\x01\r\n".to_vec(), b"-ERR unknown command '\xff\xfe\x01', with args beginning with: \r\n".to_vec(), false),
+        (
+            "empty and negative multibulks",
+            b"*0\r\n*-1\r\n*-3\r\n\r\n   \r\n*1\r\n$4\r\nPING\r\n".to_vec(),
+            b"+PONG\r\n".to_vec(),
+            false,
+        ),
+        (
+            "binary garbage inline",
+            b"\xff\xfe\x01\r\n".to_vec(),
+            b"-ERR unknown command '\xff\xfe\x01', with args beginning with: \r\n".to_vec(),
+            false,
+        ),
         // Redis wedges the connection silently here (its strchr stops at the NUL).
-        ("NUL byte in an inline command", b"ECHO a\0b\r\nPING\r\n".to_vec(), proto("NUL byte in inline request"), true),
-        ("empty command name", b"*1\r\n$0\r\n\r\n".to_vec(), b"-ERR unknown command '', with args beginning with: \r\n".to_vec(), false),
-        ("wrong arity", b"*1\r\n$3\r\nGET\r\n".to_vec(), b"-ERR wrong number of arguments for 'get' command\r\n".to_vec(), false),
-        ("very long command name", format!("*1\r\n${}\r\n{}\r\n", 300, "x".repeat(300)).into_bytes(), format!("-ERR unknown command '{}', with args beginning with: \r\n", "x".repeat(128)).into_bytes(), false),
+        (
+            "NUL byte in an inline command",
+            b"ECHO a\0b\r\nPING\r\n".to_vec(),
+            proto("NUL byte in inline request"),
+            true,
+        ),
+        (
+            "empty command name",
+            b"*1\r\n$0\r\n\r\n".to_vec(),
+            b"-ERR unknown command '', with args beginning with: \r\n".to_vec(),
+            false,
+        ),
+        (
+            "wrong arity",
+            b"*1\r\n$3\r\nGET\r\n".to_vec(),
+            b"-ERR wrong number of arguments for 'get' command\r\n".to_vec(),
+            false,
+        ),
+        (
+            "very long command name",
+            format!("*1\r\n${}\r\n{}\r\n", 300, "x".repeat(300)).into_bytes(),
+            format!(
+                "-ERR unknown command '{}', with args beginning with: \r\n",
+                "x".repeat(128)
+            )
+            .into_bytes(),
+            false,
+        ),
     ]
 }
 
@@ -58,22 +202,43 @@ async fn each_hostile_input_is_refused_and_others_are_unaffected() {
     assert_eq!(bystander.call(&[b"SET", b"mine", b"0"]).await, b"+OK\r\n");
     for (i, (name, input, want, closes)) in cases().into_iter().enumerate() {
         // The bystander has a pipeline in flight while the attack happens.
-        bystander.send(b"*2\r\n$4\r\nINCR\r\n$4\r\nmine\r\n*2\r\n$3\r\nGET\r\n$4\r\nmine\r\n").await;
+        bystander
+            .send(b"*2\r\n$4\r\nINCR\r\n$4\r\nmine\r\n*2\r\n$3\r\nGET\r\n$4\r\nmine\r\n")
+            .await;
         let mut attacker = kg.raw().await;
         attacker.send(&input).await;
         if !want.is_empty() {
             let got = attacker.reply().await.unwrap_or_default();
-            assert_eq!(got.escape_ascii().to_string(), want.escape_ascii().to_string(), "case {name}");
+            assert_eq!(
+                got.escape_ascii().to_string(),
+                want.escape_ascii().to_string(),
+                "case {name}"
+            );
         }
         if closes {
             attacker.expect_closed().await;
         } else {
-            assert_eq!(attacker.call(&[b"PING"]).await, b"+PONG\r\n", "case {name}: connection must stay usable");
+            assert_eq!(
+                attacker.call(&[b"PING"]).await,
+                b"+PONG\r\n",
+                "case {name}: connection must stay usable"
+            );
         }
-        assert_eq!(bystander.reply().await.unwrap(), format!(":{}\r\n", i + 1).into_bytes(), "case {name}");
-        assert_eq!(bystander.reply().await.unwrap(), bulk(&(i + 1).to_string()), "case {name}");
+        assert_eq!(
+            bystander.reply().await.unwrap(),
+            format!(":{}\r\n", i + 1).into_bytes(),
+            "case {name}"
+        );
+        assert_eq!(
+            bystander.reply().await.unwrap(),
+            bulk(&(i + 1).to_string()),
+            "case {name}"
+        );
     }
-    assert_eq!(Raw::connect(kg.addr).await.call(&[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(
+        Raw::connect(kg.addr).await.call(&[b"PING"]).await,
+        b"+PONG\r\n"
+    );
 }
 
 /// Replies to the requests before a protocol error are still delivered, in order, before the
@@ -86,7 +251,10 @@ async fn requests_before_a_protocol_error_are_answered_first() {
     raw.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$x\r\n*1\r\n$4\r\nPING\r\n").await;
     assert_eq!(raw.reply().await.unwrap(), b"+OK\r\n");
     assert_eq!(raw.reply().await.unwrap(), bulk("v"));
-    assert_eq!(raw.reply().await.unwrap(), b"-ERR Protocol error: invalid bulk length\r\n");
+    assert_eq!(
+        raw.reply().await.unwrap(),
+        b"-ERR Protocol error: invalid bulk length\r\n"
+    );
     raw.expect_closed().await;
 }
 
@@ -123,16 +291,29 @@ async fn huge_commands_in_small_pieces() {
 #[tokio::test]
 async fn configured_request_limits() {
     let backend = Redis::start();
-    let kg = Keygate::start_with(&backend.addr(), "[limits]\nmax_request_bytes = \"1KiB\"\nmax_request_args = 3\n").await;
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        "[limits]\nmax_request_bytes = \"1KiB\"\nmax_request_args = 3\n",
+    )
+    .await;
     let mut raw = kg.raw().await;
     let value = "v".repeat(1024);
-    assert_eq!(raw.call(&[b"SET", b"k", value.as_bytes()]).await, b"+OK\r\n");
+    assert_eq!(
+        raw.call(&[b"SET", b"k", value.as_bytes()]).await,
+        b"+OK\r\n"
+    );
     raw.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1025\r\n").await;
-    assert_eq!(raw.reply().await.unwrap(), b"-ERR Protocol error: invalid bulk length\r\n");
+    assert_eq!(
+        raw.reply().await.unwrap(),
+        b"-ERR Protocol error: invalid bulk length\r\n"
+    );
     raw.expect_closed().await;
     let mut raw = kg.raw().await;
     raw.send(b"*4\r\n").await;
-    assert_eq!(raw.reply().await.unwrap(), b"-ERR Protocol error: invalid multibulk length\r\n");
+    assert_eq!(
+        raw.reply().await.unwrap(),
+        b"-ERR Protocol error: invalid multibulk length\r\n"
+    );
     raw.expect_closed().await;
 }
 
@@ -146,7 +327,10 @@ async fn max_clients_is_enforced() {
     assert_eq!(a.call(&[b"PING"]).await, b"+PONG\r\n");
     assert_eq!(b.call(&[b"PING"]).await, b"+PONG\r\n");
     let mut c = kg.raw().await;
-    assert_eq!(c.reply().await.unwrap(), b"-ERR max number of clients reached\r\n");
+    assert_eq!(
+        c.reply().await.unwrap(),
+        b"-ERR max number of clients reached\r\n"
+    );
     c.expect_closed().await;
     assert_eq!(a.call(&[b"PING"]).await, b"+PONG\r\n");
     drop(b);
@@ -167,7 +351,11 @@ async fn max_clients_is_enforced() {
 #[tokio::test]
 async fn idle_clients_are_closed() {
     let backend = Redis::start();
-    let kg = Keygate::start_with(&backend.addr(), "[limits]\nclient_idle_timeout = \"200ms\"\n").await;
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        "[limits]\nclient_idle_timeout = \"200ms\"\n",
+    )
+    .await;
     let mut raw = kg.raw().await;
     assert_eq!(raw.call(&[b"PING"]).await, b"+PONG\r\n");
     raw.expect_closed().await;

@@ -85,14 +85,43 @@ const SCRIPT: &[&[&str]] = &[
     &["XRANGE", "st", "-", "+"],
     &["XREAD", "COUNT", "5", "STREAMS", "st", "0"],
     &["XGROUP", "CREATE", "st", "g", "0"],
-    &["XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "STREAMS", "st", ">"],
+    &[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "c",
+        "COUNT",
+        "1",
+        "STREAMS",
+        "st",
+        ">",
+    ],
     &["XACK", "st", "g", "1-1"],
     &["XDEL", "st", "1-1"],
     // geo
-    &["GEOADD", "geo", "13.361389", "38.115556", "Palermo", "15.087269", "37.502669", "Catania"],
+    &[
+        "GEOADD",
+        "geo",
+        "13.361389",
+        "38.115556",
+        "Palermo",
+        "15.087269",
+        "37.502669",
+        "Catania",
+    ],
     &["GEODIST", "geo", "Palermo", "Catania", "km"],
     &["GEOPOS", "geo", "Palermo"],
-    &["GEOSEARCH", "geo", "FROMLONLAT", "15", "37", "BYRADIUS", "200", "km", "ASC"],
+    &[
+        "GEOSEARCH",
+        "geo",
+        "FROMLONLAT",
+        "15",
+        "37",
+        "BYRADIUS",
+        "200",
+        "km",
+        "ASC",
+    ],
     // HyperLogLog
     &["PFADD", "hll", "a", "b", "c", "d"],
     &["PFCOUNT", "hll"],
@@ -106,7 +135,9 @@ const SCRIPT: &[&[&str]] = &[
     &["BITPOS", "bits", "1"],
     &["BITOP", "NOT", "bits2", "bits"],
     &["GET", "bits2"],
-    &["BITFIELD", "bf", "INCRBY", "u8", "0", "200", "GET", "u8", "0"],
+    &[
+        "BITFIELD", "bf", "INCRBY", "u8", "0", "200", "GET", "u8", "0",
+    ],
     // keys and scripts
     &["RENAME", "a", "a2"],
     &["EXPIRE", "a2", "1000"],
@@ -141,7 +172,10 @@ async fn every_data_type_round_trips_exactly_as_redis_answers() {
     let reference = Redis::start();
     let kg = Keygate::start(&backend.addr()).await;
     let through = run_script(&mut kg.raw().await).await;
-    let direct = run_script(&mut Raw::connect(format!("127.0.0.1:{}", reference.port).parse().unwrap()).await).await;
+    let direct = run_script(
+        &mut Raw::connect(format!("127.0.0.1:{}", reference.port).parse().unwrap()).await,
+    )
+    .await;
     for ((args, got), want) in SCRIPT.iter().zip(&through).zip(&direct) {
         assert_eq!(
             String::from_utf8_lossy(got),
@@ -159,7 +193,10 @@ async fn typed_values_through_a_real_client_library() {
     let _: () = con.set("greeting", "hi").await.unwrap();
     let got: String = con.get("greeting").await.unwrap();
     assert_eq!(got, "hi");
-    let _: () = con.hset_multiple("user", &[("name", "ada"), ("lang", "rust")]).await.unwrap();
+    let _: () = con
+        .hset_multiple("user", &[("name", "ada"), ("lang", "rust")])
+        .await
+        .unwrap();
     let name: String = con.hget("user", "name").await.unwrap();
     assert_eq!(name, "ada");
     let _: () = con.rpush("queue", &[1, 2, 3]).await.unwrap();
@@ -224,13 +261,21 @@ async fn hundred_concurrent_clients_each_see_only_their_own_values() {
     for client in 0..100 {
         let redis_client = kg.client();
         tasks.push(tokio::spawn(async move {
-            let mut con = redis_client.get_multiplexed_async_connection().await.unwrap();
+            let mut con = redis_client
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
             for round in 0..50 {
                 let key = format!("client:{client}:{}", round % 5);
                 let value = format!("{client}-{round}-{}", "x".repeat(client % 7 * 100));
                 let mut pipe = redis::pipe();
-                pipe.set(&key, &value).ignore().get(&key).append(&key, "!").get(&key);
-                let (got, _, appended): (String, i64, String) = pipe.query_async(&mut con).await.unwrap();
+                pipe.set(&key, &value)
+                    .ignore()
+                    .get(&key)
+                    .append(&key, "!")
+                    .get(&key);
+                let (got, _, appended): (String, i64, String) =
+                    pipe.query_async(&mut con).await.unwrap();
                 assert_eq!(got, value);
                 assert_eq!(appended, format!("{value}!"));
             }
@@ -266,12 +311,31 @@ async fn client_handshakes_get_clean_answers_on_an_open_connection() {
         b"-NOPROTO sorry, this protocol version is not supported.\r\n"
     );
     let hello = raw.call(&[b"HELLO", b"2", b"SETNAME", b"app"]).await;
-    assert!(hello.starts_with(b"*14\r\n$6\r\nserver\r\n$7\r\nkeygate\r\n"), "{}", String::from_utf8_lossy(&hello));
+    assert!(
+        hello.starts_with(b"*14\r\n$6\r\nserver\r\n$7\r\nkeygate\r\n"),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
     assert_eq!(raw.call(&[b"CLIENT", b"GETNAME"]).await, bulk("app"));
-    assert_eq!(raw.call(&[b"CLIENT", b"SETINFO", b"LIB-NAME", b"redis-py"]).await, b"+OK\r\n");
-    assert_eq!(raw.call(&[b"CLIENT", b"SETINFO", b"LIB-VER", b"5.2.1"]).await, b"+OK\r\n");
     assert_eq!(
-        raw.call(&[b"CLIENT", b"MAINT_NOTIFICATIONS", b"on", b"moving-endpoint-type", b"internal-ip"]).await,
+        raw.call(&[b"CLIENT", b"SETINFO", b"LIB-NAME", b"redis-py"])
+            .await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        raw.call(&[b"CLIENT", b"SETINFO", b"LIB-VER", b"5.2.1"])
+            .await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        raw.call(&[
+            b"CLIENT",
+            b"MAINT_NOTIFICATIONS",
+            b"on",
+            b"moving-endpoint-type",
+            b"internal-ip"
+        ])
+        .await,
         b"-ERR unknown subcommand 'MAINT_NOTIFICATIONS'. Try CLIENT HELP.\r\n"
     );
     let id = raw.call(&[b"CLIENT", b"ID"]).await;
@@ -279,13 +343,20 @@ async fn client_handshakes_get_clean_answers_on_an_open_connection() {
     let info = raw.call(&[b"INFO", b"server"]).await;
     assert!(info.starts_with(b"$") && String::from_utf8_lossy(&info).contains("redis_version"));
     let client_info = String::from_utf8_lossy(&raw.call(&[b"CLIENT", b"INFO"]).await).into_owned();
-    assert!(client_info.contains("name=app") && client_info.contains("lib-name=redis-py"), "{client_info}");
+    assert!(
+        client_info.contains("name=app") && client_info.contains("lib-name=redis-py"),
+        "{client_info}"
+    );
     raw.send(b"PING\r\n").await;
     assert_eq!(raw.reply().await.unwrap(), b"+PONG\r\n");
-    raw.send(b"set inline \"two words\"\r\nget inline\r\n").await;
+    raw.send(b"set inline \"two words\"\r\nget inline\r\n")
+        .await;
     assert_eq!(raw.reply().await.unwrap(), b"+OK\r\n");
     assert_eq!(raw.reply().await.unwrap(), bulk("two words"));
-    assert_eq!(raw.call(&[b"NOSUCHCOMMAND", b"a"]).await, b"-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'a' \r\n");
+    assert_eq!(
+        raw.call(&[b"NOSUCHCOMMAND", b"a"]).await,
+        b"-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'a' \r\n"
+    );
     assert_eq!(raw.call(&[b"GET", b"inline"]).await, bulk("two words"));
 }
 
@@ -299,20 +370,39 @@ async fn connection_state_is_kept_per_client_and_never_leaks() {
     assert_eq!(a.call(&[b"CLIENT", b"SETNAME", b"alice"]).await, b"+OK\r\n");
     assert_eq!(b.call(&[b"CLIENT", b"GETNAME"]).await, b"$-1\r\n");
     assert_eq!(a.call(&[b"CLIENT", b"GETNAME"]).await, bulk("alice"));
-    assert_ne!(a.call(&[b"CLIENT", b"ID"]).await, b.call(&[b"CLIENT", b"ID"]).await);
-    assert_eq!(a.call(&[b"CLIENT", b"SETNAME", b"bad name"]).await, b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+    assert_ne!(
+        a.call(&[b"CLIENT", b"ID"]).await,
+        b.call(&[b"CLIENT", b"ID"]).await
+    );
+    assert_eq!(
+        a.call(&[b"CLIENT", b"SETNAME", b"bad name"]).await,
+        b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    );
 
     assert_eq!(a.call(&[b"SELECT", b"0"]).await, b"+OK\r\n");
     let refused = a.call(&[b"SELECT", b"1"]).await;
-    assert!(refused.starts_with(b"-ERR keygate serves database 0 only"), "{}", String::from_utf8_lossy(&refused));
-    assert_eq!(a.call(&[b"SELECT", b"x"]).await, b"-ERR value is not an integer or out of range\r\n");
+    assert!(
+        refused.starts_with(b"-ERR keygate serves database 0 only"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    assert_eq!(
+        a.call(&[b"SELECT", b"x"]).await,
+        b"-ERR value is not an integer or out of range\r\n"
+    );
 
     assert_eq!(
         a.call(&[b"AUTH", b"secret"]).await,
         b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n"
     );
-    assert_eq!(a.call(&[b"AUTH", b"default", b"anything"]).await, b"+OK\r\n");
-    assert_eq!(a.call(&[b"AUTH", b"bob", b"pw"]).await, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    assert_eq!(
+        a.call(&[b"AUTH", b"default", b"anything"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        a.call(&[b"AUTH", b"bob", b"pw"]).await,
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
 
     // CLIENT REPLY OFF silences only this client.
     a.send(b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n*3\r\n$3\r\nSET\r\n$1\r\nq\r\n$1\r\n1\r\n").await;
@@ -325,9 +415,23 @@ async fn connection_state_is_kept_per_client_and_never_leaks() {
     assert_eq!(a.call(&[b"CLIENT", b"GETNAME"]).await, b"$-1\r\n");
 
     // Stateful commands are refused cleanly, and the connection stays usable.
-    for cmd in [&[&b"MULTI"[..]][..], &[b"WATCH", b"k"], &[b"BLPOP", b"k", b"0"], &[b"SUBSCRIBE", b"ch"], &[b"CLIENT", b"KILL", b"ID", b"1"], &[b"MONITOR"], &[b"WAIT", b"0", b"0"], &[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"$"]] {
+    for cmd in [
+        &[&b"MULTI"[..]][..],
+        &[b"WATCH", b"k"],
+        &[b"BLPOP", b"k", b"0"],
+        &[b"SUBSCRIBE", b"ch"],
+        &[b"CLIENT", b"KILL", b"ID", b"1"],
+        &[b"MONITOR"],
+        &[b"WAIT", b"0", b"0"],
+        &[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"$"],
+    ] {
         let reply = a.call(cmd).await;
-        assert!(reply.starts_with(b"-ERR '") && String::from_utf8_lossy(&reply).contains("is not available through keygate"), "{cmd:?}: {}", String::from_utf8_lossy(&reply));
+        assert!(
+            reply.starts_with(b"-ERR '")
+                && String::from_utf8_lossy(&reply).contains("is not available through keygate"),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&reply)
+        );
     }
     assert_eq!(a.call(&[b"GET", b"q"]).await, bulk("1"));
 

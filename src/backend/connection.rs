@@ -104,7 +104,9 @@ async fn connect(addr: &str, opts: &Options) -> Result<TcpStream, Arc<str>> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| Arc::<str>::from(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| Arc::<str>::from(e.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| Arc::<str>::from(e.to_string()))?;
         let mut stream = stream;
         if let Some(password) = &opts.password {
             let mut args = vec![Bytes::from_static(b"AUTH")];
@@ -134,11 +136,19 @@ async fn connect(addr: &str, opts: &Options) -> Result<TcpStream, Arc<str>> {
 async fn handshake(stream: &mut TcpStream, args: &[Bytes]) -> Result<Bytes, Arc<str>> {
     let mut out = BytesMut::new();
     crate::resp::encode_request(args, &mut out);
-    stream.write_all(&out).await.map_err(|e| Arc::<str>::from(e.to_string()))?;
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| Arc::<str>::from(e.to_string()))?;
     let mut buf = BytesMut::with_capacity(512);
     let mut scanner = Scanner::new(8);
     loop {
-        if stream.read_buf(&mut buf).await.map_err(|e| Arc::<str>::from(e.to_string()))? == 0 {
+        if stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Arc::<str>::from(e.to_string()))?
+            == 0
+        {
             return Err("closed by server during handshake".into());
         }
         match scanner.scan(&buf) {

@@ -73,7 +73,9 @@ impl Backend {
     pub fn send(&self, client: u64, args: Vec<Bytes>) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
         let link = &self.links[(client % self.links.len() as u64) as usize];
-        if let Err(mpsc::error::SendError(request)) = link.requests.send(Request { args, reply: tx }) {
+        if let Err(mpsc::error::SendError(request)) =
+            link.requests.send(Request { args, reply: tx })
+        {
             let _ = request.reply.send(Err(Error::BackendDown {
                 addr: self.addr.clone(),
                 reason: "connection task stopped".into(),

@@ -5,6 +5,7 @@
 //! forwarded, answered by keygate itself, or refused with a reason. Everything that needs to know
 //! about a command (session, router, metrics) reads it from the `Command` built here.
 
+#[rustfmt::skip]
 mod table;
 
 use bytes::Bytes;

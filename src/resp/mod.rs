@@ -153,7 +153,10 @@ mod tests {
     #[test]
     fn encodes_requests_and_replies() {
         let mut out = BytesMut::new();
-        encode_request(&[Bytes::from_static(b"GET"), Bytes::from_static(b"k")], &mut out);
+        encode_request(
+            &[Bytes::from_static(b"GET"), Bytes::from_static(b"k")],
+            &mut out,
+        );
         assert_eq!(&out[..], b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
         assert_eq!(&error("ERR a\r\nb")[..], b"-ERR a  b\r\n");
         assert_eq!(&bulk(None)[..], b"$-1\r\n");

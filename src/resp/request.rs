@@ -245,7 +245,11 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Bytes>> {
         loop {
             let c = at(p);
             if in_double {
-                if c == b'\\' && at(p + 1) == b'x' && hex(at(p + 2)).is_some() && hex(at(p + 3)).is_some() {
+                if c == b'\\'
+                    && at(p + 1) == b'x'
+                    && hex(at(p + 2)).is_some()
+                    && hex(at(p + 3)).is_some()
+                {
                     current.push(hex(at(p + 2))? * 16 + hex(at(p + 3))?);
                     p += 3;
                 } else if c == b'\\' && p + 1 < line.len() {

@@ -40,7 +40,11 @@ fn byte_at_a_time_gives_the_same_result() {
     }
     assert_eq!(
         got,
-        vec![args(&["SET", "k", "hello"]), args(&["GET", "k"]), args(&[""])]
+        vec![
+            args(&["SET", "k", "hello"]),
+            args(&["GET", "k"]),
+            args(&[""])
+        ]
     );
 }
 

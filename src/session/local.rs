@@ -33,7 +33,9 @@ impl Session {
                 )),
                 None => Err(Error::Invalid(NOT_INTEGER)),
             },
-            "auth" => self.auth(&args[1..]).and_then(|()| Handled::ready(resp::simple("OK"))),
+            "auth" => self
+                .auth(&args[1..])
+                .and_then(|()| Handled::ready(resp::simple("OK"))),
             "hello" => self.hello(&args[1..]),
             "reset" => {
                 self.name = None;

@@ -130,7 +130,13 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         if can_read && input.capacity() - input.len() < READ_CHUNK / 2 {
             input.reserve(READ_CHUNK.max(doubling_hint(&decoder, &input)));
         }
-        let front_waits = matches!(pending.front(), Some(Slot { reply: Reply::Backend(_), .. }));
+        let front_waits = matches!(
+            pending.front(),
+            Some(Slot {
+                reply: Reply::Backend(_),
+                ..
+            })
+        );
         tokio::select! {
             biased;
             written = out.write_to(&mut wr), if !out.is_empty() => {
@@ -201,7 +207,10 @@ impl Session {
                 Ok(None) => return,
                 Err(e) => {
                     debug!(client = self.id, peer = %self.peer, error = %e.0, "protocol error");
-                    self.proxy.metrics.protocol_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.proxy
+                        .metrics
+                        .protocol_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     pending.push_back(Slot {
                         reply: Reply::Ready(Error::Protocol(e.0).to_reply()),
                         command: UNKNOWN,

@@ -258,7 +258,11 @@ impl Raw {
             Ok(_) => {}
             Err(_) => panic!("connection still open"),
         }
-        assert!(self.buf.is_empty() && rest.is_empty(), "unexpected bytes before close: {:?}", String::from_utf8_lossy(&rest));
+        assert!(
+            self.buf.is_empty() && rest.is_empty(),
+            "unexpected bytes before close: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
     }
 }
 

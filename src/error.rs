@@ -41,6 +41,8 @@ pub enum Error {
     BackendLost { addr: Arc<str>, reason: Arc<str> },
     /// The backend's reply nests deeper than keygate forwards.
     ReplyTooDeep { depth: usize },
+    /// A bug in keygate cost this request; the text says where.
+    Internal(&'static str),
 }
 
 impl Error {
@@ -76,6 +78,7 @@ impl Error {
             Error::BackendLost { addr, reason } => {
                 format!("ERR keygate: connection to backend {addr} lost ({reason})")
             }
+            Error::Internal(what) => format!("ERR keygate: internal error: {what}"),
             Error::ReplyTooDeep { depth } => format!(
                 "ERR keygate: the reply nests deeper than {depth} levels and was not forwarded"
             ),

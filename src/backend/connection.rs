@@ -22,9 +22,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{self, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Options;
 use crate::error::Error;
@@ -53,14 +53,44 @@ enum Closed {
     Broken(Arc<str>),
 }
 
-/// The task behind one connection slot: connect, serve until broken, back off, reconnect.
-/// While there is no connection, requests are failed at once instead of queueing.
-pub(super) async fn run(
+/// Run a connection slot's task, and start it afresh should it ever panic: a bug must cost the
+/// requests in flight (their senders are dropped, so they get an error), never the slot itself.
+/// The channel outlives each attempt behind a mutex, which unwinding releases.
+pub(super) async fn supervise(
     addr: Arc<str>,
     opts: Arc<Options>,
-    mut requests: mpsc::UnboundedReceiver<Request>,
+    requests: mpsc::UnboundedReceiver<Request>,
     up: Arc<AtomicBool>,
 ) {
+    let requests = Arc::new(Mutex::new(requests));
+    loop {
+        let task = tokio::spawn(run(
+            addr.clone(),
+            opts.clone(),
+            requests.clone(),
+            up.clone(),
+        ));
+        match task.await {
+            Err(e) if e.is_panic() => {
+                up.store(false, Ordering::Release);
+                error!(backend = %addr, "backend connection task panicked; restarting it");
+            }
+            // Finished (the backend is gone) or cancelled (the runtime is shutting down).
+            _ => return,
+        }
+    }
+}
+
+/// The task behind one connection slot: connect, serve until broken, back off, reconnect.
+/// While there is no connection, requests are failed at once instead of queueing.
+async fn run(
+    addr: Arc<str>,
+    opts: Arc<Options>,
+    requests: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
+    up: Arc<AtomicBool>,
+) {
+    let mut requests = requests.lock_owned().await;
+    let requests = &mut *requests;
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(2));
     loop {
         let reason = match connect(&addr, &opts).await {
@@ -68,7 +98,7 @@ pub(super) async fn run(
                 info!(backend = %addr, "backend connected");
                 up.store(true, Ordering::Release);
                 backoff.reset();
-                let closed = serve(stream, &addr, &opts, &mut requests).await;
+                let closed = serve(stream, &addr, &opts, requests).await;
                 up.store(false, Ordering::Release);
                 match closed {
                     Closed::Unused => return,

@@ -62,7 +62,12 @@ impl Backend {
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let up = Arc::new(AtomicBool::new(false));
-                tokio::spawn(connection::run(addr.clone(), opts.clone(), rx, up.clone()));
+                tokio::spawn(connection::supervise(
+                    addr.clone(),
+                    opts.clone(),
+                    rx,
+                    up.clone(),
+                ));
                 Link { requests: tx, up }
             })
             .collect();

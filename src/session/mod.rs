@@ -178,11 +178,9 @@ fn reply_bytes(result: ReplyResult) -> Bytes {
     result.unwrap_or_else(|e| e.to_reply())
 }
 
+/// The backend connection task dropped a request without answering it (it can only panic).
 fn lost() -> Error {
-    Error::BackendLost {
-        addr: "?".into(),
-        reason: "request dropped".into(),
-    }
+    Error::Internal("the backend connection handling this request failed")
 }
 
 /// How much to grow the read buffer by: the rest of a large argument being received, but never

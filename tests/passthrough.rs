@@ -256,7 +256,13 @@ async fn thousand_deep_pipelines_are_answered_in_order() {
 #[tokio::test]
 async fn hundred_concurrent_clients_each_see_only_their_own_values() {
     let backend = Redis::start();
-    let kg = Keygate::start_with(&backend.addr(), "").await;
+    // A pool of four shared connections: clients spread over them, each keeping its order.
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n\
+         connections_per_server = 4\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        backend.addr()
+    ))
+    .await;
     let mut tasks = Vec::new();
     for client in 0..100 {
         let redis_client = kg.client();
@@ -284,6 +290,12 @@ async fn hundred_concurrent_clients_each_see_only_their_own_values() {
     for task in tasks {
         task.await.unwrap();
     }
+    let (_, metrics) = common::http_get(kg.admin, "/metrics").await;
+    let line = format!(
+        "keygate_backend_connections{{server=\"{}\"}} 4",
+        backend.addr()
+    );
+    assert!(metrics.lines().any(|l| l == line), "{metrics}");
 }
 
 #[tokio::test]
@@ -364,7 +376,7 @@ async fn client_handshakes_get_clean_answers_on_an_open_connection() {
 async fn connection_state_is_kept_per_client_and_never_leaks() {
     let backend = Redis::start();
     // One backend connection shared by both clients.
-    let kg = Keygate::start_with(&backend.addr(), "").await;
+    let kg = Keygate::start(&backend.addr()).await;
     let mut a = kg.raw().await;
     let mut b = kg.raw().await;
     assert_eq!(a.call(&[b"CLIENT", b"SETNAME", b"alice"]).await, b"+OK\r\n");

@@ -129,8 +129,8 @@ impl Keygate {
         Keygate::start_with(backend, "").await
     }
 
-    /// keygate in front of `backend`; `extra` is TOML appended to the config (for `[limits]`
-    /// and the like; `upstream_extra` keys go into `[upstream]`).
+    /// keygate in front of `backend`; `extra` is TOML appended after the `[admin]` section (for
+    /// `[limits]` and the like).
     pub async fn start_with(backend: &str, extra: &str) -> Keygate {
         Keygate::start_config(&format!(
             "listen = \"127.0.0.1:0\"\n\

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::route::ketama::Hash;
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -29,8 +31,14 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pub kind: UpstreamKind,
-    /// `host:port` of each server.
-    pub servers: Vec<String>,
+    /// The servers (for "cluster": the seed nodes).
+    pub servers: Vec<Server>,
+    /// ketama: the key hash function.
+    pub hash: Hash,
+    /// ketama: the two characters that delimit the hashed part of a key, e.g. `{}`.
+    pub hash_tag: Option<[u8; 2]>,
+    /// cluster: how often the slot map is refreshed when nothing prompts it.
+    pub refresh_interval: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
     pub connections_per_server: usize,
@@ -40,7 +48,23 @@ pub struct Upstream {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamKind {
+    /// One server.
     Standalone,
+    /// Standalone servers sharded by twemproxy's ketama ring.
+    Ketama,
+    /// A Redis Cluster, found from seed nodes.
+    Cluster,
+}
+
+/// One `servers` entry: `host:port`, and for ketama `host:port:weight name` as twemproxy writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// `host:port`, what keygate connects to.
+    pub addr: String,
+    pub weight: u32,
+    /// The name its ketama points derive from: the given name, else `host:port` (just `host`
+    /// when the port is 11211, as twemproxy does for libmemcached compatibility).
+    pub name: String,
 }
 
 #[derive(Clone, Debug)]
@@ -109,6 +133,10 @@ struct File {
 struct UpstreamFile {
     kind: String,
     servers: Vec<String>,
+    hash: Option<String>,
+    hash_tag: Option<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    refresh_interval: Option<Duration>,
     username: Option<String>,
     password: Option<String>,
     #[serde(default = "one")]
@@ -190,6 +218,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 /// A size in bytes: a whole number, or a string with a unit ("512MiB", "64KiB", "1GB").
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     #[derive(Deserialize)]
@@ -259,39 +291,103 @@ impl Config {
         })?;
 
         let listen = socket_addr(&raw.listen).map_err(|r| fail("listen", r))?;
-        let kind = match raw.upstream.kind.as_str() {
+        let up = &raw.upstream;
+        let kind = match up.kind.as_str() {
             "standalone" => UpstreamKind::Standalone,
-            "ketama" | "cluster" | "sentinel" => {
+            "ketama" => UpstreamKind::Ketama,
+            "cluster" => UpstreamKind::Cluster,
+            "sentinel" => {
                 return Err(fail(
                     "upstream.kind",
-                    format!(
-                        "kind {:?} is not supported yet; this build supports \"standalone\"",
-                        raw.upstream.kind
-                    ),
+                    "kind \"sentinel\" is not supported yet; this build supports \"standalone\", \"ketama\" and \"cluster\"".into(),
                 ))
             }
             other => {
                 return Err(fail(
                     "upstream.kind",
-                    format!("unknown kind {other:?}; expected \"standalone\""),
+                    format!("unknown kind {other:?}; expected \"standalone\", \"ketama\" or \"cluster\""),
                 ))
             }
         };
-        if raw.upstream.servers.is_empty() {
+        if up.servers.is_empty() {
             return Err(fail("upstream.servers", "the server list is empty".into()));
         }
-        for (i, server) in raw.upstream.servers.iter().enumerate() {
-            host_port(server).map_err(|r| fail(&format!("upstream.servers[{i}]"), r))?;
+        let mut servers = Vec::new();
+        for (i, text) in up.servers.iter().enumerate() {
+            let key = format!("upstream.servers[{i}]");
+            let server = if kind == UpstreamKind::Ketama {
+                ketama_server(text)
+            } else {
+                host_port(text).map(|()| Server {
+                    addr: text.clone(),
+                    weight: 1,
+                    name: text.clone(),
+                })
+            }
+            .map_err(|r| fail(&key, r))?;
+            if servers.iter().any(|s: &Server| s.addr == server.addr) {
+                return Err(fail(&key, format!("{:?} is listed twice", server.addr)));
+            }
+            if servers.iter().any(|s: &Server| s.name == server.name) {
+                return Err(fail(
+                    &key,
+                    format!("the name {:?} is used twice", server.name),
+                ));
+            }
+            servers.push(server);
         }
-        if kind == UpstreamKind::Standalone && raw.upstream.servers.len() != 1 {
+        if kind == UpstreamKind::Standalone && servers.len() != 1 {
             return Err(fail(
                 "upstream.servers",
                 format!(
                     "kind \"standalone\" takes exactly one server, got {}",
-                    raw.upstream.servers.len()
+                    servers.len()
                 ),
             ));
         }
+        let only_for = |key: &str, what: &str, wanted: UpstreamKind| {
+            if kind == wanted {
+                Ok(())
+            } else {
+                Err(fail(key, format!("only applies to kind {what:?}")))
+            }
+        };
+        let hash = match &up.hash {
+            Some(name) => {
+                only_for("upstream.hash", "ketama", UpstreamKind::Ketama)?;
+                Hash::from_name(name).ok_or_else(|| {
+                    fail(
+                        "upstream.hash",
+                        format!("unknown hash {name:?}; expected one of fnv1a_64, fnv1_64, fnv1a_32, fnv1_32, md5"),
+                    )
+                })?
+            }
+            None => Hash::Fnv1a64,
+        };
+        let hash_tag = match &up.hash_tag {
+            Some(tag) => {
+                only_for("upstream.hash_tag", "ketama", UpstreamKind::Ketama)?;
+                match tag.as_bytes() {
+                    [open, close] => Some([*open, *close]),
+                    _ => {
+                        return Err(fail(
+                            "upstream.hash_tag",
+                            format!("{tag:?} must be exactly two characters, e.g. \"{{}}\""),
+                        ))
+                    }
+                }
+            }
+            None => None,
+        };
+        if up.refresh_interval.is_some() {
+            only_for(
+                "upstream.refresh_interval",
+                "cluster",
+                UpstreamKind::Cluster,
+            )?;
+        }
+        let refresh_interval = up.refresh_interval.unwrap_or(Duration::from_secs(10));
+        nonzero_duration(refresh_interval).map_err(|r| fail("upstream.refresh_interval", r))?;
         if raw.upstream.username.is_some() && raw.upstream.password.is_none() {
             return Err(fail(
                 "upstream.username",
@@ -340,7 +436,10 @@ impl Config {
             drain_timeout: raw.drain_timeout,
             upstream: Upstream {
                 kind,
-                servers: raw.upstream.servers,
+                servers,
+                hash,
+                hash_tag,
+                refresh_interval,
                 username: raw.upstream.username,
                 password: raw.upstream.password,
                 connections_per_server: raw.upstream.connections_per_server,
@@ -378,6 +477,38 @@ fn host_port(text: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// A ketama server as twemproxy writes it: `host:port[:weight] [name]`.
+fn ketama_server(text: &str) -> Result<Server, String> {
+    let bad = || {
+        format!("invalid server {text:?}: expected host:port[:weight] [name], e.g. \"127.0.0.1:6379:1 cache1\"")
+    };
+    let mut words = text.split_whitespace();
+    let address = words.next().ok_or_else(bad)?;
+    let name = words.next();
+    if words.next().is_some() {
+        return Err(bad());
+    }
+    let fields: Vec<&str> = address.split(':').collect();
+    let (host, port, weight) = match fields.as_slice() {
+        [host, port] => (*host, *port, 1),
+        [host, port, weight] => (*host, *port, weight.parse::<u32>().map_err(|_| bad())?),
+        _ => return Err(bad()),
+    };
+    let addr = format!("{host}:{port}");
+    host_port(&addr).map_err(|_| bad())?;
+    if weight == 0 {
+        return Err(format!(
+            "invalid server {text:?}: the weight must be at least 1"
+        ));
+    }
+    let name = match name {
+        Some(name) => name.to_string(),
+        None if port == "11211" => host.to_string(),
+        None => addr.clone(),
+    };
+    Ok(Server { addr, weight, name })
 }
 
 fn positive(n: usize, max: usize) -> Result<(), String> {

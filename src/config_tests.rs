@@ -57,9 +57,14 @@ fn errors_name_file_key_and_reason() {
         e.starts_with("t.toml: limits.max_request_bytes: invalid size"),
         "{e}"
     );
-    let e = error_of(&GOOD.replace("standalone", "ketama"));
+    let e = error_of(&GOOD.replace("standalone", "sentinel"));
     assert!(
-        e.starts_with("t.toml: upstream.kind: kind \"ketama\" is not supported yet"),
+        e.starts_with("t.toml: upstream.kind: kind \"sentinel\" is not supported yet"),
+        "{e}"
+    );
+    let e = error_of(&GOOD.replace("connect_timeout", "hash = \"md5\"\nconnect_timeout"));
+    assert!(
+        e.starts_with("t.toml: upstream.hash: only applies to kind \"ketama\""),
         "{e}"
     );
     let e = error_of("listen = \"x\"\n[upstream]\nkind=\"standalone\"\nservers=[\"a:1\"]\n");
@@ -73,4 +78,40 @@ fn sizes_take_units() {
     assert_eq!(parse_size("100"), Some(100));
     assert_eq!(parse_size("1 GB"), Some(1 << 30));
     assert_eq!(parse_size("5 parsecs"), None);
+}
+
+#[test]
+fn ketama_servers_are_written_as_twemproxy_writes_them() {
+    let c = Config::parse(
+        "listen = \"127.0.0.1:6380\"\n[upstream]\nkind = \"ketama\"\nhash = \"md5\"\nhash_tag = \"{}\"\n\
+         servers = [\"10.0.0.1:6379:2 alpha\", \"10.0.0.2:6379\", \"cache:11211:1\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    let s = &c.upstream.servers;
+    assert_eq!(
+        (s[0].addr.as_str(), s[0].weight, s[0].name.as_str()),
+        ("10.0.0.1:6379", 2, "alpha")
+    );
+    assert_eq!(
+        (s[1].addr.as_str(), s[1].weight, s[1].name.as_str()),
+        ("10.0.0.2:6379", 1, "10.0.0.2:6379")
+    );
+    assert_eq!(
+        (s[2].addr.as_str(), s[2].name.as_str()),
+        ("cache:11211", "cache")
+    );
+    assert_eq!(c.upstream.hash_tag, Some(*b"{}"));
+    for (bad, want) in [
+        ("\"h:1:0\"", "the weight must be at least 1"),
+        ("\"h:1:x\"", "invalid server"),
+        ("\"h:1 a b\"", "invalid server"),
+        ("\"h:1 a\", \"g:1 a\"", "the name \"a\" is used twice"),
+        ("\"h:1\", \"h:1\"", "\"h:1\" is listed twice"),
+    ] {
+        let e = error_of(&format!(
+            "listen = \"127.0.0.1:6380\"\n[upstream]\nkind = \"ketama\"\nservers = [{bad}]\n"
+        ));
+        assert!(e.contains(want), "{bad}: {e}");
+    }
 }

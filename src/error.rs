@@ -41,6 +41,12 @@ pub enum Error {
     BackendLost { addr: Arc<str>, reason: Arc<str> },
     /// The backend's reply nests deeper than keygate forwards.
     ReplyTooDeep { depth: usize },
+    /// Keys of a command that cannot be split live on different shards (or cluster slots).
+    CrossSlot,
+    /// No cluster primary serves this slot (the slot map is not known, or the cluster is down).
+    SlotUnserved(u16),
+    /// A SCAN cursor made under another topology.
+    StaleCursor,
     /// A bug in keygate cost this request; the text says where.
     Internal(&'static str),
 }
@@ -78,6 +84,9 @@ impl Error {
             Error::BackendLost { addr, reason } => {
                 format!("ERR keygate: connection to backend {addr} lost ({reason})")
             }
+            Error::CrossSlot => "CROSSSLOT Keys in request don't hash to the same slot".to_string(),
+            Error::SlotUnserved(slot) => format!("CLUSTERDOWN Hash slot {slot} is not served (keygate has no node for it)"),
+            Error::StaleCursor => "ERR keygate: this SCAN cursor was made before the topology changed; start the scan again from 0".to_string(),
             Error::Internal(what) => format!("ERR keygate: internal error: {what}"),
             Error::ReplyTooDeep { depth } => format!(
                 "ERR keygate: the reply nests deeper than {depth} levels and was not forwarded"

@@ -8,8 +8,10 @@
 //!   answers the commands that touch connection state itself.
 //! - `resp`: the wire format without I/O: request decoder, reply scanner, encoders.
 //! - `command`: ONE command table (generated from Redis) and keygate's policy for each command.
-//! - `route`: pure planning of where a command goes.
-//! - `topology`: the backends, one snapshot behind one `ArcSwap`.
+//! - `route`: pure planning of where a command goes (ketama ring, cluster slots, split/merge).
+//! - `dispatch`: runs a plan: sends, joins fan-out, follows cluster redirections.
+//! - `topology`: the backends and placement, one snapshot behind one `ArcSwap`;
+//!   `refresh` rebuilds a cluster's in the background.
 //! - `backend`: per server, a pool of pipelined connections with FIFO reply matching.
 //! - `write_queue`: batched, zero-copy socket writes for both sides.
 //! - `admin`, `metrics`: /health, /ready, /metrics.
@@ -30,8 +32,10 @@ pub mod admin;
 pub mod backend;
 pub mod command;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod metrics;
+pub mod refresh;
 pub mod resp;
 pub mod route;
 pub mod server;

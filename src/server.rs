@@ -12,13 +12,15 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, UpstreamKind};
 use crate::metrics::Metrics;
+use crate::refresh;
 use crate::session;
 use crate::topology::Topology;
 
@@ -27,7 +29,16 @@ pub struct Proxy {
     pub config: Config,
     pub topology: ArcSwap<Topology>,
     pub metrics: Metrics,
+    /// Wakes the cluster refresher (see `refresh`).
+    pub refresh: Notify,
     next_client_id: AtomicU64,
+}
+
+impl Proxy {
+    /// Ask for a cluster slot map refresh soon; returns at once.
+    pub fn refresh_soon(&self) {
+        self.refresh.notify_one();
+    }
 }
 
 /// A bound, not yet running proxy.
@@ -58,8 +69,17 @@ impl Server {
             config,
             topology: ArcSwap::from_pointee(topology),
             metrics: Metrics::default(),
+            refresh: Notify::new(),
             next_client_id: AtomicU64::new(1),
         });
+        if proxy.config.upstream.kind == UpstreamKind::Cluster {
+            // Learn the slot map before the first client arrives; if no node answers, start
+            // anyway (requests get -CLUSTERDOWN) and keep trying in the background.
+            if let Err(e) = refresh::refresh(&proxy).await {
+                warn!(error = %e, "cluster discovery failed; retrying in the background");
+                proxy.refresh_soon();
+            }
+        }
         Ok(Server {
             listener,
             admin,
@@ -93,6 +113,9 @@ impl Server {
         info!(listen = %proxy.config.listen, "keygate listening");
         if let Some(admin) = admin {
             tokio::spawn(admin::serve(admin, proxy.clone(), shutdown.clone()));
+        }
+        if proxy.config.upstream.kind == UpstreamKind::Cluster {
+            tokio::spawn(refresh::run(proxy.clone(), shutdown.clone()));
         }
         let sessions = TaskTracker::new();
         let max_clients = proxy.config.limits.max_clients;

@@ -1,40 +1,158 @@
-//! What keygate talks to: the backends, built from the config and replaced whole.
+//! What keygate talks to: the backends and how keys are placed on them, built from the config
+//! (or, for a cluster, from its slot map) and replaced whole.
+//!
+//! # Concurrency note
 //!
 //! The proxy keeps one `Topology` behind one `ArcSwap`. A request loads the snapshot once and
-//! uses only it, so it can never see half of an old topology and half of a new one; a new
-//! topology is built off to the side and stored in one step.
+//! uses only it, so it never sees half of an old topology and half of a new one; a new topology
+//! is built off to the side and stored in one step. Backends are shared (`Arc`) between
+//! successive topologies, so a node that stays keeps its connections across a refresh, and
+//! requests already sent on a snapshot finish on the connections they started on.
 
 use std::sync::Arc;
 
 use crate::backend::{Backend, Options};
 use crate::config::{Config, UpstreamKind};
+use crate::error::Error;
+use crate::route::ketama::{Node, Ring};
+use crate::route::slots::{self, Shard, SLOTS};
+use crate::route::Target;
+
+/// How keys map to backends.
+pub enum Placement {
+    /// One backend holds everything.
+    Single,
+    /// twemproxy's ketama ring; server index = backend index.
+    Ring(Ring),
+    /// Redis Cluster: slot → backend index, `UNASSIGNED` where no primary serves it.
+    Slots(Box<[u16]>),
+}
+
+pub const UNASSIGNED: u16 = u16::MAX;
 
 pub struct Topology {
     pub kind: UpstreamKind,
-    pub backends: Vec<Backend>,
+    /// Standalone: the server; ketama: the servers in config order; cluster: the primaries,
+    /// sorted by address.
+    pub backends: Vec<Arc<Backend>>,
+    pub placement: Placement,
+    /// Cluster: the shards this map was built from (to tell whether a refresh changed anything).
+    pub shards: Vec<Shard>,
+    /// Bumped whenever placement changes; carried in SCAN cursors.
+    pub epoch: u64,
 }
 
 impl Topology {
-    /// Build the topology a config describes and start its connections (on the current runtime).
+    /// Build the topology a config describes and start its connections (on the current
+    /// runtime). A cluster starts with its seeds and no slot map until discovery fills it in.
     pub fn start(config: &Config) -> Topology {
         let opts = Arc::new(Options::new(
             &config.upstream,
             config.limits.max_reply_depth,
         ));
-        let backends = config
-            .upstream
+        let up = &config.upstream;
+        let backends: Vec<Arc<Backend>> = up
             .servers
             .iter()
-            .map(|addr| Backend::start(addr, config.upstream.connections_per_server, opts.clone()))
+            .map(|s| {
+                Arc::new(Backend::start(
+                    &s.addr,
+                    up.connections_per_server,
+                    opts.clone(),
+                ))
+            })
             .collect();
+        let placement = match up.kind {
+            UpstreamKind::Standalone => Placement::Single,
+            UpstreamKind::Ketama => {
+                let nodes: Vec<Node> = up
+                    .servers
+                    .iter()
+                    .map(|s| Node {
+                        name: s.name.clone(),
+                        weight: s.weight,
+                    })
+                    .collect();
+                Placement::Ring(Ring::new(&nodes, up.hash, up.hash_tag))
+            }
+            UpstreamKind::Cluster => Placement::Slots(vec![UNASSIGNED; SLOTS].into_boxed_slice()),
+        };
         Topology {
-            kind: config.upstream.kind,
+            kind: up.kind,
             backends,
+            placement,
+            shards: Vec::new(),
+            epoch: 0,
         }
     }
 
-    /// Every backend has at least one live connection.
+    /// A cluster topology for `shards`, reusing `previous`'s backends for nodes it already had.
+    pub fn cluster(shards: Vec<Shard>, previous: &Topology, config: &Config) -> Topology {
+        let opts = Arc::new(Options::new(
+            &config.upstream,
+            config.limits.max_reply_depth,
+        ));
+        let mut map = vec![UNASSIGNED; SLOTS].into_boxed_slice();
+        let mut backends = Vec::with_capacity(shards.len());
+        for (index, shard) in shards.iter().enumerate() {
+            let backend = match previous.backend_by_addr(&shard.primary) {
+                Some(i) => previous.backends[i].clone(),
+                None => Arc::new(Backend::start(
+                    &shard.primary,
+                    config.upstream.connections_per_server,
+                    opts.clone(),
+                )),
+            };
+            backends.push(backend);
+            for &(start, end) in &shard.ranges {
+                for slot in start..=end {
+                    map[slot as usize] = index as u16;
+                }
+            }
+        }
+        Topology {
+            kind: UpstreamKind::Cluster,
+            backends,
+            placement: Placement::Slots(map),
+            shards,
+            epoch: previous.epoch + 1,
+        }
+    }
+
+    /// Where a key lives.
+    pub fn target_of(&self, key: &[u8]) -> Result<Target, Error> {
+        match &self.placement {
+            Placement::Single => Ok(Target {
+                backend: 0,
+                slot: None,
+            }),
+            Placement::Ring(ring) => Ok(Target {
+                backend: ring.server_of(key),
+                slot: None,
+            }),
+            Placement::Slots(map) => {
+                let slot = slots::slot_of(key);
+                match map[slot as usize] {
+                    UNASSIGNED => Err(Error::SlotUnserved(slot)),
+                    backend => Ok(Target {
+                        backend: backend as usize,
+                        slot: Some(slot),
+                    }),
+                }
+            }
+        }
+    }
+
+    pub fn backend_by_addr(&self, addr: &str) -> Option<usize> {
+        self.backends.iter().position(|b| &*b.addr == addr)
+    }
+
+    /// Every backend has at least one live connection (and a cluster has a slot map).
     pub fn ready(&self) -> bool {
-        self.backends.iter().all(|b| b.connections_up() > 0)
+        let mapped = match &self.placement {
+            Placement::Slots(map) => map.iter().all(|&b| b != UNASSIGNED),
+            _ => true,
+        };
+        mapped && self.backends.iter().all(|b| b.connections_up() > 0)
     }
 }

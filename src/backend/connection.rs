@@ -38,6 +38,8 @@ pub type ReplyResult = Result<Bytes, Error>;
 pub struct Request {
     pub args: Vec<Bytes>,
     pub reply: oneshot::Sender<ReplyResult>,
+    /// Send `ASKING` first, on the same connection (a cluster's `-ASK` redirection).
+    pub asking: bool,
 }
 
 /// Stop taking new requests while this much is waiting to be written.
@@ -162,6 +164,16 @@ async fn connect(addr: &str, opts: &Options) -> Result<TcpStream, Arc<str>> {
     }
 }
 
+/// Open a connection, send one request, read its reply, close: for topology discovery, which
+/// must not depend on the pools it is about to rebuild.
+pub async fn query_once(addr: &str, opts: &Options, args: &[Bytes]) -> Result<Bytes, Arc<str>> {
+    let mut stream = connect(addr, opts).await?;
+    match time::timeout(opts.request_timeout, handshake(&mut stream, args)).await {
+        Ok(reply) => reply,
+        Err(_) => Err("no reply in time".into()),
+    }
+}
+
 /// Send one request on a fresh connection and read its reply.
 async fn handshake(stream: &mut TcpStream, args: &[Bytes]) -> Result<Bytes, Arc<str>> {
     let mut out = BytesMut::new();
@@ -171,7 +183,7 @@ async fn handshake(stream: &mut TcpStream, args: &[Bytes]) -> Result<Bytes, Arc<
         .await
         .map_err(|e| Arc::<str>::from(e.to_string()))?;
     let mut buf = BytesMut::with_capacity(512);
-    let mut scanner = Scanner::new(8);
+    let mut scanner = Scanner::new(16);
     loop {
         if stream
             .read_buf(&mut buf)
@@ -191,7 +203,8 @@ async fn handshake(stream: &mut TcpStream, args: &[Bytes]) -> Result<Bytes, Arc<
 
 /// A request written to the server, waiting for its reply.
 struct InFlight {
-    reply: oneshot::Sender<ReplyResult>,
+    /// `None` for an `ASKING` keygate sent itself: its `+OK` is read and dropped.
+    reply: Option<oneshot::Sender<ReplyResult>>,
     deadline: Instant,
 }
 
@@ -265,7 +278,9 @@ async fn serve(
     let reason: Arc<str> = broken.to_string().into();
     debug!(backend = %addr, in_flight = inflight.len(), %reason, "poisoning backend connection");
     for pending in inflight.drain(..) {
-        let _ = pending.reply.send(Err(broken.clone()));
+        if let Some(reply) = pending.reply {
+            let _ = reply.send(Err(broken.clone()));
+        }
     }
     Closed::Broken(reason)
 }
@@ -280,9 +295,16 @@ fn accept(
         // The client went away before its request was written: skip it.
         return;
     }
+    if request.asking {
+        out.push_request(&[Bytes::from_static(b"ASKING")]);
+        inflight.push_back(InFlight {
+            reply: None,
+            deadline,
+        });
+    }
     out.push_request(&request.args);
     inflight.push_back(InFlight {
-        reply: request.reply,
+        reply: Some(request.reply),
         deadline,
     });
 }
@@ -311,7 +333,9 @@ fn deliver(
         } else {
             Ok(bytes)
         };
-        let _ = pending.reply.send(reply);
+        if let Some(sender) = pending.reply {
+            let _ = sender.send(reply);
+        }
     }
 }
 

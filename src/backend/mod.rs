@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-pub use connection::ReplyResult;
 use connection::Request;
+pub use connection::{query_once, ReplyResult};
 
 use crate::config::Upstream;
 use crate::error::Error;
@@ -76,11 +76,24 @@ impl Backend {
 
     /// Send a request for client `client`; the receiver gets its reply or an error, always.
     pub fn send(&self, client: u64, args: Vec<Bytes>) -> oneshot::Receiver<ReplyResult> {
+        self.send_with(client, args, false)
+    }
+
+    /// `send`, preceded by `ASKING` on the same connection when `asking`.
+    pub fn send_with(
+        &self,
+        client: u64,
+        args: Vec<Bytes>,
+        asking: bool,
+    ) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
         let link = &self.links[(client % self.links.len() as u64) as usize];
-        if let Err(mpsc::error::SendError(request)) =
-            link.requests.send(Request { args, reply: tx })
-        {
+        let request = Request {
+            args,
+            reply: tx,
+            asking,
+        };
+        if let Err(mpsc::error::SendError(request)) = link.requests.send(request) {
             let _ = request.reply.send(Err(Error::BackendDown {
                 addr: self.addr.clone(),
                 reason: "connection task stopped".into(),

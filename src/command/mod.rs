@@ -8,6 +8,8 @@
 #[rustfmt::skip]
 mod table;
 
+pub mod keys;
+
 use bytes::Bytes;
 
 pub use table::{COMMANDS, REDIS_VERSION};

@@ -11,6 +11,7 @@
 
 pub mod reply;
 pub mod request;
+pub mod value;
 
 use bytes::{BufMut, Bytes, BytesMut};
 

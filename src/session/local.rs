@@ -223,7 +223,7 @@ impl Handled {
     /// No reply at all (CLIENT REPLY OFF/SKIP answer nothing).
     pub(super) fn quiet() -> Self {
         Handled {
-            reply: super::Reply::Ready(Bytes::new()),
+            reply: crate::dispatch::Reply::Ready(Bytes::new()),
             quiet: true,
         }
     }

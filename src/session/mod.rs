@@ -26,21 +26,16 @@ use tracing::debug;
 
 use crate::backend::ReplyResult;
 use crate::command::{Command, CommandId, Policy, UNKNOWN};
+use crate::dispatch::{self, Reply};
 use crate::error::Error;
 use crate::resp::request::{Decoder, Limits};
-use crate::route::{self, Plan};
+use crate::route;
 use crate::server::Proxy;
 use crate::write_queue::WriteQueue;
 
 /// Stop reading requests while this much output waits for the client.
 const OUTPUT_HIGH_WATER: usize = 1024 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
-
-/// A reply, or the promise of one.
-enum Reply {
-    Ready(Bytes),
-    Backend(oneshot::Receiver<ReplyResult>),
-}
 
 /// One request's place in the reply order.
 struct Slot {
@@ -118,6 +113,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
                     Err(oneshot::error::TryRecvError::Empty) => break,
                     Err(oneshot::error::TryRecvError::Closed) => reply_bytes(Err(lost())),
                 },
+                Reply::Later(_) => break,
             };
             let slot = pending.pop_front().expect("front exists");
             session.emit(&slot, bytes, &mut out);
@@ -144,9 +140,9 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
                     break;
                 }
             }
-            result = front_reply(&mut pending), if front_waits => {
+            reply = front_reply(&mut pending), if front_waits => {
                 let slot = pending.pop_front().expect("front exists");
-                session.emit(&slot, reply_bytes(result), &mut out);
+                session.emit(&slot, reply, &mut out);
             }
             read = tokio::io::AsyncReadExt::read_buf(&mut rd, &mut input), if can_read => match read {
                 Ok(0) | Err(_) => session.closing = true,
@@ -167,10 +163,11 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
 }
 
 /// Wait for the reply of the request at the front of the queue.
-async fn front_reply(pending: &mut VecDeque<Slot>) -> ReplyResult {
+async fn front_reply(pending: &mut VecDeque<Slot>) -> Bytes {
     match pending.front_mut().map(|slot| &mut slot.reply) {
-        Some(Reply::Backend(rx)) => rx.await.unwrap_or_else(|_| Err(lost())),
-        _ => unreachable!("only called when the front waits for a backend"),
+        Some(Reply::Backend(rx)) => reply_bytes(rx.await.unwrap_or_else(|_| Err(lost()))),
+        Some(Reply::Later(future)) => future.await,
+        _ => unreachable!("only called when the front waits for a reply"),
     }
 }
 
@@ -259,9 +256,9 @@ impl Session {
             }),
             Policy::Forward => {
                 let topology = self.proxy.topology.load();
-                let Plan::One(backend) = route::plan(&cmd, &topology);
-                let rx = topology.backends[backend].send(self.id, cmd.args);
-                Ok(Handled::reply(Reply::Backend(rx)))
+                let plan = route::plan(&cmd, &topology)?;
+                let reply = dispatch::run(&self.proxy, &topology, self.id, cmd.args, plan);
+                Ok(Handled::reply(reply))
             }
             Policy::Close => unreachable!("handled above"),
         }

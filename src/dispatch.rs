@@ -1,0 +1,232 @@
+//! Running a plan against the backends: the only place plans act.
+//!
+//! Every request is sent at once, when the plan is run; what comes back is a `Reply` the session
+//! waits on in request order. Split commands send all their parts before waiting on any, so the
+//! shards work in parallel. In cluster mode every request is followed through the cluster's
+//! redirections: `-MOVED` (the slot map is stale: refresh it in the background, and retry at the
+//! named node), `-ASK` (retry once at the named node, after `ASKING`), `-TRYAGAIN` and
+//! `-CLUSTERDOWN` (retry a few times with backoff). Clients never see a redirection.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::oneshot;
+
+use crate::backend::{Backend, ReplyResult};
+use crate::config::UpstreamKind;
+use crate::error::Error;
+use crate::resp::{self, value};
+use crate::route::slots::{self, Redirect};
+use crate::route::{self, merge, Plan};
+use crate::server::Proxy;
+use crate::topology::Topology;
+
+/// A request's reply, now or later.
+pub enum Reply {
+    /// keygate's own answer.
+    Ready(Bytes),
+    /// One backend's reply, forwarded as it is.
+    Backend(oneshot::Receiver<ReplyResult>),
+    /// A reply that needs more work: merging, redirections, cursor rewriting.
+    Later(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+}
+
+type Pending = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
+/// How many times one request follows redirections or retries before giving up.
+const MAX_ATTEMPTS: u32 = 5;
+
+pub fn run(
+    proxy: &Arc<Proxy>,
+    topology: &Arc<Topology>,
+    client: u64,
+    args: Vec<Bytes>,
+    plan: Plan,
+) -> Reply {
+    let cluster = topology.kind == UpstreamKind::Cluster;
+    match plan {
+        Plan::One(target) if !cluster => {
+            Reply::Backend(topology.backends[target.backend].send(client, args))
+        }
+        Plan::One(target) => Reply::Later(send(proxy, topology, client, target.backend, args)),
+        Plan::Split { parts, merge } => {
+            let layout: Vec<Vec<usize>> = parts.iter().map(|p| p.keys.clone()).collect();
+            let sent: Vec<Pending> = parts
+                .into_iter()
+                .map(|part| send(proxy, topology, client, part.target.backend, part.args))
+                .collect();
+            Reply::Later(Box::pin(async move {
+                let replies = join(sent).await;
+                merge::combine(merge, &replies, &layout, "")
+            }))
+        }
+        Plan::All { args, merge } => {
+            let sent: Vec<Pending> = (0..topology.backends.len())
+                .map(|i| send_direct(&topology.backends[i], client, args.clone()))
+                .collect();
+            let header = info_header(topology);
+            Reply::Later(Box::pin(async move {
+                let replies = join(sent).await;
+                merge::combine(merge, &replies, &[], &header)
+            }))
+        }
+        Plan::Scan {
+            target,
+            args,
+            shard,
+            epoch,
+        } => {
+            let shards = topology.backends.len();
+            let reply = send_direct(&topology.backends[target.backend], client, args);
+            Reply::Later(Box::pin(async move {
+                let reply = reply.await;
+                scan_reply(reply, shard, shards, epoch)
+            }))
+        }
+    }
+}
+
+async fn join(sent: Vec<Pending>) -> Vec<Bytes> {
+    let mut replies = Vec::with_capacity(sent.len());
+    for reply in sent {
+        replies.push(reply.await);
+    }
+    replies
+}
+
+fn reply_bytes(result: Result<ReplyResult, oneshot::error::RecvError>) -> Bytes {
+    match result {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => e.to_reply(),
+        Err(_) => Error::Internal("the backend connection handling this request failed").to_reply(),
+    }
+}
+
+/// Send to one backend, no redirections to follow (standalone, ketama, keyspace-wide).
+fn send_direct(backend: &Backend, client: u64, args: Vec<Bytes>) -> Pending {
+    let rx = backend.send(client, args);
+    Box::pin(async move { reply_bytes(rx.await) })
+}
+
+/// Send to one backend; in cluster mode, follow redirections.
+fn send(
+    proxy: &Arc<Proxy>,
+    topology: &Arc<Topology>,
+    client: u64,
+    backend: usize,
+    args: Vec<Bytes>,
+) -> Pending {
+    let backend = topology.backends[backend].clone();
+    if topology.kind != UpstreamKind::Cluster {
+        return send_direct(&backend, client, args);
+    }
+    // Sent now; the redirections, if any, are followed when the reply is awaited.
+    let rx = backend.send(client, args.clone());
+    let proxy = proxy.clone();
+    Box::pin(async move {
+        let mut reply = reply_bytes(rx.await);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (next, asking) = match slots::parse_redirect(&reply) {
+                Some(Redirect::Moved { addr, .. }) => {
+                    proxy.refresh_soon();
+                    (node(&proxy, &addr).await, false)
+                }
+                Some(Redirect::Ask { addr, .. }) => (node(&proxy, &addr).await, true),
+                None if slots::is_transient(&reply) => {
+                    tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+                    proxy.refresh_soon();
+                    (Some(backend.clone()), false)
+                }
+                None => return reply,
+            };
+            let Some(next) = next else {
+                return resp::error("ERR keygate: redirected to a cluster node it does not know");
+            };
+            reply = reply_bytes(next.send_with(client, args.clone(), asking).await);
+        }
+        if slots::parse_redirect(&reply).is_some() {
+            return resp::error("ERR keygate: too many cluster redirections for one request");
+        }
+        reply
+    })
+}
+
+/// The backend for a node address, waiting briefly for a refresh to learn a new node.
+async fn node(proxy: &Proxy, addr: &str) -> Option<Arc<Backend>> {
+    for _ in 0..100 {
+        let topology = proxy.topology.load();
+        if let Some(i) = topology.backend_by_addr(addr) {
+            return Some(topology.backends[i].clone());
+        }
+        proxy.refresh_soon();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// Re-encode a shard's SCAN reply with keygate's cursor.
+fn scan_reply(reply: Bytes, shard: usize, shards: usize, epoch: u64) -> Bytes {
+    if reply.first() == Some(&b'-') {
+        return reply;
+    }
+    let malformed = || resp::error("ERR keygate: unexpected SCAN reply from a shard");
+    let Some(items) = value::elements(&reply) else {
+        return malformed();
+    };
+    let [cursor, keys] = items.as_slice() else {
+        return malformed();
+    };
+    let Some(value::Value::Bulk(Some(cursor))) = value::parse(cursor) else {
+        return malformed();
+    };
+    let Some(inner) = std::str::from_utf8(&cursor)
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return malformed();
+    };
+    let next = match (inner, shard + 1 < shards) {
+        (0, true) => route::scan_cursor(0, shard + 1, epoch),
+        (0, false) => Some(0),
+        (inner, _) => route::scan_cursor(inner, shard, epoch),
+    };
+    let Some(next) = next else {
+        return resp::error("ERR keygate: a shard's SCAN cursor is too large to carry");
+    };
+    let mut out = BytesMut::with_capacity(keys.len() + 32);
+    resp::put_header(&mut out, b'*', 2);
+    resp::put_bulk(&mut out, Some(next.to_string().as_bytes()));
+    out.put_slice(keys);
+    out.freeze()
+}
+
+/// keygate's own INFO section, in sharded modes.
+fn info_header(topology: &Topology) -> String {
+    let kind = match topology.kind {
+        UpstreamKind::Standalone => "standalone",
+        UpstreamKind::Ketama => "ketama",
+        UpstreamKind::Cluster => "cluster",
+    };
+    let up = topology
+        .backends
+        .iter()
+        .filter(|b| b.connections_up() > 0)
+        .count();
+    let mut text = format!(
+        "# keygate\r\nkeygate_version:{}\r\nupstream_kind:{kind}\r\nshards:{}\r\nshards_connected:{up}\r\ntopology_epoch:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        topology.backends.len(),
+        topology.epoch
+    );
+    for (i, backend) in topology.backends.iter().enumerate() {
+        text.push_str(&format!(
+            "shard{i}:addr={},connections={}\r\n",
+            backend.addr,
+            backend.connections_up()
+        ));
+    }
+    text
+}

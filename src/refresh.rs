@@ -1,0 +1,86 @@
+//! Keeping a cluster's slot map current: discovery at start, then a rebuild every
+//! `refresh_interval` and soon after any redirection, in the background. Requests never wait for
+//! it; they keep using the snapshot they loaded, and the next ones see the new map.
+//!
+//! Discovery asks `CLUSTER SLOTS` of the known primaries first, then of each seed, on a one-off
+//! connection, so one node being down (even the first seed) does not stop it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backend::{query_once, Options};
+use crate::resp::value;
+use crate::route::slots;
+use crate::server::Proxy;
+use crate::topology::Topology;
+
+/// At most one refresh per this long, however many redirections ask for one.
+const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// The background refresher of a cluster topology.
+pub async fn run(proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let interval = proxy.config.upstream.refresh_interval;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = time::sleep(interval) => {}
+            _ = proxy.refresh.notified() => {}
+        }
+        if let Err(e) = refresh(&proxy).await {
+            warn!(error = %e, "cluster slot map refresh failed");
+        }
+        time::sleep(MIN_GAP).await;
+    }
+}
+
+/// Fetch the slot map from the first node that answers, and swap in a new topology if it changed.
+pub async fn refresh(proxy: &Proxy) -> Result<(), String> {
+    let current = proxy.topology.load_full();
+    let opts = Options::new(&proxy.config.upstream, proxy.config.limits.max_reply_depth);
+    let mut candidates: Vec<String> = current
+        .backends
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect();
+    for seed in &proxy.config.upstream.servers {
+        if !candidates.contains(&seed.addr) {
+            candidates.push(seed.addr.clone());
+        }
+    }
+    let request = [Bytes::from_static(b"CLUSTER"), Bytes::from_static(b"SLOTS")];
+    let mut errors = Vec::new();
+    for addr in candidates {
+        let shards = match query_once(&addr, &opts, &request).await {
+            Ok(reply) => {
+                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                value::parse(&reply)
+                    .ok_or_else(|| "unreadable CLUSTER SLOTS reply".to_string())
+                    .and_then(|v| slots::parse_cluster_slots(&v, host))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match shards {
+            Ok(shards) if !shards.is_empty() => {
+                if shards != current.shards {
+                    let next = Topology::cluster(shards, &current, &proxy.config);
+                    info!(
+                        epoch = next.epoch,
+                        primaries = next.backends.len(),
+                        from = %addr,
+                        "cluster slot map updated"
+                    );
+                    proxy.topology.store(Arc::new(next));
+                }
+                return Ok(());
+            }
+            Ok(_) => errors.push(format!("{addr}: no slots assigned")),
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(errors.join("; "))
+}

@@ -129,7 +129,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         let front_waits = matches!(
             pending.front(),
             Some(Slot {
-                reply: Reply::Backend(_),
+                reply: Reply::Backend(_) | Reply::Later(_),
                 ..
             })
         );

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,10 +132,14 @@ fn send(
         for attempt in 0..MAX_ATTEMPTS {
             let (next, asking) = match slots::parse_redirect(&reply) {
                 Some(Redirect::Moved { addr, .. }) => {
+                    proxy.metrics.moved.fetch_add(1, Relaxed);
                     proxy.refresh_soon();
                     (node(&proxy, &addr).await, false)
                 }
-                Some(Redirect::Ask { addr, .. }) => (node(&proxy, &addr).await, true),
+                Some(Redirect::Ask { addr, .. }) => {
+                    proxy.metrics.ask.fetch_add(1, Relaxed);
+                    (node(&proxy, &addr).await, true)
+                }
                 None if slots::is_transient(&reply) => {
                     tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
                     proxy.refresh_soon();

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub clients_accepted: AtomicU64,
     pub clients_rejected: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Cluster redirections followed, by kind.
+    pub moved: AtomicU64,
+    pub ask: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -31,6 +34,8 @@ impl Default for Metrics {
             clients_accepted: AtomicU64::new(0),
             clients_rejected: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+            ask: AtomicU64::new(0),
         }
     }
 }
@@ -119,6 +124,15 @@ impl Metrics {
             "counter",
             "Client connections closed for a protocol error.",
             self.protocol_errors.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_cluster_redirections_total Cluster redirections followed, by kind.\n\
+             # TYPE keygate_cluster_redirections_total counter\n\
+             keygate_cluster_redirections_total{{kind=\"moved\"}} {}\n\
+             keygate_cluster_redirections_total{{kind=\"ask\"}} {}",
+            self.moved.load(Relaxed),
+            self.ask.load(Relaxed)
         );
         let _ = writeln!(
             out,

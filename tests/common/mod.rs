@@ -26,6 +26,95 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port whose cluster bus port (port + 10000) is free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = 20000 + fastrand::u16(..25000);
+        let free = |p: u16| StdListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return port;
+        }
+    }
+}
+
+/// A real Redis Cluster of `n` primaries, made with `redis-cli --cluster create`.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    pub fn start(n: usize) -> Cluster {
+        let nodes: Vec<Redis> = (0..n)
+            .map(|_| {
+                Redis::start_at(
+                    free_cluster_port(),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "3000",
+                    ],
+                )
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(node.addr());
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is missing: install redis-tools");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster { nodes };
+        cluster.wait_stable();
+        cluster
+    }
+
+    /// Wait until every node says the cluster is ok and agrees all slots are served.
+    pub fn wait_stable(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().all(|node| {
+                let info = redis_cli(node.port, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+            }) && redis_cli(
+                self.nodes[0].port,
+                &["--cluster", "check", &self.nodes[0].addr()],
+            )
+            .contains("[OK] All 16384 slots covered");
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster never became stable");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn node_id(&self, i: usize) -> String {
+        redis_cli(self.nodes[i].port, &["CLUSTER", "MYID"])
+            .trim()
+            .to_string()
+    }
+}
+
+/// Run redis-cli against a port; its stdout.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli is missing: install redis-tools");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A real redis-server on a free port; killed when dropped.
 pub struct Redis {
     pub port: u16,
@@ -40,8 +129,11 @@ impl Redis {
     }
 
     pub fn start_with(extra: &[&str]) -> Redis {
+        Redis::start_at(free_port(), extra)
+    }
+
+    pub fn start_at(port: u16, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let mut redis = Redis {
             port,
             child: None,

@@ -1,0 +1,286 @@
+//! kind = "cluster": a real three-primary Redis Cluster behind keygate. Clients need no cluster
+//! support and never see MOVED or ASK, also while slots move.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{free_port, http_get, Cluster, Keygate, Raw, Redis};
+use redis::AsyncCommands;
+
+/// keygate in front of `cluster`, its first seed a port where nothing listens.
+async fn keygate(cluster: &Cluster) -> Keygate {
+    let seeds = format!(
+        "\"127.0.0.1:{}\", \"{}\"",
+        free_port(),
+        cluster.nodes[1].addr()
+    );
+    Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"cluster\"\nservers = [{seeds}]\n\
+         connect_timeout = \"300ms\"\nrefresh_interval = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_commands_answer_as_one_redis() {
+    let cluster = Cluster::start(3);
+    let kg = keygate(&cluster).await;
+    let reference = Redis::start();
+    let mut through = kg.raw().await;
+    let mut direct = Raw::connect(format!("127.0.0.1:{}", reference.port).parse().unwrap()).await;
+    let keys: Vec<String> = (0..20).map(|i| format!("key:{i}")).collect();
+    let mut script: Vec<Vec<String>> = vec![
+        [
+            vec!["MSET".to_string()],
+            keys.iter()
+                .flat_map(|k| [k.clone(), format!("v-{k}")])
+                .collect(),
+        ]
+        .concat(),
+        [
+            vec!["MGET".to_string()],
+            keys.clone(),
+            vec!["missing".into(), keys[3].clone()],
+        ]
+        .concat(),
+        [vec!["EXISTS".to_string()], keys[..10].to_vec()].concat(),
+        [
+            vec!["DEL".to_string()],
+            keys[..5].to_vec(),
+            vec!["missing".into()],
+        ]
+        .concat(),
+        [vec!["TOUCH".to_string()], keys.clone()].concat(),
+        [vec!["UNLINK".to_string()], keys[5..8].to_vec()].concat(),
+        [vec!["MGET".to_string()], keys.clone()].concat(),
+        vec!["DBSIZE".into()],
+        vec![
+            "MSETNX".into(),
+            "{u}a".into(),
+            "1".into(),
+            "{u}b".into(),
+            "2".into(),
+        ],
+        vec!["SUNIONSTORE".into(), "{u}s".into(), "{u}x".into()],
+        vec!["RPUSH".into(), "{u}l".into(), "a".into(), "b".into()],
+        vec![
+            "LMOVE".into(),
+            "{u}l".into(),
+            "{u}m".into(),
+            "LEFT".into(),
+            "RIGHT".into(),
+        ],
+        vec![
+            "EVAL".into(),
+            "return redis.call('get', KEYS[1])".into(),
+            "1".into(),
+            "{u}a".into(),
+        ],
+        vec!["HSET".into(), "h".into(), "f".into(), "v".into()],
+        vec!["HGETALL".into(), "h".into()],
+        vec!["DBSIZE".into()],
+    ];
+    for i in 0..200 {
+        script.push(vec!["SET".into(), format!("s{i}"), format!("{i}")]);
+        script.push(vec!["GET".into(), format!("s{i}")]);
+    }
+    for args in &script {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let got = through.call(&args).await;
+        let want = direct.call(&args).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "{:?}",
+            String::from_utf8_lossy(args[0])
+        );
+    }
+    // Keys in different slots cannot be used together by other commands (Redis Cluster's rule).
+    assert_eq!(
+        through.call(&[b"RENAME", b"key:10", b"key:11"]).await,
+        b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+    );
+
+    // Keyspace-wide commands cover every primary.
+    let mut con = kg.connection().await;
+    let size: usize = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+    let direct_size: usize = redis::cmd("DBSIZE")
+        .query_async(
+            &mut reference
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(size, direct_size);
+    let mut all: Vec<String> = con.keys("*").await.unwrap();
+    all.sort();
+    let mut scanned = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(20)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        scanned.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    scanned.sort();
+    assert_eq!(scanned, all);
+    assert_eq!(all.len(), size);
+    let info: String = redis::cmd("INFO").query_async(&mut con).await.unwrap();
+    assert!(
+        info.contains("upstream_kind:cluster") && info.contains("shards:3"),
+        "{info}"
+    );
+    assert_eq!(http_get(kg.admin, "/ready").await.0, 200);
+}
+
+/// While 20 clients write and read back their own keys, half of one primary's slots move to
+/// another (`redis-cli --cluster reshard`): no client sees an error, every read returns the
+/// value last written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_load_loses_nothing() {
+    let cluster = Cluster::start(3);
+    let kg = keygate(&cluster).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..20 {
+        let client = kg.client();
+        let done = done.clone();
+        clients.push(tokio::spawn(async move {
+            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            let mut last: HashMap<String, String> = HashMap::new();
+            let mut errors = Vec::new();
+            let mut round = 0u64;
+            while !done.load(Ordering::Relaxed) || round < 200 {
+                let key = format!("c{c}:k{}", round % 64);
+                let value = format!("{c}-{round}");
+                match con.set::<_, _, ()>(&key, &value).await {
+                    Ok(()) => {
+                        last.insert(key.clone(), value);
+                    }
+                    Err(e) => errors.push(format!("SET {key}: {e}")),
+                }
+                match con.get::<_, Option<String>>(&key).await {
+                    Ok(got) if got.as_ref() == last.get(&key) => {}
+                    Ok(got) => {
+                        errors.push(format!("GET {key}: {got:?}, want {:?}", last.get(&key)))
+                    }
+                    Err(e) => errors.push(format!("GET {key}: {e}")),
+                }
+                if round % 16 == 0 {
+                    // A split MGET over this client's keys, checked against what it wrote.
+                    let keys: Vec<&String> = last.keys().take(8).collect();
+                    match con.mget::<_, Vec<Option<String>>>(&keys).await {
+                        Ok(values) => {
+                            for (k, v) in keys.iter().zip(values) {
+                                if v.as_ref() != last.get(*k) {
+                                    errors
+                                        .push(format!("MGET {k}: {v:?}, want {:?}", last.get(*k)));
+                                }
+                            }
+                        }
+                        Err(e) => errors.push(format!("MGET: {e}")),
+                    }
+                }
+                round += 1;
+            }
+            (errors, round)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let from = cluster.node_id(0);
+    let to = cluster.node_id(1);
+    let slots = redis_slots_of(&cluster, 0) / 2;
+    let addr = cluster.nodes[0].addr();
+    let reshard = tokio::task::spawn_blocking(move || {
+        Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                &addr,
+                "--cluster-from",
+                &from,
+                "--cluster-to",
+                &to,
+            ])
+            .args([
+                "--cluster-slots",
+                &slots.to_string(),
+                "--cluster-yes",
+                "--cluster-pipeline",
+                "20",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        reshard.status.success(),
+        "reshard failed: {}",
+        String::from_utf8_lossy(&reshard.stdout)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (errors, rounds) = client.await.unwrap();
+        assert!(
+            errors.is_empty(),
+            "{} errors, first: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        total += rounds;
+    }
+    assert!(
+        redis_slots_of(&cluster, 0) < 5461 / 2 + 10,
+        "the slots did move"
+    );
+    let (_, metrics) = http_get(kg.admin, "/metrics").await;
+    let count = |kind: &str| -> u64 {
+        let prefix = format!("keygate_cluster_redirections_total{{kind=\"{kind}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (moved, ask) = (count("moved"), count("ask"));
+    assert!(moved > 0, "clients must have been redirected: {metrics}");
+    eprintln!("resharding: {slots} slots moved, {total} client rounds, 0 errors, {moved} MOVED and {ask} ASK followed");
+    // keygate's map followed the move.
+    let mut con = kg.connection().await;
+    let info: String = redis::cmd("INFO").query_async(&mut con).await.unwrap();
+    assert!(!info.contains("topology_epoch:1\r\n"), "{info}");
+}
+
+/// How many slots node `i` serves, from CLUSTER SLOTS on that node.
+fn redis_slots_of(cluster: &Cluster, i: usize) -> u32 {
+    let text = common::redis_cli(cluster.nodes[i].port, &["CLUSTER", "NODES"]);
+    let line = text.lines().find(|l| l.contains("myself")).unwrap();
+    line.split(' ')
+        .skip(8)
+        .filter(|r| !r.starts_with('['))
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}

@@ -6,7 +6,9 @@ use keygate::route::ketama::{Hash, Node, Ring};
 use keygate::route::slots::slot_of;
 
 fn keys() -> Vec<Vec<u8>> {
-    (0..1000).map(|i| format!("key:{i:012}").into_bytes()).collect()
+    (0..1000)
+        .map(|i| format!("key:{i:012}").into_bytes())
+        .collect()
 }
 
 fn ring_lookup(c: &mut Criterion) {
@@ -19,14 +21,21 @@ fn ring_lookup(c: &mut Criterion) {
     let keys = keys();
     let mut group = c.benchmark_group("placement");
     group.throughput(Throughput::Elements(keys.len() as u64));
-    for (name, hash) in [("ketama_fnv1a_64", Hash::Fnv1a64), ("ketama_md5", Hash::Md5)] {
+    for (name, hash) in [
+        ("ketama_fnv1a_64", Hash::Fnv1a64),
+        ("ketama_md5", Hash::Md5),
+    ] {
         let ring = Ring::new(&nodes, hash, Some(*b"{}"));
         group.bench_function(name, |b| {
             b.iter(|| keys.iter().map(|k| ring.server_of(k)).sum::<usize>())
         });
     }
     group.bench_function("cluster_slot", |b| {
-        b.iter(|| keys.iter().map(|k| slot_of(black_box(k)) as usize).sum::<usize>())
+        b.iter(|| {
+            keys.iter()
+                .map(|k| slot_of(black_box(k)) as usize)
+                .sum::<usize>()
+        })
     });
     group.finish();
 }

@@ -203,6 +203,20 @@ async fn resharding_under_load_loses_nothing() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A SCAN cursor taken before the slots move.
+    let mut scanner = kg.raw().await;
+    let first = scanner.call(&[b"SCAN", b"0", b"COUNT", b"5"]).await;
+    let old_cursor = redis::parse_redis_value(&first)
+        .ok()
+        .and_then(|v| match v {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::BulkString(c)) => Some(c.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("a SCAN reply");
+    assert_ne!(old_cursor, b"0");
     let from = cluster.node_id(0);
     let to = cluster.node_id(1);
     let slots = redis_slots_of(&cluster, 0) / 2;
@@ -265,7 +279,13 @@ async fn resharding_under_load_loses_nothing() {
     let (moved, ask) = (count("moved"), count("ask"));
     assert!(moved > 0, "clients must have been redirected: {metrics}");
     eprintln!("resharding: {slots} slots moved, {total} client rounds, 0 errors, {moved} MOVED and {ask} ASK followed");
-    // keygate's map followed the move.
+    // keygate's map followed the move, and an old SCAN cursor is refused, not misread.
+    let stale = scanner.call(&[b"SCAN", &old_cursor]).await;
+    assert!(
+        stale.starts_with(b"-ERR keygate: this SCAN cursor was made before the topology changed"),
+        "{}",
+        String::from_utf8_lossy(&stale)
+    );
     let mut con = kg.connection().await;
     let info: String = redis::cmd("INFO").query_async(&mut con).await.unwrap();
     assert!(!info.contains("topology_epoch:1\r\n"), "{info}");

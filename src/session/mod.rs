@@ -15,6 +15,7 @@ mod local;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -98,6 +99,10 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
     let mut out = WriteQueue::new();
     let idle = time::sleep(idle_timeout.unwrap_or(Duration::from_secs(86400 * 365)));
     tokio::pin!(idle);
+    // Created once: a fresh `cancelled()` per loop turn would register with the token's waiter
+    // list and leave it again on every request.
+    let stop = shutdown.cancelled();
+    tokio::pin!(stop);
 
     loop {
         // Requests already buffered (held back by max_pipeline) before reading more.
@@ -113,7 +118,18 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
                     Err(oneshot::error::TryRecvError::Empty) => break,
                     Err(oneshot::error::TryRecvError::Closed) => reply_bytes(Err(lost())),
                 },
-                Reply::Later(_) => break,
+                // Polled without a waker: this only takes a reply that is already complete (the
+                // common case in a pipeline), so it joins this write batch; the select below
+                // registers the real waker when it is not.
+                Reply::Later(future) => {
+                    match future
+                        .as_mut()
+                        .poll(&mut Context::from_waker(Waker::noop()))
+                    {
+                        Poll::Ready(bytes) => bytes,
+                        Poll::Pending => break,
+                    }
+                }
             };
             let slot = pending.pop_front().expect("front exists");
             session.emit(&slot, bytes, &mut out);
@@ -153,7 +169,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
                     session.process(&mut decoder, &mut input, &mut pending, max_pipeline);
                 }
             },
-            _ = shutdown.cancelled(), if !session.closing => session.closing = true,
+            _ = &mut stop, if !session.closing => session.closing = true,
             _ = &mut idle, if idle_timeout.is_some() && !session.closing => {
                 debug!(client = id, "closing idle client");
                 session.closing = true;

@@ -101,6 +101,10 @@ pub fn plan(cmd: &Command, topology: &Topology) -> Result<Plan, Error> {
     let Some((width, merge)) = split_kind(cmd.name()) else {
         return Err(Error::CrossSlot);
     };
+    // MSET with a key but no value: Redis's arity error, as one server would answer.
+    if (cmd.args.len() - 1) % width != 0 {
+        return Err(Error::WrongArity(spec.name));
+    }
     let mut parts: Vec<Part> = Vec::new();
     for (ordinal, &at) in positions.iter().enumerate() {
         let target = topology.target_of(&cmd.args[at])?;

@@ -110,6 +110,11 @@ async fn multi_key_commands_split_or_refuse() {
             parts[1].args.iter().map(|a| a.to_vec()).collect::<Vec<_>>(),
             vec![b"MSET".to_vec(), b.as_bytes().to_vec(), b"2".to_vec()]
         );
+        // A key without its value, across shards: Redis's arity error, not a split.
+        assert!(matches!(
+            plan(&cmd(&format!("MSET {a} 1 {b} 2 {c}")), &topology),
+            Err(Error::WrongArity("mset"))
+        ));
         for refused in [
             format!("MSETNX {a} 1 {b} 2"),
             format!("RENAME {a} {b}"),

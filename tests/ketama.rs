@@ -126,11 +126,12 @@ fn request(args: &[&[u8]]) -> Vec<u8> {
     out.to_vec()
 }
 
-/// Placement identical to twemproxy's, both ways, for mixed weights and names.
+/// Placement identical to twemproxy's, both ways, for mixed weights and names, for every hash
+/// function keygate offers.
 #[tokio::test]
 async fn placement_matches_nutcracker_both_ways() {
     let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
-    for hash in ["fnv1a_64", "md5"] {
+    for hash in ["fnv1a_64", "md5", "fnv1_64", "fnv1a_32", "fnv1_32"] {
         for shard in &shards {
             let mut con = shard
                 .client()

@@ -34,72 +34,28 @@ async fn cluster_commands_answer_as_one_redis() {
     let mut through = kg.raw().await;
     let mut direct = Raw::connect(format!("127.0.0.1:{}", reference.port).parse().unwrap()).await;
     let keys: Vec<String> = (0..20).map(|i| format!("key:{i}")).collect();
-    let mut script: Vec<Vec<String>> = vec![
-        [
-            vec!["MSET".to_string()],
-            keys.iter()
-                .flat_map(|k| [k.clone(), format!("v-{k}")])
-                .collect(),
-        ]
-        .concat(),
-        [
-            vec!["MGET".to_string()],
-            keys.clone(),
-            vec!["missing".into(), keys[3].clone()],
-        ]
-        .concat(),
-        [vec!["EXISTS".to_string()], keys[..10].to_vec()].concat(),
-        [
-            vec!["DEL".to_string()],
-            keys[..5].to_vec(),
-            vec!["missing".into()],
-        ]
-        .concat(),
-        [vec!["TOUCH".to_string()], keys.clone()].concat(),
-        [vec!["UNLINK".to_string()], keys[5..8].to_vec()].concat(),
-        [vec!["MGET".to_string()], keys.clone()].concat(),
-        vec!["DBSIZE".into()],
-        vec![
-            "MSETNX".into(),
-            "{u}a".into(),
-            "1".into(),
-            "{u}b".into(),
-            "2".into(),
-        ],
-        vec!["SUNIONSTORE".into(), "{u}s".into(), "{u}x".into()],
-        vec!["RPUSH".into(), "{u}l".into(), "a".into(), "b".into()],
-        vec![
-            "LMOVE".into(),
-            "{u}l".into(),
-            "{u}m".into(),
-            "LEFT".into(),
-            "RIGHT".into(),
-        ],
-        vec![
-            "EVAL".into(),
-            "return redis.call('get', KEYS[1])".into(),
-            "1".into(),
-            "{u}a".into(),
-        ],
-        vec!["HSET".into(), "h".into(), "f".into(), "v".into()],
-        vec!["HGETALL".into(), "h".into()],
-        vec!["DBSIZE".into()],
-    ];
+    let mut script = common::multi_key_script(&keys);
+    for line in [
+        "MSETNX {u}a 1 {u}b 2",
+        "SUNIONSTORE {u}s {u}x",
+        "RPUSH {u}l a b",
+        "LMOVE {u}l {u}m LEFT RIGHT",
+        "HSET h f v",
+        "HGETALL h",
+        "DBSIZE",
+    ] {
+        script.push(line.split(' ').map(String::from).collect());
+    }
+    script.push(
+        ["EVAL", "return redis.call('get', KEYS[1])", "1", "{u}a"]
+            .map(String::from)
+            .to_vec(),
+    );
     for i in 0..200 {
         script.push(vec!["SET".into(), format!("s{i}"), format!("{i}")]);
         script.push(vec!["GET".into(), format!("s{i}")]);
     }
-    for args in &script {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let got = through.call(&args).await;
-        let want = direct.call(&args).await;
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(&want),
-            "{:?}",
-            String::from_utf8_lossy(args[0])
-        );
-    }
+    common::assert_same_replies(&mut through, &mut direct, &script).await;
     // Keys in different slots cannot be used together by other commands (Redis Cluster's rule).
     assert_eq!(
         through.call(&[b"RENAME", b"key:10", b"key:11"]).await,
@@ -109,37 +65,10 @@ async fn cluster_commands_answer_as_one_redis() {
     // Keyspace-wide commands cover every primary.
     let mut con = kg.connection().await;
     let size: usize = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
-    let direct_size: usize = redis::cmd("DBSIZE")
-        .query_async(
-            &mut reference
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(size, direct_size);
+    assert_eq!(size, common::dbsize(&reference).await);
     let mut all: Vec<String> = con.keys("*").await.unwrap();
     all.sort();
-    let mut scanned = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(20)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        scanned.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    scanned.sort();
-    assert_eq!(scanned, all);
+    assert_eq!(common::scan_all(&mut con, 20).await, all);
     assert_eq!(all.len(), size);
     let info: String = redis::cmd("INFO").query_async(&mut con).await.unwrap();
     assert!(

@@ -179,13 +179,7 @@ async fn placement_matches_nutcracker_both_ways() {
         // Every shard holds keys; with md5, a share growing with its weight (1:2:3).
         let mut sizes = Vec::new();
         for shard in &shards {
-            let mut con = shard
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            let n: usize = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
-            sizes.push(n);
+            sizes.push(common::dbsize(shard).await);
         }
         assert!(sizes.iter().all(|&n| n > 0), "{hash}: {sizes:?}");
         if hash == "md5" {
@@ -218,96 +212,24 @@ async fn cross_shard_commands_answer_as_one_redis() {
     let kg = ketama_keygate(&shards).await;
     let mut through = kg.raw().await;
     let mut direct = Raw::connect(format!("127.0.0.1:{}", reference.port).parse().unwrap()).await;
-    let script: Vec<Vec<String>> = {
-        let k: Vec<String> = (0..12).map(|i| format!("{i}key")).collect();
-        let mut s = vec![
-            [
-                vec!["MSET".to_string()],
-                k.iter()
-                    .flat_map(|k| [k.clone(), format!("v-{k}")])
-                    .collect(),
-            ]
-            .concat(),
-            [
-                vec!["MGET".to_string()],
-                k.clone(),
-                vec!["missing".into(), k[3].clone()],
-            ]
-            .concat(),
-            [
-                vec!["EXISTS".to_string()],
-                k[..6].to_vec(),
-                vec!["missing".into(), k[0].clone()],
-            ]
-            .concat(),
-            [vec!["TOUCH".to_string()], k[2..9].to_vec()].concat(),
-            [
-                vec!["DEL".to_string()],
-                k[..4].to_vec(),
-                vec!["missing".into()],
-            ]
-            .concat(),
-            [vec!["MGET".to_string()], k.clone()].concat(),
-            [vec!["UNLINK".to_string()], k[4..8].to_vec()].concat(),
-            vec!["DBSIZE".into()],
-            [vec!["MGET".to_string()], k.clone()].concat(),
-            vec![
-                "MSET".into(),
-                "{t}a".into(),
-                "1".into(),
-                "{t}b".into(),
-                "2".into(),
-            ],
-            vec![
-                "MSETNX".into(),
-                "{t}c".into(),
-                "3".into(),
-                "{t}d".into(),
-                "4".into(),
-            ],
-            vec![
-                "SUNIONSTORE".into(),
-                "{t}s".into(),
-                "{t}x".into(),
-                "{t}y".into(),
-            ],
-            vec!["RENAME".into(), "{t}a".into(), "{t}e".into()],
-            vec![
-                "MGET".into(),
-                "{t}a".into(),
-                "{t}b".into(),
-                "{t}c".into(),
-                "{t}e".into(),
-            ],
-            vec!["DEL".into(), "{t}b".into(), k[11].clone()],
-            vec!["DBSIZE".into()],
-            // Malformed across shards: answered as Redis answers it.
-            vec![
-                "MSET".into(),
-                "0key".into(),
-                "1".into(),
-                "1key".into(),
-                "2".into(),
-                "2key".into(),
-            ],
-            vec!["MGET".into(), "0key".into(), "1key".into()],
-        ];
-        s.push(vec!["MGET".into(), "nothing".into()]);
-        s
-    };
-    for args in &script {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let got = through.call(&args).await;
-        let want = direct.call(&args).await;
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(&want),
-            "{:?}",
-            args.iter()
-                .map(|a| String::from_utf8_lossy(a))
-                .collect::<Vec<_>>()
-        );
+    let keys: Vec<String> = (0..12).map(|i| format!("{i}key")).collect();
+    let mut script = common::multi_key_script(&keys);
+    for line in [
+        "MSET {t}a 1 {t}b 2",
+        "MSETNX {t}c 3 {t}d 4",
+        "SUNIONSTORE {t}s {t}x {t}y",
+        "RENAME {t}a {t}e",
+        "MGET {t}a {t}b {t}c {t}e",
+        "DEL {t}b 11key",
+        "DBSIZE",
+        // Malformed across shards: answered as Redis answers it.
+        "MSET 0key 1 1key 2 2key",
+        "MGET 0key 1key",
+        "MGET nothing",
+    ] {
+        script.push(line.split(' ').map(String::from).collect());
     }
+    common::assert_same_replies(&mut through, &mut direct, &script).await;
     // Commands whose keys must be together are refused across shards.
     let mut msetnx: Vec<Vec<u8>> = vec![b"MSETNX".to_vec()];
     for i in 0..12 {
@@ -338,13 +260,10 @@ async fn keyspace_wide_commands_cover_every_shard() {
     }
     let _: () = pipe.query_async(&mut con).await.unwrap();
     for shard in &shards {
-        let mut direct = shard
-            .client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let n: usize = redis::cmd("DBSIZE").query_async(&mut direct).await.unwrap();
-        assert!(n > 100, "keys should spread over every shard");
+        assert!(
+            common::dbsize(shard).await > 100,
+            "keys should spread over every shard"
+        );
     }
     let size: usize = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
     assert_eq!(size, 1000);
@@ -355,24 +274,11 @@ async fn keyspace_wide_commands_cover_every_shard() {
     assert_eq!(listed, want);
 
     // A client's SCAN loop sees every key exactly once.
-    let mut seen = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(50)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        seen.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    seen.sort();
-    assert_eq!(seen, want, "every key exactly once");
+    assert_eq!(
+        common::scan_all(&mut con, 50).await,
+        want,
+        "every key exactly once"
+    );
     // With MATCH and TYPE options passed through.
     let mut iter: redis::AsyncIter<String> = con.scan_match("1*").await.unwrap();
     let mut matched = Vec::new();

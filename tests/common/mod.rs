@@ -380,6 +380,90 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Multi-key commands over `keys` (chosen to span shards), each key with its own value: for
+/// comparing keygate's split-and-merge with one Redis.
+pub fn multi_key_script(keys: &[String]) -> Vec<Vec<String>> {
+    let cmd = |name: &str, args: &[String]| {
+        let mut line = vec![name.to_string()];
+        line.extend(args.iter().cloned());
+        line
+    };
+    let n = keys.len();
+    let pairs: Vec<String> = keys
+        .iter()
+        .flat_map(|k| [k.clone(), format!("v-{k}")])
+        .collect();
+    let with_missing: Vec<String> = keys
+        .iter()
+        .cloned()
+        .chain(["missing".to_string(), keys[3].clone()])
+        .collect();
+    vec![
+        cmd("MSET", &pairs),
+        cmd("MGET", &with_missing),
+        cmd("EXISTS", &with_missing[n / 2..]),
+        cmd("TOUCH", &keys[2..n - 2]),
+        cmd(
+            "DEL",
+            &with_missing[..4]
+                .iter()
+                .cloned()
+                .chain(["missing".to_string()])
+                .collect::<Vec<_>>(),
+        ),
+        cmd("MGET", keys),
+        cmd("UNLINK", &keys[4..n / 2]),
+        cmd("DBSIZE", &[]),
+        cmd("MGET", keys),
+    ]
+}
+
+/// Run `script` through both connections: every reply must be the same, byte for byte.
+pub async fn assert_same_replies(through: &mut Raw, direct: &mut Raw, script: &[Vec<String>]) {
+    for line in script {
+        let args: Vec<&[u8]> = line.iter().map(|a| a.as_bytes()).collect();
+        let got = through.call(&args).await;
+        let want = direct.call(&args).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "{line:?}"
+        );
+    }
+}
+
+/// Every key a client's SCAN loop returns (COUNT `count`), sorted.
+pub async fn scan_all(con: &mut redis::aio::MultiplexedConnection, count: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(con)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys
+}
+
+/// DBSIZE of a server, asked directly.
+pub async fn dbsize(redis: &Redis) -> usize {
+    let mut con = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("DBSIZE").query_async(&mut con).await.unwrap()
+}
+
 /// `$len\r\ndata\r\n`
 pub fn bulk(data: &str) -> Vec<u8> {
     format!("${}\r\n{data}\r\n", data.len()).into_bytes()

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use sha2::{Digest, Sha256};
+
 use crate::route::ketama::Hash;
 
 /// A validated configuration.
@@ -26,6 +28,26 @@ pub struct Config {
     pub admin: Option<Admin>,
     pub limits: Limits,
     pub log: Log,
+    /// Tenants; empty means no tenancy (clients reach one shared keyspace, as with Redis).
+    pub tenants: Vec<Tenant>,
+    /// Commands refused to every tenant, lower case (`config`, `client|kill`).
+    pub deny_commands: Vec<String>,
+}
+
+/// A tenant: who it is, how it proves it, and the private keyspace it gets.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub name: String,
+    /// SHA-256 of the password; compared in constant time, never logged.
+    pub password_sha256: [u8; 32],
+    /// Prepended to every key and channel of this tenant.
+    pub prefix: String,
+    /// If set, only these commands (lower case, `name` or `name|sub`).
+    pub allow_commands: Option<Vec<String>>,
+    pub deny_commands: Vec<String>,
+    pub max_connections: Option<usize>,
+    pub max_ops_per_sec: Option<u32>,
+    pub allow_scripts: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -126,6 +148,33 @@ struct File {
     limits: LimitsFile,
     #[serde(default)]
     log: LogFile,
+    #[serde(default)]
+    tenants: Vec<TenantFile>,
+    #[serde(default)]
+    policy: PolicyFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFile {
+    name: String,
+    password: Option<String>,
+    password_sha256: Option<String>,
+    prefix: String,
+    allow_commands: Option<Vec<String>>,
+    #[serde(default)]
+    deny_commands: Vec<String>,
+    max_connections: Option<usize>,
+    max_ops_per_sec: Option<u32>,
+    #[serde(default)]
+    allow_scripts: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    deny_commands: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +309,15 @@ fn parse_size(text: &str) -> Option<usize> {
 // ---- loading and validation -----------------------------------------------------------------
 
 impl Config {
+    /// What this build cannot run, though the file is valid: a reason to refuse to start.
+    pub fn unsupported(&self) -> Option<String> {
+        (!self.tenants.is_empty()).then(|| {
+            "tenants: tenant isolation is not enforced by this build yet; refusing to start \
+             rather than serve one shared keyspace (remove [[tenants]] and [policy])"
+                .to_string()
+        })
+    }
+
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
@@ -423,6 +481,9 @@ impl Config {
                 ))
             }
         };
+        let deny_commands =
+            command_list(&raw.policy.deny_commands).map_err(|r| fail("policy.deny_commands", r))?;
+        let tenants = tenants(&raw.tenants).map_err(|(key, r)| fail(&key, r))?;
         tracing_subscriber::EnvFilter::try_new(&raw.log.level).map_err(|e| {
             fail(
                 "log.level",
@@ -460,6 +521,8 @@ impl Config {
                 level: raw.log.level,
                 json,
             },
+            tenants,
+            deny_commands,
         })
     }
 }
@@ -477,6 +540,122 @@ fn host_port(text: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// Characters a prefix may not hold: glob metacharacters (they would let a tenant's KEYS or SCAN
+/// pattern escape its prefix) and cluster hash-tag braces (they would change slot placement).
+const PREFIX_FORBIDDEN: &[char] = &['{', '}', '*', '?', '[', ']', '\\'];
+
+fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
+    let mut out: Vec<Tenant> = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let at = |field: &str| format!("tenants[{i}].{field}");
+        if t.name.is_empty() || t.name.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err((
+                at("name"),
+                format!("{:?} must be printable, without spaces", t.name),
+            ));
+        }
+        if out.iter().any(|o| o.name == t.name) {
+            return Err((at("name"), format!("{:?} is used twice", t.name)));
+        }
+        let password_sha256 = match (&t.password, &t.password_sha256) {
+            (Some(p), None) if !p.is_empty() => Sha256::digest(p.as_bytes()).into(),
+            (None, Some(hex)) => parse_sha256(hex).ok_or_else(|| {
+                (
+                    at("password_sha256"),
+                    "must be 64 hexadecimal digits".to_string(),
+                )
+            })?,
+            (Some(_), Some(_)) => {
+                return Err((
+                    at("password"),
+                    "give password or password_sha256, not both".into(),
+                ))
+            }
+            _ => {
+                return Err((
+                    at("password"),
+                    "a non-empty password or password_sha256 is required".into(),
+                ))
+            }
+        };
+        if t.prefix.is_empty()
+            || t.prefix
+                .chars()
+                .any(|c| PREFIX_FORBIDDEN.contains(&c) || !c.is_ascii_graphic())
+        {
+            return Err((
+                at("prefix"),
+                format!("{:?} must be non-empty printable ASCII without spaces or any of {{ }} * ? [ ] \\", t.prefix),
+            ));
+        }
+        if let Some(other) = out
+            .iter()
+            .find(|o| o.prefix.starts_with(&t.prefix) || t.prefix.starts_with(&o.prefix))
+        {
+            return Err((
+                at("prefix"),
+                format!(
+                    "{:?} and tenant {:?}'s {:?}: one is a prefix of the other, so their keys could collide",
+                    t.prefix, other.name, other.prefix
+                ),
+            ));
+        }
+        let allow_commands = match &t.allow_commands {
+            Some(list) => Some(command_list(list).map_err(|r| (at("allow_commands"), r))?),
+            None => None,
+        };
+        let deny_commands = command_list(&t.deny_commands).map_err(|r| (at("deny_commands"), r))?;
+        if t.max_connections == Some(0) {
+            return Err((
+                at("max_connections"),
+                "must be at least 1 (omit it for no limit)".into(),
+            ));
+        }
+        if t.max_ops_per_sec == Some(0) {
+            return Err((
+                at("max_ops_per_sec"),
+                "must be at least 1 (omit it for no limit)".into(),
+            ));
+        }
+        out.push(Tenant {
+            name: t.name.clone(),
+            password_sha256,
+            prefix: t.prefix.clone(),
+            allow_commands,
+            deny_commands,
+            max_connections: t.max_connections,
+            max_ops_per_sec: t.max_ops_per_sec,
+            allow_scripts: t.allow_scripts,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Command names as Redis knows them (`get`, `client|kill`), lower-cased; unknown names refused.
+fn command_list(names: &[String]) -> Result<Vec<String>, String> {
+    names
+        .iter()
+        .map(|name| {
+            let lower = name.to_ascii_lowercase().replace(' ', "|");
+            match crate::command::lookup(lower.as_bytes()) {
+                Some(_) => Ok(lower),
+                None => Err(format!("unknown command {name:?}")),
+            }
+        })
+        .collect()
 }
 
 /// A ketama server as twemproxy writes it: `host:port[:weight] [name]`.

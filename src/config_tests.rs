@@ -1,4 +1,5 @@
 use super::*;
+use sha2::{Digest, Sha256};
 
 const GOOD: &str = r#"
 listen = "127.0.0.1:6380"
@@ -113,5 +114,93 @@ fn ketama_servers_are_written_as_twemproxy_writes_them() {
             "listen = \"127.0.0.1:6380\"\n[upstream]\nkind = \"ketama\"\nservers = [{bad}]\n"
         ));
         assert!(e.contains(want), "{bad}: {e}");
+    }
+}
+
+const TENANTS: &str = r#"
+listen = "127.0.0.1:6380"
+[upstream]
+kind = "standalone"
+servers = ["127.0.0.1:6379"]
+[policy]
+deny_commands = ["CONFIG", "client kill"]
+[[tenants]]
+name = "acme"
+password = "s3cret"
+prefix = "acme:"
+deny_commands = ["flushall"]
+max_connections = 10
+max_ops_per_sec = 1000
+[[tenants]]
+name = "globex"
+password_sha256 = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+prefix = "globex:"
+allow_commands = ["get", "set"]
+allow_scripts = true
+"#;
+
+#[test]
+fn tenants_load_and_validate() {
+    let c = Config::parse(TENANTS, "t.toml").unwrap();
+    assert_eq!(c.tenants.len(), 2);
+    assert_eq!(c.deny_commands, vec!["config", "client|kill"]);
+    assert_eq!(
+        c.tenants[0].password_sha256,
+        <[u8; 32]>::from(Sha256::digest(b"s3cret"))
+    );
+    // sha256("secret")
+    assert_eq!(
+        c.tenants[1].password_sha256,
+        <[u8; 32]>::from(Sha256::digest(b"secret"))
+    );
+    assert_eq!(
+        c.tenants[1].allow_commands.as_deref(),
+        Some(&["get".to_string(), "set".to_string()][..])
+    );
+    assert!(c.tenants[1].allow_scripts && !c.tenants[0].allow_scripts);
+    for (from, to, want) in [
+        (
+            "prefix = \"globex:\"",
+            "prefix = \"acme:prod:\"",
+            "tenants[1].prefix: \"acme:prod:\" and tenant \"acme\"'s \"acme:\": one is a prefix",
+        ),
+        (
+            "prefix = \"globex:\"",
+            "prefix = \"g*\"",
+            "tenants[1].prefix: \"g*\" must be",
+        ),
+        (
+            "prefix = \"globex:\"",
+            "prefix = \"{g}\"",
+            "tenants[1].prefix",
+        ),
+        (
+            "name = \"globex\"",
+            "name = \"acme\"",
+            "tenants[1].name: \"acme\" is used twice",
+        ),
+        (
+            "password_sha256 = \"2bb8",
+            "password_sha256 = \"zz",
+            "tenants[1].password_sha256: must be 64",
+        ),
+        (
+            "password = \"s3cret\"",
+            "",
+            "tenants[0].password: a non-empty password",
+        ),
+        (
+            "[\"get\", \"set\"]",
+            "[\"get\", \"nosuch\"]",
+            "tenants[1].allow_commands: unknown command \"nosuch\"",
+        ),
+        (
+            "max_connections = 10",
+            "max_connections = 0",
+            "tenants[0].max_connections: must be at least 1",
+        ),
+    ] {
+        let e = error_of(&TENANTS.replace(from, to));
+        assert!(e.contains(want), "{to}: {e}");
     }
 }

@@ -52,6 +52,9 @@ impl Server {
     /// Bind the client and admin ports and start connecting to the backends. Must be called
     /// inside a tokio runtime.
     pub async fn bind(config: Config) -> io::Result<Server> {
+        if let Some(reason) = config.unsupported() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, reason));
+        }
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;

@@ -74,6 +74,14 @@ fn check_names_file_key_and_reason() {
         assert!(!ok, "should be refused: {text}");
         assert!(out.contains(want), "want {want:?} in {out:?}");
     }
+    // Tenancy is configured but not enforced yet: refused, never served as one keyspace.
+    let (ok, out) = check(&format!(
+        "{VALID}[[tenants]]\nname = \"a\"\npassword = \"p\"\nprefix = \"a:\"\n"
+    ));
+    assert!(
+        !ok && out.contains("tenant isolation is not enforced by this build yet"),
+        "{out}"
+    );
     let out = Command::new(KEYGATE)
         .args(["--check", "--config", "/no/such/file.toml"])
         .output()

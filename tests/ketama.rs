@@ -259,9 +259,10 @@ async fn keyspace_wide_commands_cover_every_shard() {
         pipe.set(k, 1).ignore();
     }
     let _: () = pipe.query_async(&mut con).await.unwrap();
+    // The ring depends on the servers' (random) ports; any real share proves the shard is used.
     for shard in &shards {
         assert!(
-            common::dbsize(shard).await > 100,
+            common::dbsize(shard).await > 10,
             "keys should spread over every shard"
         );
     }
@@ -330,13 +331,21 @@ async fn a_failed_shard_fails_the_whole_split_command() {
         mset.push(b"v");
     }
     assert_eq!(raw.call(&mset).await, b"+OK\r\n");
-    shards[1].kill();
+    // Ring positions derive from the servers' names (with their random ports): kill a shard that
+    // holds some of these keys.
+    let mut victim = 0;
+    for (i, shard) in shards.iter().enumerate() {
+        if common::dbsize(shard).await > 0 {
+            victim = i;
+        }
+    }
+    shards[victim].kill();
     let mut mget: Vec<&[u8]> = vec![b"MGET"];
     mget.extend(keys.iter().map(|k| k.as_bytes()));
     let reply = String::from_utf8(raw.call(&mget).await).unwrap();
     assert!(
-        reply.starts_with("-ERR keygate:") && reply.contains(&shards[1].addr()),
+        reply.starts_with("-ERR keygate:") && reply.contains(&shards[victim].addr()),
         "{reply}"
     );
-    shards[1].restart();
+    shards[victim].restart();
 }

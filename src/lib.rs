@@ -40,5 +40,6 @@ pub mod resp;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod tenant;
 pub mod topology;
 pub mod write_queue;

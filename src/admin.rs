@@ -84,7 +84,7 @@ fn respond(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            proxy.metrics.render(&proxy.topology.load()),
+            proxy.metrics.render(&proxy.topology.load(), &proxy.tenants),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }

@@ -309,15 +309,6 @@ fn parse_size(text: &str) -> Option<usize> {
 // ---- loading and validation -----------------------------------------------------------------
 
 impl Config {
-    /// What this build cannot run, though the file is valid: a reason to refuse to start.
-    pub fn unsupported(&self) -> Option<String> {
-        (!self.tenants.is_empty()).then(|| {
-            "tenants: tenant isolation is not enforced by this build yet; refusing to start \
-             rather than serve one shared keyspace (remove [[tenants]] and [policy])"
-                .to_string()
-        })
-    }
-
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();

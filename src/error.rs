@@ -47,6 +47,19 @@ pub enum Error {
     SlotUnserved(u16),
     /// A SCAN cursor made under another topology.
     StaleCursor,
+    /// A tenant may not run this command; the reason says why.
+    NoPerm {
+        command: String,
+        reason: &'static str,
+    },
+    /// The tenant is over its `max_ops_per_sec`.
+    RateLimited { tenant: String, rate: u32 },
+    /// The tenant already has `max_connections` clients.
+    TenantFull { tenant: String, max: usize },
+    /// A KEYS or SCAN pattern keygate will not run for a tenant.
+    PatternRefused(&'static str),
+    /// A reply held a key outside the tenant's keyspace: never passed on.
+    ForeignKey,
     /// A bug in keygate cost this request; the text says where.
     Internal(&'static str),
 }
@@ -87,6 +100,15 @@ impl Error {
             Error::CrossSlot => "CROSSSLOT Keys in request don't hash to the same slot".to_string(),
             Error::SlotUnserved(slot) => format!("CLUSTERDOWN Hash slot {slot} is not served (keygate has no node for it)"),
             Error::StaleCursor => "ERR keygate: this SCAN cursor was made before the topology changed; start the scan again from 0".to_string(),
+            Error::NoPerm { command, reason } => format!("NOPERM keygate: '{command}' {reason}"),
+            Error::RateLimited { tenant, rate } => format!(
+                "ERR keygate: tenant '{tenant}' is over its limit of {rate} requests per second"
+            ),
+            Error::TenantFull { tenant, max } => format!(
+                "ERR keygate: tenant '{tenant}' already has its maximum of {max} connections"
+            ),
+            Error::PatternRefused(why) => format!("ERR keygate: {why}"),
+            Error::ForeignKey => "ERR keygate: the reply held a key outside your keyspace and was withheld".to_string(),
             Error::Internal(what) => format!("ERR keygate: internal error: {what}"),
             Error::ReplyTooDeep { depth } => format!(
                 "ERR keygate: the reply nests deeper than {depth} levels and was not forwarded"

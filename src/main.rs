@@ -30,10 +30,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(reason) = config.unsupported() {
-        eprintln!("keygate: {}: {reason}", cli.config.display());
-        return ExitCode::from(2);
-    }
     if cli.check {
         println!("keygate: {}: configuration is valid", cli.config.display());
         return ExitCode::SUCCESS;

@@ -7,8 +7,10 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use crate::command::{self, CommandId, COMMANDS, UNKNOWN};
+use crate::tenant::TenantState;
 use crate::topology::Topology;
 
 pub struct Metrics {
@@ -63,7 +65,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self, topology: &Topology) -> String {
+    pub fn render(&self, topology: &Topology, tenants: &[Arc<TenantState>]) -> String {
         let mut out = String::with_capacity(4096);
         let per_command = |out: &mut String, name: &str, help: &str, values: &[AtomicU64]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -146,6 +148,40 @@ impl Metrics {
                 backend.addr,
                 backend.connections_up()
             );
+        }
+        if !tenants.is_empty() {
+            type Read = fn(&TenantState) -> u64;
+            let families: [(&str, &str, &str, Read); 3] = [
+                (
+                    "keygate_tenant_connections",
+                    "gauge",
+                    "Client connections authenticated as each tenant.",
+                    |t| t.connections() as u64,
+                ),
+                (
+                    "keygate_tenant_requests_total",
+                    "counter",
+                    "Requests from each tenant.",
+                    |t| t.requests.load(Relaxed),
+                ),
+                (
+                    "keygate_tenant_rate_limited_total",
+                    "counter",
+                    "Requests refused for a tenant's max_ops_per_sec.",
+                    |t| t.rate_limited.load(Relaxed),
+                ),
+            ];
+            for (name, kind, help, read) in families {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for tenant in tenants {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{tenant=\"{}\"}} {}",
+                        tenant.config.name,
+                        read(tenant)
+                    );
+                }
+            }
         }
         out
     }

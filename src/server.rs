@@ -22,6 +22,7 @@ use crate::config::{Config, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::refresh;
 use crate::session;
+use crate::tenant::TenantState;
 use crate::topology::Topology;
 
 /// What every session shares.
@@ -31,6 +32,8 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Wakes the cluster refresher (see `refresh`).
     pub refresh: Notify,
+    /// Tenants; empty when tenancy is off.
+    pub tenants: Vec<Arc<TenantState>>,
     next_client_id: AtomicU64,
 }
 
@@ -52,9 +55,6 @@ impl Server {
     /// Bind the client and admin ports and start connecting to the backends. Must be called
     /// inside a tokio runtime.
     pub async fn bind(config: Config) -> io::Result<Server> {
-        if let Some(reason) = config.unsupported() {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, reason));
-        }
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
@@ -68,7 +68,14 @@ impl Server {
             None => None,
         };
         let topology = Topology::start(&config);
+        let tenants: Vec<Arc<TenantState>> = config
+            .tenants
+            .iter()
+            .cloned()
+            .map(|t| Arc::new(TenantState::new(t)))
+            .collect();
         let proxy = Arc::new(Proxy {
+            tenants,
             config,
             topology: ArcSwap::from_pointee(topology),
             metrics: Metrics::default(),

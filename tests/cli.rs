@@ -74,14 +74,11 @@ fn check_names_file_key_and_reason() {
         assert!(!ok, "should be refused: {text}");
         assert!(out.contains(want), "want {want:?} in {out:?}");
     }
-    // Tenancy is configured but not enforced yet: refused, never served as one keyspace.
+    // Tenants are validated too.
     let (ok, out) = check(&format!(
-        "{VALID}[[tenants]]\nname = \"a\"\npassword = \"p\"\nprefix = \"a:\"\n"
+        "{VALID}[[tenants]]\nname = \"a\"\npassword = \"p\"\nprefix = \"a*\"\n"
     ));
-    assert!(
-        !ok && out.contains("tenant isolation is not enforced by this build yet"),
-        "{out}"
-    );
+    assert!(!ok && out.contains("FILE: tenants[0].prefix"), "{out}");
     let out = Command::new(KEYGATE)
         .args(["--check", "--config", "/no/such/file.toml"])
         .output()

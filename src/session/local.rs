@@ -38,6 +38,8 @@ impl Session {
                 .and_then(|()| Handled::ready(resp::simple("OK"))),
             "hello" => self.hello(&args[1..]),
             "reset" => {
+                // As in Redis, RESET also forgets who the client authenticated as.
+                self.tenant = None;
                 self.name = None;
                 self.replies_off = false;
                 self.skip_next = false;
@@ -51,6 +53,13 @@ impl Session {
     /// AUTH as Redis answers it with no password configured for the default user: keygate has no
     /// client credentials of its own yet (tenants bring them).
     fn auth(&mut self, args: &[Bytes]) -> Result<(), Error> {
+        if self.tenancy() {
+            return match args {
+                [password] => self.tenant_auth(None, password),
+                [user, password] => self.tenant_auth(Some(user), password),
+                _ => Err(Error::Invalid("syntax error")),
+            };
+        }
         match args {
             [_password] => Err(Error::Invalid(
                 "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
@@ -82,6 +91,12 @@ impl Session {
             }
         }
         let mut name = None;
+        let authenticates = args.iter().skip(1).any(|a| a.eq_ignore_ascii_case(b"auth"));
+        if self.tenancy() && self.tenant.is_none() && !authenticates {
+            return Err(Error::Coded(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+            ));
+        }
         let mut i = 1;
         while i < args.len() {
             let more = args.len() - i - 1;
@@ -207,12 +222,15 @@ impl Session {
                 .unwrap_or_default()
         };
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp=2 lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp=2 lib-name={} lib-ver={}\n",
             self.id,
             self.peer,
             self.local,
             show(&self.name),
             self.since.elapsed().as_secs(),
+            self.tenant
+                .as_ref()
+                .map_or("default", |s| s.tenant.config.name.as_str()),
             show(&self.lib_name),
             show(&self.lib_ver),
         )

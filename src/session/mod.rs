@@ -11,6 +11,7 @@
 //! shutdown, the session stops reading, delivers what is pending, and closes.
 
 mod local;
+mod tenancy;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -32,6 +33,7 @@ use crate::error::Error;
 use crate::resp::request::{Decoder, Limits};
 use crate::route;
 use crate::server::Proxy;
+use crate::tenant::Seat;
 use crate::write_queue::WriteQueue;
 
 /// Stop reading requests while this much output waits for the client.
@@ -64,6 +66,8 @@ struct Session {
     closing: bool,
     /// Close at once, dropping pending replies (HTTP on the RESP port, as Redis does).
     abort: bool,
+    /// The tenant this client authenticated as (when tenants are configured).
+    tenant: Option<Seat>,
 }
 
 /// Serve one client until it leaves, breaks the protocol, or `shutdown` is cancelled.
@@ -92,6 +96,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         skip_next: false,
         closing: false,
         abort: false,
+        tenant: None,
     };
     let (mut rd, mut wr) = stream.split();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -250,7 +255,7 @@ impl Session {
         }
     }
 
-    fn try_handle(&mut self, cmd: Command) -> Result<Handled, Error> {
+    fn try_handle(&mut self, mut cmd: Command) -> Result<Handled, Error> {
         let spec = match (cmd.policy, cmd.spec) {
             (Policy::Close, _) => {
                 tracing::warn!(client = self.id, peer = %self.peer, "HTTP sent to the RESP port: closing the connection");
@@ -264,6 +269,10 @@ impl Session {
         if !spec.arity_ok(cmd.args.len()) {
             return Err(Error::WrongArity(spec.name));
         }
+        let fix = match self.tenancy() {
+            true => self.confine(&mut cmd, spec)?,
+            false => tenancy::Fix::None,
+        };
         match cmd.policy {
             Policy::Local => self.local(&cmd),
             Policy::Refuse(reason) => Err(Error::Refused {
@@ -274,6 +283,13 @@ impl Session {
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;
                 let reply = dispatch::run(&self.proxy, &topology, self.id, cmd.args, plan);
+                let reply = match &self.tenant {
+                    Some(seat) => {
+                        let prefix = Bytes::copy_from_slice(seat.tenant.config.prefix.as_bytes());
+                        tenancy::unconfine(reply, fix, prefix)
+                    }
+                    None => reply,
+                };
                 Ok(Handled::reply(reply))
             }
             Policy::Close => unreachable!("handled above"),
@@ -281,9 +297,13 @@ impl Session {
     }
 
     /// Queue a finished reply for the client, unless it was silenced.
-    fn emit(&self, slot: &Slot, bytes: Bytes, out: &mut WriteQueue) {
+    fn emit(&self, slot: &Slot, mut bytes: Bytes, out: &mut WriteQueue) {
         if bytes.first() == Some(&b'-') {
             self.proxy.metrics.error(slot.command);
+            // Redis quotes key names in some errors ('acme:stream'): show the tenant its own.
+            if let Some(seat) = &self.tenant {
+                bytes = tenancy::unquote_keys(bytes, seat.tenant.config.prefix.as_bytes());
+            }
         }
         if !slot.silent {
             out.push(bytes);

@@ -1,0 +1,386 @@
+//! Tenants sharing one Redis (and one ketama set, and one Redis Cluster): each sees only its own
+//! keys, and every attempt to reach another's is contained.
+
+mod common;
+
+use common::{bulk, Cluster, Keygate, Raw, Redis};
+
+const TENANTS: &str = "[policy]\ndeny_commands = [\"lastsave\"]\n\
+    [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nmax_connections = 3\n\
+    [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\n\
+    [[tenants]]\nname = \"tiny\"\npassword = \"tiny-pw\"\nprefix = \"tiny:\"\nmax_ops_per_sec = 5\n\
+    allow_commands = [\"get\", \"set\", \"ping\", \"auth\", \"dbsize\"]\n";
+
+async fn as_tenant(kg: &Keygate, name: &str) -> Raw {
+    let mut raw = kg.raw().await;
+    let password = format!("{name}-pw");
+    assert_eq!(
+        raw.call(&[b"AUTH", name.as_bytes(), password.as_bytes()])
+            .await,
+        b"+OK\r\n"
+    );
+    raw
+}
+
+fn text(reply: Vec<u8>) -> String {
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Same key names, every common data type: each tenant sees its own values only.
+async fn isolation(kg: &Keygate) {
+    let mut a = as_tenant(kg, "acme").await;
+    let mut g = as_tenant(kg, "globex").await;
+    for (who, raw) in [("acme", &mut a), ("globex", &mut g)] {
+        let v = who.as_bytes();
+        assert_eq!(raw.call(&[b"SET", b"k", v]).await, b"+OK\r\n");
+        assert_eq!(raw.call(&[b"HSET", b"h", b"f", v]).await, b":1\r\n");
+        assert_eq!(raw.call(&[b"RPUSH", b"l", v]).await, b":1\r\n");
+        assert_eq!(raw.call(&[b"SADD", b"s", v]).await, b":1\r\n");
+        assert_eq!(raw.call(&[b"ZADD", b"z", b"1", v]).await, b":1\r\n");
+        assert_eq!(
+            raw.call(&[b"XADD", b"x", b"1-1", b"f", v]).await,
+            bulk("1-1")
+        );
+        assert_eq!(raw.call(&[b"PFADD", b"p", v]).await, b":1\r\n");
+        assert_eq!(raw.call(&[b"SETBIT", b"b", b"3", b"1"]).await, b":0\r\n");
+        assert_eq!(
+            raw.call(&[b"GEOADD", b"geo", b"13.36", b"38.11", v]).await,
+            b":1\r\n"
+        );
+        assert_eq!(
+            raw.call(&[b"MSET", b"{u}a", v, b"{u}b", v]).await,
+            b"+OK\r\n"
+        );
+    }
+    for (who, raw) in [("acme", &mut a), ("globex", &mut g)] {
+        assert_eq!(raw.call(&[b"GET", b"k"]).await, bulk(who));
+        assert_eq!(raw.call(&[b"HGET", b"h", b"f"]).await, bulk(who));
+        assert_eq!(
+            raw.call(&[b"LRANGE", b"l", b"0", b"-1"]).await,
+            [b"*1\r\n".to_vec(), bulk(who)].concat()
+        );
+        assert_eq!(
+            raw.call(&[b"SMEMBERS", b"s"]).await,
+            [b"*1\r\n".to_vec(), bulk(who)].concat()
+        );
+        assert_eq!(
+            raw.call(&[b"ZRANGE", b"z", b"0", b"-1"]).await,
+            [b"*1\r\n".to_vec(), bulk(who)].concat()
+        );
+        assert_eq!(raw.call(&[b"XLEN", b"x"]).await, b":1\r\n");
+        assert_eq!(raw.call(&[b"PFCOUNT", b"p"]).await, b":1\r\n");
+        assert_eq!(raw.call(&[b"BITCOUNT", b"b"]).await, b":1\r\n");
+        // The member's position (a two-element array), not a nil.
+        let position = text(raw.call(&[b"GEOPOS", b"geo", who.as_bytes()]).await);
+        assert!(position.starts_with("*1\r\n*2\r\n$"), "{who}: {position}");
+        assert_eq!(
+            raw.call(&[b"MGET", b"{u}a", b"{u}b", b"k"]).await,
+            [b"*3\r\n".to_vec(), bulk(who), bulk(who), bulk(who)].concat()
+        );
+        // Hash tags keep a tenant's keys together, so multi-key commands on them work.
+        assert_eq!(
+            raw.call(&[b"SUNIONSTORE", b"{u}c", b"{u}d"]).await,
+            b":0\r\n"
+        );
+        // The other tenant's prefix, spelled out, only reaches this tenant's own namespace.
+        let other = if who == "acme" { "globex:k" } else { "acme:k" };
+        assert_eq!(raw.call(&[b"GET", other.as_bytes()]).await, b"$-1\r\n");
+        assert_eq!(
+            raw.call(&[b"EXISTS", other.as_bytes(), b"k"]).await,
+            b":1\r\n"
+        );
+        // KEYS and SCAN show only this tenant's keys, without the prefix.
+        let keys = text(raw.call(&[b"KEYS", b"*"]).await);
+        assert!(
+            keys.starts_with("*11\r\n") && !keys.contains("acme:") && !keys.contains("globex:"),
+            "{who}: {keys}"
+        );
+        // A SCAN loop (sharded modes scan one shard per page) finds the same keys.
+        let mut scanned = String::new();
+        let mut cursor = b"0".to_vec();
+        loop {
+            let reply = raw.call(&[b"SCAN", &cursor, b"COUNT", b"1000"]).await;
+            let Ok(redis::Value::Array(parts)) = redis::parse_redis_value(&reply) else {
+                panic!("{}", text(reply))
+            };
+            let redis::Value::BulkString(next) = &parts[0] else {
+                panic!()
+            };
+            scanned.push_str(&text(reply.clone()));
+            if next == b"0" {
+                break;
+            }
+            cursor = next.clone();
+        }
+        assert!(
+            !scanned.contains("acme:")
+                && !scanned.contains("globex:")
+                && scanned.contains("\r\n$1\r\nk\r\n"),
+            "{who}: {scanned}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tenants_are_isolated_on_one_redis() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    isolation(&kg).await;
+    // On the server, every key carries its tenant's prefix.
+    let mut direct = Raw::connect(format!("127.0.0.1:{}", backend.port).parse().unwrap()).await;
+    let all = text(direct.call(&[b"KEYS", b"*"]).await);
+    for line in all
+        .lines()
+        .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
+    {
+        assert!(
+            line.starts_with("acme:") || line.starts_with("globex:"),
+            "unprefixed key {line:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tenants_are_isolated_on_ketama() {
+    let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
+    let list = shards
+        .iter()
+        .map(|s| format!("\"{}\"", s.addr()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"ketama\"\nhash_tag = \"{{}}\"\nservers = [{list}]\n[admin]\nlisten = \"127.0.0.1:0\"\n{TENANTS}"
+    ))
+    .await;
+    isolation(&kg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_isolated_on_a_cluster() {
+    let cluster = Cluster::start(3);
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"cluster\"\nservers = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{TENANTS}",
+        cluster.nodes[0].addr()
+    ))
+    .await;
+    isolation(&kg).await;
+}
+
+#[tokio::test]
+async fn authentication() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    let mut raw = kg.raw().await;
+    assert_eq!(
+        raw.call(&[b"GET", b"k"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+    assert_eq!(
+        raw.call(&[b"PING"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+    assert!(text(raw.call(&[b"HELLO", b"2"]).await).starts_with("-NOAUTH HELLO must be called"));
+    assert_eq!(
+        raw.call(&[b"NOSUCH"]).await,
+        b"-ERR unknown command 'NOSUCH', with args beginning with: \r\n"
+    );
+    let wrong = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+    assert_eq!(raw.call(&[b"AUTH", b"nope"]).await, wrong);
+    assert_eq!(raw.call(&[b"AUTH", b"globex", b"acme-pw"]).await, wrong);
+    assert_eq!(raw.call(&[b"AUTH", b"acme-pw"]).await, b"+OK\r\n");
+    assert_eq!(raw.call(&[b"SET", b"k", b"a"]).await, b"+OK\r\n");
+    // A failed AUTH leaves the identity as it was.
+    assert_eq!(raw.call(&[b"AUTH", b"globex", b"wrong"]).await, wrong);
+    assert_eq!(raw.call(&[b"GET", b"k"]).await, bulk("a"));
+    assert!(text(raw.call(&[b"CLIENT", b"INFO"]).await).contains(" user=acme "));
+    // Pipelined identity switches apply to exactly the commands after them.
+    raw.send(b"AUTH globex globex-pw\r\nGET k\r\nSET k g\r\nAUTH acme acme-pw\r\nGET k\r\n")
+        .await;
+    assert_eq!(raw.reply().await.unwrap(), b"+OK\r\n");
+    assert_eq!(raw.reply().await.unwrap(), b"$-1\r\n");
+    assert_eq!(raw.reply().await.unwrap(), b"+OK\r\n");
+    assert_eq!(raw.reply().await.unwrap(), b"+OK\r\n");
+    assert_eq!(raw.reply().await.unwrap(), bulk("a"));
+    // HELLO with AUTH, and RESET forgetting the identity.
+    let mut h = kg.raw().await;
+    assert!(text(
+        h.call(&[b"HELLO", b"2", b"AUTH", b"globex", b"globex-pw"])
+            .await
+    )
+    .starts_with("*14\r\n"));
+    assert_eq!(h.call(&[b"GET", b"k"]).await, bulk("g"));
+    assert_eq!(h.call(&[b"RESET"]).await, b"+RESET\r\n");
+    assert_eq!(
+        h.call(&[b"GET", b"k"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+}
+
+/// Attempts to reach outside the tenant's keyspace, each contained.
+#[tokio::test]
+async fn escape_attempts_are_contained() {
+    let backend = Redis::start_with(&["--enable-debug-command", "yes"]);
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    let mut g = as_tenant(&kg, "globex").await;
+    assert_eq!(
+        g.call(&[b"SET", b"secret", b"globex-data"]).await,
+        b"+OK\r\n"
+    );
+    let mut a = as_tenant(&kg, "acme").await;
+    assert_eq!(a.call(&[b"SET", b"mine", b"1"]).await, b"+OK\r\n");
+    let empty = b"*0\r\n".to_vec();
+    let only_mine = [b"*1\r\n".to_vec(), bulk("mine")].concat();
+    // Each case: the command, and the exact reply, or None for "refused" (checked below).
+    type Case<'a> = (&'a [&'a [u8]], Option<Vec<u8>>);
+    let cases: Vec<Case> = vec![
+        (&[b"KEYS", b"*"], Some(only_mine.clone())),
+        (&[b"KEYS", b"\\*"], Some(empty.clone())),
+        (&[b"KEYS", b"[a-z]*"], Some(only_mine.clone())),
+        (&[b"KEYS", b"globex:*"], Some(empty.clone())),
+        (&[b"KEYS", b"*secret*"], Some(empty.clone())),
+        (&[b"KEYS", b"../*"], Some(empty.clone())),
+        (&[b"GET", b"globex:secret"], Some(b"$-1\r\n".to_vec())),
+        (&[b"GET", b"../globex:secret"], Some(b"$-1\r\n".to_vec())),
+        (&[b"EXISTS", b"globex:secret"], Some(b":0\r\n".to_vec())),
+        (&[b"TYPE", b"globex:secret"], Some(b"+none\r\n".to_vec())),
+        (
+            &[b"OBJECT", b"ENCODING", b"globex:secret"],
+            Some(b"$-1\r\n".to_vec()),
+        ),
+        (&[b"RENAME", b"globex:secret", b"stolen"], None),
+        (&[b"COPY", b"globex:secret", b"stolen"], None),
+        (&[b"DBSIZE"], None),
+        (&[b"FLUSHALL"], None),
+        (&[b"FLUSHDB"], None),
+        (&[b"RANDOMKEY"], None),
+        (&[b"INFO"], None),
+        (&[b"INFO", b"keyspace"], None),
+        (&[b"CONFIG", b"GET", b"*"], None),
+        (&[b"DEBUG", b"OBJECT", b"globex:secret"], None),
+        (&[b"MONITOR"], None),
+        (&[b"CLIENT", b"LIST"], None),
+        (
+            &[b"EVAL", b"return redis.call('get','globex:secret')", b"0"],
+            None,
+        ),
+        (&[b"EVAL", b"return 1", b"1", b"k"], None),
+        (
+            &[b"SORT", b"mine", b"BY", b"globex:*", b"GET", b"globex:*"],
+            None,
+        ),
+        (&[b"SWAPDB", b"0", b"1"], None),
+        (&[b"SELECT", b"1"], None),
+        (&[b"MOVE", b"mine", b"1"], None),
+        (
+            &[
+                b"MIGRATE",
+                b"127.0.0.1",
+                b"1",
+                b"globex:secret",
+                b"0",
+                b"10",
+            ],
+            None,
+        ),
+        (&[b"RESTORE", b"k", b"0", b"x"], None),
+        (&[b"DUMP", b"globex:secret"], Some(b"$-1\r\n".to_vec())),
+        (&[b"PSUBSCRIBE", b"*"], None),
+        (&[b"SUBSCRIBE", b"__keyspace@0__:globex:secret"], None),
+        (&[b"PUBSUB", b"CHANNELS"], None),
+        (&[b"SCRIPT", b"FLUSH"], None),
+        (&[b"FUNCTION", b"LIST"], None),
+        (&[b"ACL", b"LIST"], None),
+        (&[b"LASTSAVE"], None),
+        (&[b"MEMORY", b"STATS"], None),
+        (&[b"SLOWLOG", b"GET"], None),
+        (&[b"CLUSTER", b"INFO"], None),
+        (&[b"XREAD", b"STREAMS", b"globex:s", b"0"], None),
+        (&[b"ZUNIONSTORE", b"d", b"1", b"globex:z"], None),
+        (&[b"KEYS", b"*a*b*c*d*e*f*g*h*i"], None),
+        (
+            &[b"SCAN", b"0", b"MATCH", b"*", b"MATCH", b"globex:*"],
+            None,
+        ),
+    ];
+    for (args, want) in &cases {
+        let got = a.call(args).await;
+        let shown: Vec<_> = args.iter().map(|x| String::from_utf8_lossy(x)).collect();
+        match want {
+            Some(want) => assert_eq!(text(got), text(want.clone()), "{shown:?}"),
+            None if args[0] == b"SCAN" => {
+                let got = text(got);
+                assert!(!got.contains("secret"), "{shown:?}: {got}");
+            }
+            None if args[0] == b"RENAME" => assert_eq!(text(got), "-ERR no such key\r\n"),
+            None => {
+                let got = text(got);
+                assert!(
+                    got.starts_with('-') && !got.contains("globex-data"),
+                    "{shown:?} should be refused: {got}"
+                );
+            }
+        }
+    }
+    // The other tenant's data is untouched and still only theirs.
+    assert_eq!(g.call(&[b"GET", b"secret"]).await, bulk("globex-data"));
+    assert_eq!(
+        g.call(&[b"KEYS", b"*"]).await,
+        [b"*1\r\n".to_vec(), bulk("secret")].concat()
+    );
+    assert!(cases.len() >= 40, "{} escape attempts", cases.len());
+}
+
+#[tokio::test]
+async fn limits_and_command_lists() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    // max_connections = 3 for acme.
+    let _c1 = as_tenant(&kg, "acme").await;
+    let _c2 = as_tenant(&kg, "acme").await;
+    let mut c3 = as_tenant(&kg, "acme").await;
+    let mut c4 = kg.raw().await;
+    assert_eq!(
+        c4.call(&[b"AUTH", b"acme", b"acme-pw"]).await,
+        b"-ERR keygate: tenant 'acme' already has its maximum of 3 connections\r\n"
+    );
+    drop(_c1);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while c4.call(&[b"AUTH", b"acme", b"acme-pw"]).await != b"+OK\r\n" {
+        assert!(tokio::time::Instant::now() < deadline, "seat never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The global policy and the tenant's allow list.
+    assert!(text(c3.call(&[b"LASTSAVE"]).await)
+        .starts_with("-NOPERM keygate: 'lastsave' is denied by keygate's policy"));
+    let mut tiny = as_tenant(&kg, "tiny").await;
+    assert!(text(tiny.call(&[b"INCR", b"n"]).await)
+        .starts_with("-NOPERM keygate: 'incr' is not in this tenant's allow_commands"));
+    // max_ops_per_sec = 5: a burst beyond it is refused with a clear error, not delayed.
+    let mut refused = 0;
+    for _ in 0..20 {
+        if text(tiny.call(&[b"GET", b"k"]).await)
+            .starts_with("-ERR keygate: tenant 'tiny' is over its limit of 5 requests per second")
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 10, "{refused} refused");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(tiny.call(&[b"GET", b"k"]).await, b"$-1\r\n");
+    // Both limits are visible per tenant in /metrics.
+    let (_, metrics) = common::http_get(kg.admin, "/metrics").await;
+    assert!(
+        metrics.contains("keygate_tenant_connections{tenant=\"acme\"} 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "keygate_tenant_rate_limited_total{{tenant=\"tiny\"}} {refused}\n"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keygate_tenant_requests_total{tenant=\"tiny\"} 22\n"),
+        "{metrics}"
+    );
+}

@@ -6,8 +6,8 @@ mod common;
 use common::{bulk, Cluster, Keygate, Raw, Redis};
 
 const TENANTS: &str = "[policy]\ndeny_commands = [\"lastsave\"]\n\
-    [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nmax_connections = 3\n\
-    [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\n\
+    [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nmax_connections = 3\nallow_scripts = true\n\
+    [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\nallow_scripts = true\n\
     [[tenants]]\nname = \"tiny\"\npassword = \"tiny-pw\"\nprefix = \"tiny:\"\nmax_ops_per_sec = 5\n\
     allow_commands = [\"get\", \"set\", \"ping\", \"auth\", \"dbsize\"]\n";
 
@@ -20,6 +20,20 @@ async fn as_tenant(kg: &Keygate, name: &str) -> Raw {
         b"+OK\r\n"
     );
     raw
+}
+
+/// The keys a KEYS reply lists.
+async fn con_keys(raw: &mut Raw, pattern: &[u8]) -> Vec<String> {
+    match redis::parse_redis_value(&raw.call(&[b"KEYS", pattern]).await) {
+        Ok(redis::Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                redis::Value::BulkString(k) => String::from_utf8(k).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
 }
 
 fn text(reply: Vec<u8>) -> String {
@@ -228,27 +242,83 @@ async fn escape_attempts_are_contained() {
     );
     let mut a = as_tenant(&kg, "acme").await;
     assert_eq!(a.call(&[b"SET", b"mine", b"1"]).await, b"+OK\r\n");
+    assert_eq!(g.call(&[b"RPUSH", b"l", b"x"]).await, b":1\r\n");
+    assert_eq!(a.call(&[b"RPUSH", b"nums", b"1"]).await, b":1\r\n");
+    // KEYS * shows exactly this tenant's two keys (in any order), without the prefix.
+    let mut mine = con_keys(&mut a, b"*").await;
+    mine.sort();
+    assert_eq!(mine, ["mine", "nums"]);
     let empty = b"*0\r\n".to_vec();
-    let only_mine = [b"*1\r\n".to_vec(), bulk("mine")].concat();
     // Each case: the command, and the exact reply, or None for "refused" (checked below).
     type Case<'a> = (&'a [&'a [u8]], Option<Vec<u8>>);
+    let nil = b"$-1\r\n".to_vec();
     let cases: Vec<Case> = vec![
-        (&[b"KEYS", b"*"], Some(only_mine.clone())),
         (&[b"KEYS", b"\\*"], Some(empty.clone())),
-        (&[b"KEYS", b"[a-z]*"], Some(only_mine.clone())),
+        (
+            &[b"KEYS", b"[m]*"],
+            Some([b"*1\r\n".to_vec(), bulk("mine")].concat()),
+        ),
         (&[b"KEYS", b"globex:*"], Some(empty.clone())),
         (&[b"KEYS", b"*secret*"], Some(empty.clone())),
         (&[b"KEYS", b"../*"], Some(empty.clone())),
-        (&[b"GET", b"globex:secret"], Some(b"$-1\r\n".to_vec())),
-        (&[b"GET", b"../globex:secret"], Some(b"$-1\r\n".to_vec())),
+        (&[b"GET", b"globex:secret"], Some(nil.clone())),
+        (&[b"GET", b"../globex:secret"], Some(nil.clone())),
         (&[b"EXISTS", b"globex:secret"], Some(b":0\r\n".to_vec())),
         (&[b"TYPE", b"globex:secret"], Some(b"+none\r\n".to_vec())),
         (
             &[b"OBJECT", b"ENCODING", b"globex:secret"],
-            Some(b"$-1\r\n".to_vec()),
+            Some(nil.clone()),
         ),
-        (&[b"RENAME", b"globex:secret", b"stolen"], None),
-        (&[b"COPY", b"globex:secret", b"stolen"], None),
+        (&[b"DUMP", b"globex:secret"], Some(nil.clone())),
+        (
+            &[b"RENAME", b"globex:secret", b"stolen"],
+            Some(b"-ERR no such key\r\n".to_vec()),
+        ),
+        (
+            &[b"COPY", b"globex:secret", b"stolen"],
+            Some(b":0\r\n".to_vec()),
+        ),
+        (&[b"COPY", b"mine", b"stolen", b"DB", b"1"], None),
+        // Declared keys are prefixed (a script's undeclared keys are why scripts need
+        // allow_scripts): the declared key here reaches acme's own namespace only.
+        (
+            &[
+                b"EVAL",
+                b"return redis.call('get', KEYS[1])",
+                b"1",
+                b"globex:secret",
+            ],
+            Some(nil.clone()),
+        ),
+        (&[b"EVAL", b"return 1", b"5", b"k"], None),
+        (
+            &[
+                b"SORT",
+                b"nums",
+                b"BY",
+                b"globex:*",
+                b"GET",
+                b"globex:secret",
+            ],
+            Some([b"*1\r\n".to_vec(), nil.clone()].concat()),
+        ),
+        (
+            &[b"SORT", b"nums", b"STORE", b"a", b"STORE", b"globex:x"],
+            None,
+        ),
+        (
+            &[b"XREAD", b"STREAMS", b"globex:s", b"0"],
+            Some(b"*-1\r\n".to_vec()),
+        ),
+        (
+            &[b"ZUNIONSTORE", b"d", b"1", b"globex:z"],
+            Some(b":0\r\n".to_vec()),
+        ),
+        (&[b"ZUNIONSTORE", b"d", b"3", b"globex:z"], None),
+        (
+            &[b"LMPOP", b"1", b"globex:l", b"LEFT"],
+            Some(b"*-1\r\n".to_vec()),
+        ),
         (&[b"DBSIZE"], None),
         (&[b"FLUSHALL"], None),
         (&[b"FLUSHDB"], None),
@@ -259,15 +329,6 @@ async fn escape_attempts_are_contained() {
         (&[b"DEBUG", b"OBJECT", b"globex:secret"], None),
         (&[b"MONITOR"], None),
         (&[b"CLIENT", b"LIST"], None),
-        (
-            &[b"EVAL", b"return redis.call('get','globex:secret')", b"0"],
-            None,
-        ),
-        (&[b"EVAL", b"return 1", b"1", b"k"], None),
-        (
-            &[b"SORT", b"mine", b"BY", b"globex:*", b"GET", b"globex:*"],
-            None,
-        ),
         (&[b"SWAPDB", b"0", b"1"], None),
         (&[b"SELECT", b"1"], None),
         (&[b"MOVE", b"mine", b"1"], None),
@@ -283,7 +344,6 @@ async fn escape_attempts_are_contained() {
             None,
         ),
         (&[b"RESTORE", b"k", b"0", b"x"], None),
-        (&[b"DUMP", b"globex:secret"], Some(b"$-1\r\n".to_vec())),
         (&[b"PSUBSCRIBE", b"*"], None),
         (&[b"SUBSCRIBE", b"__keyspace@0__:globex:secret"], None),
         (&[b"PUBSUB", b"CHANNELS"], None),
@@ -294,8 +354,6 @@ async fn escape_attempts_are_contained() {
         (&[b"MEMORY", b"STATS"], None),
         (&[b"SLOWLOG", b"GET"], None),
         (&[b"CLUSTER", b"INFO"], None),
-        (&[b"XREAD", b"STREAMS", b"globex:s", b"0"], None),
-        (&[b"ZUNIONSTORE", b"d", b"1", b"globex:z"], None),
         (&[b"KEYS", b"*a*b*c*d*e*f*g*h*i"], None),
         (
             &[b"SCAN", b"0", b"MATCH", b"*", b"MATCH", b"globex:*"],
@@ -311,7 +369,6 @@ async fn escape_attempts_are_contained() {
                 let got = text(got);
                 assert!(!got.contains("secret"), "{shown:?}: {got}");
             }
-            None if args[0] == b"RENAME" => assert_eq!(text(got), "-ERR no such key\r\n"),
             None => {
                 let got = text(got);
                 assert!(
@@ -323,9 +380,10 @@ async fn escape_attempts_are_contained() {
     }
     // The other tenant's data is untouched and still only theirs.
     assert_eq!(g.call(&[b"GET", b"secret"]).await, bulk("globex-data"));
-    assert_eq!(
-        g.call(&[b"KEYS", b"*"]).await,
-        [b"*1\r\n".to_vec(), bulk("secret")].concat()
+    let theirs = text(g.call(&[b"KEYS", b"*"]).await);
+    assert!(
+        theirs.starts_with("*2\r\n") && theirs.contains("secret"),
+        "{theirs}"
     );
     assert!(cases.len() >= 40, "{} escape attempts", cases.len());
 }
@@ -383,4 +441,103 @@ async fn limits_and_command_lists() {
         metrics.contains("keygate_tenant_requests_total{tenant=\"tiny\"} 22\n"),
         "{metrics}"
     );
+}
+
+/// Commands whose keys keygate finds itself: keys confined, keys in replies un-prefixed.
+#[tokio::test]
+async fn commands_with_moving_keys() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    let mut a = as_tenant(&kg, "acme").await;
+    let mut g = as_tenant(&kg, "globex").await;
+    // Scripts: declared keys prefixed; EVALSHA and SCRIPT EXISTS see only the tenant's own.
+    assert_eq!(a.call(&[b"SET", b"k", b"a-value"]).await, b"+OK\r\n");
+    let sha = a
+        .call(&[b"SCRIPT", b"LOAD", b"return redis.call('get', KEYS[1])"])
+        .await;
+    let sha = redis::parse_redis_value(&sha)
+        .map(|v| match v {
+            redis::Value::BulkString(s) => s,
+            other => panic!("{other:?}"),
+        })
+        .unwrap();
+    assert_eq!(
+        a.call(&[b"EVALSHA", &sha, b"1", b"k"]).await,
+        bulk("a-value")
+    );
+    assert_eq!(
+        g.call(&[b"EVALSHA", &sha, b"1", b"k"]).await,
+        b"-NOSCRIPT No matching script. Please use EVAL.\r\n"
+    );
+    assert_eq!(
+        g.call(&[b"SCRIPT", b"EXISTS", &sha, b"ffff"]).await,
+        b"*2\r\n:0\r\n:0\r\n"
+    );
+    assert_eq!(a.call(&[b"SCRIPT", b"EXISTS", &sha]).await, b"*1\r\n:1\r\n");
+    let mut tiny = as_tenant(&kg, "tiny").await;
+    assert!(text(tiny.call(&[b"EVAL", b"return 1", b"0"]).await).starts_with("-NOPERM"));
+    // LMPOP / XREAD: the key in the reply is the tenant's name for it.
+    assert_eq!(a.call(&[b"RPUSH", b"l", b"x", b"y"]).await, b":2\r\n");
+    assert_eq!(
+        a.call(&[b"LMPOP", b"2", b"none", b"l", b"LEFT"]).await,
+        [b"*2\r\n".to_vec(), bulk("l"), b"*1\r\n".to_vec(), bulk("x")].concat()
+    );
+    assert_eq!(
+        a.call(&[b"XADD", b"s", b"1-1", b"f", b"v"]).await,
+        bulk("1-1")
+    );
+    let read = text(
+        a.call(&[b"XREAD", b"COUNT", b"5", b"STREAMS", b"s", b"0"])
+            .await,
+    );
+    assert!(
+        read.starts_with("*1\r\n*2\r\n$1\r\ns\r\n") && !read.contains("acme:"),
+        "{read}"
+    );
+    // SORT with STORE, GEORADIUS with STORE, ZUNIONSTORE, COPY: destinations stay inside.
+    assert_eq!(
+        a.call(&[b"RPUSH", b"nums", b"3", b"1", b"2"]).await,
+        b":3\r\n"
+    );
+    assert_eq!(
+        a.call(&[b"SORT", b"nums", b"STORE", b"sorted"]).await,
+        b":3\r\n"
+    );
+    assert_eq!(
+        a.call(&[b"LRANGE", b"sorted", b"0", b"-1"]).await,
+        [b"*3\r\n".to_vec(), bulk("1"), bulk("2"), bulk("3")].concat()
+    );
+    assert_eq!(
+        a.call(&[b"GEOADD", b"geo", b"13.36", b"38.11", b"p"]).await,
+        b":1\r\n"
+    );
+    assert_eq!(
+        a.call(&[
+            b"GEORADIUS",
+            b"geo",
+            b"13.36",
+            b"38.11",
+            b"10",
+            b"km",
+            b"STORE",
+            b"near"
+        ])
+        .await,
+        b":1\r\n"
+    );
+    assert_eq!(a.call(&[b"ZADD", b"z1", b"1", b"m"]).await, b":1\r\n");
+    assert_eq!(
+        a.call(&[b"ZUNIONSTORE", b"zu", b"2", b"z1", b"near"]).await,
+        b":2\r\n"
+    );
+    assert_eq!(a.call(&[b"COPY", b"k", b"k2"]).await, b":1\r\n");
+    let mut direct = Raw::connect(format!("127.0.0.1:{}", backend.port).parse().unwrap()).await;
+    for key in ["acme:sorted", "acme:near", "acme:zu", "acme:k2"] {
+        assert_eq!(
+            direct.call(&[b"EXISTS", key.as_bytes()]).await,
+            b":1\r\n",
+            "{key}"
+        );
+    }
+    assert_eq!(direct.call(&[b"KEYS", b"near"]).await, b"*0\r\n");
 }

@@ -273,6 +273,9 @@ impl Session {
             true => self.confine(&mut cmd, spec)?,
             false => tenancy::Fix::None,
         };
+        if let tenancy::Fix::Answer(reply) = fix {
+            return Handled::ready(reply);
+        }
         match cmd.policy {
             Policy::Local => self.local(&cmd),
             Policy::Refuse(reason) => Err(Error::Refused {
@@ -284,10 +287,7 @@ impl Session {
                 let plan = route::plan(&cmd, &topology)?;
                 let reply = dispatch::run(&self.proxy, &topology, self.id, cmd.args, plan);
                 let reply = match &self.tenant {
-                    Some(seat) => {
-                        let prefix = Bytes::copy_from_slice(seat.tenant.config.prefix.as_bytes());
-                        tenancy::unconfine(reply, fix, prefix)
-                    }
+                    Some(seat) => tenancy::unconfine(reply, fix, seat.tenant.clone()),
                     None => reply,
                 };
                 Ok(Handled::reply(reply))

@@ -14,9 +14,10 @@ use crate::command::{flags, Command, Spec};
 use crate::dispatch::Reply;
 use crate::error::Error;
 use crate::resp::{self, value};
+use crate::tenant::custom::{self, Refused, ReplyFix};
 use crate::tenant::rewrite::{self, Refusal};
 use crate::tenant::rules::{self, Rule};
-use crate::tenant::{self as tenancy, Seat};
+use crate::tenant::{self as tenancy, Seat, TenantState};
 
 /// What the reply needs before the client sees it.
 pub(super) enum Fix {
@@ -25,6 +26,10 @@ pub(super) enum Fix {
     Keys,
     /// `[cursor, [keys]]` (SCAN): strip the prefix from each key.
     Scan,
+    /// What a parsed command's reply needs (see `tenant::custom`).
+    Custom(ReplyFix),
+    /// Nothing to forward: keygate answers for the tenant (SCRIPT EXISTS).
+    Answer(Bytes),
 }
 
 const NOT_YET: &str = "is not available to tenants in this build yet";
@@ -112,10 +117,36 @@ impl Session {
                 confine_scan(&mut cmd.args, prefix)?;
                 Ok(Fix::Scan)
             }
+            Some(Rule::Custom) if name == "script|exists" => {
+                let mut out = BytesMut::new();
+                resp::put_header(&mut out, b'*', cmd.args.len() as i64 - 2);
+                for sha in &cmd.args[2..] {
+                    resp::put_header(&mut out, b':', tenant.knows_script(sha) as i64);
+                }
+                Ok(Fix::Answer(out.freeze()))
+            }
+            Some(Rule::Custom) => {
+                let allow_scripts = config.allow_scripts;
+                let fix = custom::rewrite(name, &mut cmd.args, prefix, allow_scripts, |sha| {
+                    tenant.knows_script(sha)
+                })
+                .map_err(|refused| match refused {
+                    Refused::Scripts => refuse("needs allow_scripts for this tenant"),
+                    Refused::NoScript => {
+                        Error::Coded("NOSCRIPT No matching script. Please use EVAL.")
+                    }
+                    Refused::OtherDb => refuse("reaches outside the tenant's keyspace"),
+                    Refused::Syntax(what) => Error::Invalid(what),
+                })?;
+                if matches!(name, "eval" | "eval_ro") {
+                    tenant.record_script_body(&cmd.args[1]);
+                }
+                Ok(Fix::Custom(fix))
+            }
             // Explicitly allowed by the tenant's config: the operator's choice, forwarded as is.
             Some(Rule::Deny(_)) if allowed == Some(true) => Ok(Fix::None),
             Some(Rule::Deny(reason)) => Err(refuse(reason)),
-            Some(Rule::Custom | Rule::Channel | Rule::Emulate) => Err(refuse(NOT_YET)),
+            Some(Rule::Channel | Rule::Emulate) => Err(refuse(NOT_YET)),
             None => Err(refuse("is unknown to keygate's tenant rules")),
         }
     }
@@ -154,7 +185,7 @@ fn confine_scan(args: &mut Vec<Bytes>, prefix: &[u8]) -> Result<(), Error> {
 }
 
 /// Wrap `reply` so the client sees its keys without the tenant's prefix.
-pub(super) fn unconfine(reply: Reply, fix: Fix, prefix: Bytes) -> Reply {
+pub(super) fn unconfine(reply: Reply, fix: Fix, tenant: Arc<TenantState>) -> Reply {
     if let Fix::None = fix {
         return reply;
     }
@@ -176,11 +207,12 @@ pub(super) fn unconfine(reply: Reply, fix: Fix, prefix: Bytes) -> Reply {
         if bytes.first() == Some(&b'-') {
             return bytes;
         }
+        let prefix = tenant.config.prefix.as_bytes();
         let stripped = match fix {
-            Fix::Keys => strip_keys(&bytes, &prefix),
+            Fix::Keys => strip_keys(&bytes, prefix),
             Fix::Scan => value::elements(&bytes).and_then(|parts| match parts.as_slice() {
                 [cursor, keys] => {
-                    let keys = strip_keys(keys, &prefix)?;
+                    let keys = strip_keys(keys, prefix)?;
                     let mut out = BytesMut::new();
                     resp::put_header(&mut out, b'*', 2);
                     out.put_slice(cursor);
@@ -189,7 +221,15 @@ pub(super) fn unconfine(reply: Reply, fix: Fix, prefix: Bytes) -> Reply {
                 }
                 _ => None,
             }),
-            Fix::None => Some(bytes),
+            Fix::Custom(ReplyFix::RecordScript) => {
+                if let Some(value::Value::Bulk(Some(sha))) = value::parse(&bytes) {
+                    tenant.record_script(&sha);
+                }
+                Some(bytes)
+            }
+            Fix::Custom(ReplyFix::PoppedKey) => strip_first_of_each(&bytes, prefix, false),
+            Fix::Custom(ReplyFix::Streams) => strip_first_of_each(&bytes, prefix, true),
+            Fix::None | Fix::Custom(ReplyFix::None) | Fix::Answer(_) => Some(bytes),
         };
         stripped.unwrap_or_else(|| Error::ForeignKey.to_reply())
     }))
@@ -212,6 +252,39 @@ pub(super) fn unquote_keys(error: Bytes, prefix: &[u8]) -> Bytes {
     }
     out.extend_from_slice(rest);
     Bytes::from(out)
+}
+
+/// Nil passes. `[key, rest]` (`per_item` false: LMPOP/ZMPOP) or `[[key, rest], ...]`
+/// (`per_item` true: XREAD) with each key un-prefixed; `None` if a key lacks the prefix.
+fn strip_first_of_each(reply: &Bytes, prefix: &[u8], per_item: bool) -> Option<Bytes> {
+    if matches!(&reply[..], b"*-1\r\n" | b"$-1\r\n" | b"_\r\n") {
+        return Some(reply.clone());
+    }
+    let strip_pair = |pair: &Bytes| -> Option<Bytes> {
+        let parts = value::elements(pair)?;
+        let (key, rest) = parts.split_first()?;
+        let value::Value::Bulk(Some(key)) = value::parse(key)? else {
+            return None;
+        };
+        let key = rewrite::strip(prefix, &key).ok()?;
+        let mut out = BytesMut::with_capacity(pair.len());
+        resp::put_header(&mut out, b'*', parts.len() as i64);
+        resp::put_bulk(&mut out, Some(&key));
+        for part in rest {
+            out.put_slice(part);
+        }
+        Some(out.freeze())
+    };
+    if !per_item {
+        return strip_pair(reply);
+    }
+    let items = value::elements(reply)?;
+    let mut out = BytesMut::with_capacity(reply.len());
+    resp::put_header(&mut out, b'*', items.len() as i64);
+    for item in &items {
+        out.put_slice(&strip_pair(item)?);
+    }
+    Some(out.freeze())
 }
 
 /// An array of bulk keys, each without the prefix; `None` if any key lacks it.

@@ -7,9 +7,11 @@
 //! handling is not built yet (keyword/numkeys parsers, emulated DBSIZE/FLUSHDB/INFO/RANDOMKEY,
 //! channel subscriptions) are refused with NOPERM, never forwarded unconfined.
 
+pub mod custom;
 pub mod rewrite;
 pub mod rules;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,6 +28,9 @@ pub struct TenantState {
     /// Requests this tenant sent, and those refused for `max_ops_per_sec` (for /metrics).
     pub requests: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// SHA1s (lower-case hex) of the scripts this tenant loaded or ran: EVALSHA and SCRIPT
+    /// EXISTS see only these, so a tenant cannot run, or detect, another's scripts.
+    scripts: Mutex<HashSet<Vec<u8>>>,
     /// `max_ops_per_sec` as a token bucket holding at most one second's worth.
     bucket: Mutex<Bucket>,
 }
@@ -43,6 +48,7 @@ impl TenantState {
             connections: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            scripts: Mutex::new(HashSet::new()),
             bucket: Mutex::new(Bucket {
                 tokens,
                 refilled: Instant::now(),
@@ -75,6 +81,24 @@ impl TenantState {
         } else {
             false
         }
+    }
+
+    /// Remember a script's SHA1 (hex, any case) as this tenant's.
+    pub fn record_script(&self, sha: &[u8]) {
+        let mut scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
+        scripts.insert(sha.to_ascii_lowercase());
+    }
+
+    /// Remember the script with this body (as EVAL runs it).
+    pub fn record_script_body(&self, body: &[u8]) {
+        let digest = sha1::Sha1::digest(body);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.record_script(hex.as_bytes());
+    }
+
+    pub fn knows_script(&self, sha: &[u8]) -> bool {
+        let scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
+        scripts.contains(&sha.to_ascii_lowercase())
     }
 
     pub fn connections(&self) -> usize {

@@ -235,3 +235,123 @@ fn info_header(topology: &Topology) -> String {
     }
     text
 }
+
+/// Keyspace-wide commands for one tenant, emulated over its prefix on every shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantKeyspace {
+    /// DBSIZE: the tenant's keys, counted.
+    Count,
+    /// FLUSHDB / FLUSHALL: the tenant's keys, unlinked (not atomic: keys written meanwhile may
+    /// survive).
+    Flush,
+    /// RANDOMKEY: one of the tenant's keys.
+    Random,
+    /// INFO: a synthetic, tenant-scoped INFO.
+    Info,
+}
+
+/// Run a tenant keyspace operation. `pattern` is the tenant's prefix escaped as a glob plus `*`;
+/// only keys that start with `prefix` are ever counted, returned or deleted.
+pub fn tenant_keyspace(
+    op: TenantKeyspace,
+    topology: &Arc<Topology>,
+    client: u64,
+    prefix: Bytes,
+    pattern: Bytes,
+    info: String,
+) -> Reply {
+    let topology = topology.clone();
+    Reply::Later(Box::pin(async move {
+        let mut order: Vec<usize> = (0..topology.backends.len()).collect();
+        if op == TenantKeyspace::Random {
+            fastrand::shuffle(&mut order);
+        }
+        let mut count: i64 = 0;
+        for shard in order {
+            let backend = &topology.backends[shard];
+            let mut cursor = Bytes::from_static(b"0");
+            loop {
+                let count_arg = Bytes::from_static(if op == TenantKeyspace::Random {
+                    b"100"
+                } else {
+                    b"1000"
+                });
+                let args = vec![
+                    Bytes::from_static(b"SCAN"),
+                    cursor.clone(),
+                    Bytes::from_static(b"MATCH"),
+                    pattern.clone(),
+                    Bytes::from_static(b"COUNT"),
+                    count_arg,
+                ];
+                let reply = reply_bytes(backend.send(client, args).await);
+                if reply.first() == Some(&b'-') {
+                    return reply;
+                }
+                let Some((next, keys)) = scan_page(&reply) else {
+                    return resp::error("ERR keygate: unexpected SCAN reply from a shard");
+                };
+                let keys: Vec<Bytes> = keys
+                    .into_iter()
+                    .filter(|k| k.starts_with(&prefix))
+                    .collect();
+                match op {
+                    TenantKeyspace::Count | TenantKeyspace::Info => count += keys.len() as i64,
+                    TenantKeyspace::Random if !keys.is_empty() => {
+                        let key = &keys[fastrand::usize(..keys.len())];
+                        return resp::bulk(Some(&key[prefix.len()..]));
+                    }
+                    TenantKeyspace::Random => {}
+                    TenantKeyspace::Flush => {
+                        // One UNLINK per key: in a cluster, a page's keys span slots.
+                        let sent: Vec<_> = keys
+                            .into_iter()
+                            .map(|k| backend.send(client, vec![Bytes::from_static(b"UNLINK"), k]))
+                            .collect();
+                        for rx in sent {
+                            let reply = reply_bytes(rx.await);
+                            if reply.first() == Some(&b'-') {
+                                return reply;
+                            }
+                        }
+                    }
+                }
+                if &next[..] == b"0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        match op {
+            TenantKeyspace::Count => resp::integer(count),
+            TenantKeyspace::Flush => resp::simple("OK"),
+            TenantKeyspace::Random => resp::bulk(None),
+            TenantKeyspace::Info => {
+                let text = format!("{info}\r\n# Keyspace\r\ndb0:keys={count}\r\n");
+                resp::bulk(Some(text.as_bytes()))
+            }
+        }
+    }))
+}
+
+/// A SCAN reply's next cursor and keys.
+fn scan_page(reply: &Bytes) -> Option<(Bytes, Vec<Bytes>)> {
+    let parts = value::elements(reply)?;
+    let [cursor, keys] = parts.as_slice() else {
+        return None;
+    };
+    let value::Value::Bulk(Some(cursor)) = value::parse(cursor)? else {
+        return None;
+    };
+    let value::Value::Array(Some(items)) = value::parse(keys)? else {
+        return None;
+    };
+    let keys = items
+        .into_iter()
+        .filter_map(|v| match v {
+            value::Value::Bulk(Some(k)) => Some(k),
+            _ => None,
+        })
+        .collect();
+    Some((cursor, keys))
+}

@@ -132,7 +132,19 @@ async fn isolation(kg: &Keygate) {
                 && scanned.contains("\r\n$1\r\nk\r\n"),
             "{who}: {scanned}"
         );
+        // Keyspace-wide commands count and pick only this tenant's keys, on every shard.
+        assert_eq!(raw.call(&[b"DBSIZE"]).await, b":11\r\n", "{who}");
+        let random = text(raw.call(&[b"RANDOMKEY"]).await);
+        assert!(
+            random.starts_with('$') && !random.contains(':'),
+            "{who}: {random}"
+        );
     }
+    // One tenant's FLUSHDB leaves the other's keys alone.
+    assert_eq!(a.call(&[b"FLUSHDB"]).await, b"+OK\r\n");
+    assert_eq!(a.call(&[b"DBSIZE"]).await, b":0\r\n");
+    assert_eq!(g.call(&[b"DBSIZE"]).await, b":11\r\n");
+    assert_eq!(g.call(&[b"GET", b"k"]).await, bulk("globex"));
 }
 
 #[tokio::test]
@@ -319,12 +331,13 @@ async fn escape_attempts_are_contained() {
             &[b"LMPOP", b"1", b"globex:l", b"LEFT"],
             Some(b"*-1\r\n".to_vec()),
         ),
-        (&[b"DBSIZE"], None),
-        (&[b"FLUSHALL"], None),
-        (&[b"FLUSHDB"], None),
-        (&[b"RANDOMKEY"], None),
-        (&[b"INFO"], None),
-        (&[b"INFO", b"keyspace"], None),
+        // Emulated for the tenant alone: acme has `mine` and `nums`.
+        (&[b"DBSIZE"], Some(b":2\r\n".to_vec())),
+        (&[b"ACL", b"WHOAMI"], Some(bulk("acme"))),
+        (&[b"FLUSHALL"], Some(b"+OK\r\n".to_vec())),
+        (&[b"DBSIZE"], Some(b":0\r\n".to_vec())),
+        (&[b"FLUSHDB", b"ASYNC"], Some(b"+OK\r\n".to_vec())),
+        (&[b"RANDOMKEY"], Some(nil.clone())),
         (&[b"CONFIG", b"GET", b"*"], None),
         (&[b"DEBUG", b"OBJECT", b"globex:secret"], None),
         (&[b"MONITOR"], None),
@@ -378,7 +391,15 @@ async fn escape_attempts_are_contained() {
             }
         }
     }
-    // The other tenant's data is untouched and still only theirs.
+    // INFO is synthetic: this tenant's figures only.
+    for args in [&[&b"INFO"[..]][..], &[b"INFO", b"keyspace"]] {
+        let info = text(a.call(args).await);
+        assert!(
+            info.contains("tenant:acme") && info.contains("db0:keys=0") && !info.contains("globex"),
+            "{info}"
+        );
+    }
+    // The other tenant's data is untouched (even by acme's FLUSHALL) and still only theirs.
     assert_eq!(g.call(&[b"GET", b"secret"]).await, bulk("globex-data"));
     let theirs = text(g.call(&[b"KEYS", b"*"]).await);
     assert!(

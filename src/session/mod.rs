@@ -273,8 +273,10 @@ impl Session {
             true => self.confine(&mut cmd, spec)?,
             false => tenancy::Fix::None,
         };
-        if let tenancy::Fix::Answer(reply) = fix {
-            return Handled::ready(reply);
+        match fix {
+            tenancy::Fix::Answer(reply) => return Handled::ready(reply),
+            tenancy::Fix::Keyspace(op) => return Ok(Handled::reply(self.tenant_keyspace(op))),
+            _ => {}
         }
         match cmd.policy {
             Policy::Local => self.local(&cmd),

@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::Session;
 use crate::command::{flags, Command, Spec};
-use crate::dispatch::Reply;
+use crate::dispatch::{Reply, TenantKeyspace};
 use crate::error::Error;
 use crate::resp::{self, value};
 use crate::tenant::custom::{self, Refused, ReplyFix};
@@ -28,8 +28,10 @@ pub(super) enum Fix {
     Scan,
     /// What a parsed command's reply needs (see `tenant::custom`).
     Custom(ReplyFix),
-    /// Nothing to forward: keygate answers for the tenant (SCRIPT EXISTS).
+    /// Nothing to forward: keygate answers for the tenant (SCRIPT EXISTS, ACL WHOAMI).
     Answer(Bytes),
+    /// Emulated over the tenant's keys on every shard (DBSIZE, FLUSHDB, RANDOMKEY, INFO).
+    Keyspace(TenantKeyspace),
 }
 
 const NOT_YET: &str = "is not available to tenants in this build yet";
@@ -117,6 +119,22 @@ impl Session {
                 confine_scan(&mut cmd.args, prefix)?;
                 Ok(Fix::Scan)
             }
+            Some(Rule::Emulate) if name == "acl|whoami" => {
+                Ok(Fix::Answer(resp::bulk(Some(config.name.as_bytes()))))
+            }
+            Some(Rule::Emulate)
+                if matches!(
+                    name,
+                    "dbsize" | "flushdb" | "flushall" | "randomkey" | "info"
+                ) =>
+            {
+                Ok(Fix::Keyspace(match name {
+                    "dbsize" => TenantKeyspace::Count,
+                    "randomkey" => TenantKeyspace::Random,
+                    "info" => TenantKeyspace::Info,
+                    _ => TenantKeyspace::Flush,
+                }))
+            }
             Some(Rule::Custom) if name == "script|exists" => {
                 let mut out = BytesMut::new();
                 resp::put_header(&mut out, b'*', cmd.args.len() as i64 - 2);
@@ -184,6 +202,33 @@ fn confine_scan(args: &mut Vec<Bytes>, prefix: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+impl Session {
+    /// The tenant's emulated keyspace operation.
+    pub(super) fn tenant_keyspace(&self, op: TenantKeyspace) -> Reply {
+        let seat = self.tenant.as_ref().expect("only for tenants");
+        let tenant = &seat.tenant;
+        let prefix = tenant.config.prefix.as_bytes();
+        let pattern =
+            rewrite::confine_pattern(prefix, None).expect("the bare prefix is a valid pattern");
+        let info = format!(
+            "# Server\r\nredis_version:{}\r\nkeygate_version:{}\r\n\r\n# keygate\r\ntenant:{}\r\n\r\n# Clients\r\nconnected_clients:{}",
+            crate::command::REDIS_VERSION,
+            env!("CARGO_PKG_VERSION"),
+            tenant.config.name,
+            tenant.connections(),
+        );
+        let topology = self.proxy.topology.load_full();
+        crate::dispatch::tenant_keyspace(
+            op,
+            &topology,
+            self.id,
+            Bytes::copy_from_slice(prefix),
+            pattern,
+            info,
+        )
+    }
+}
+
 /// Wrap `reply` so the client sees its keys without the tenant's prefix.
 pub(super) fn unconfine(reply: Reply, fix: Fix, tenant: Arc<TenantState>) -> Reply {
     if let Fix::None = fix {
@@ -229,7 +274,9 @@ pub(super) fn unconfine(reply: Reply, fix: Fix, tenant: Arc<TenantState>) -> Rep
             }
             Fix::Custom(ReplyFix::PoppedKey) => strip_first_of_each(&bytes, prefix, false),
             Fix::Custom(ReplyFix::Streams) => strip_first_of_each(&bytes, prefix, true),
-            Fix::None | Fix::Custom(ReplyFix::None) | Fix::Answer(_) => Some(bytes),
+            Fix::None | Fix::Custom(ReplyFix::None) | Fix::Answer(_) | Fix::Keyspace(_) => {
+                Some(bytes)
+            }
         };
         stripped.unwrap_or_else(|| Error::ForeignKey.to_reply())
     }))

@@ -359,7 +359,15 @@ async fn escape_attempts_are_contained() {
         (&[b"RESTORE", b"k", b"0", b"x"], None),
         (&[b"PSUBSCRIBE", b"*"], None),
         (&[b"SUBSCRIBE", b"__keyspace@0__:globex:secret"], None),
-        (&[b"PUBSUB", b"CHANNELS"], None),
+        (&[b"PUBSUB", b"CHANNELS"], Some(empty.clone())),
+        (&[b"PUBSUB", b"CHANNELS", b"*"], Some(empty.clone())),
+        (
+            &[b"PUBSUB", b"NUMSUB", b"globex:news"],
+            Some([b"*2\r\n".to_vec(), bulk("globex:news"), b":0\r\n".to_vec()].concat()),
+        ),
+        (&[b"PUBSUB", b"NUMSUB", b"__keyspace@0__:x"], None),
+        (&[b"PUBLISH", b"__keyspace@0__:globex:secret", b"x"], None),
+        (&[b"PUBSUB", b"NUMPAT"], None),
         (&[b"SCRIPT", b"FLUSH"], None),
         (&[b"FUNCTION", b"LIST"], None),
         (&[b"ACL", b"LIST"], None),
@@ -561,4 +569,49 @@ async fn commands_with_moving_keys() {
         );
     }
     assert_eq!(direct.call(&[b"KEYS", b"near"]).await, b"*0\r\n");
+}
+
+/// PUBLISH reaches only the tenant's own channel; PUBSUB shows only the tenant's channels.
+#[tokio::test]
+async fn publish_and_pubsub_introspection() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    // A subscriber straight on the server, on both tenants' "news".
+    let mut subscriber = Raw::connect(format!("127.0.0.1:{}", backend.port).parse().unwrap()).await;
+    subscriber
+        .send(b"SUBSCRIBE acme:news globex:news\r\n")
+        .await;
+    subscriber.reply().await.unwrap();
+    subscriber.reply().await.unwrap();
+    let mut a = as_tenant(&kg, "acme").await;
+    let mut g = as_tenant(&kg, "globex").await;
+    assert_eq!(
+        a.call(&[b"PUBLISH", b"news", b"from-acme"]).await,
+        b":1\r\n"
+    );
+    let message = text(subscriber.reply().await.unwrap());
+    assert!(
+        message.contains("$9\r\nacme:news\r\n$9\r\nfrom-acme"),
+        "{message}"
+    );
+    assert_eq!(
+        a.call(&[b"PUBSUB", b"NUMSUB", b"news", b"other"]).await,
+        [
+            b"*4\r\n".to_vec(),
+            bulk("news"),
+            b":1\r\n".to_vec(),
+            bulk("other"),
+            b":0\r\n".to_vec()
+        ]
+        .concat()
+    );
+    assert_eq!(
+        a.call(&[b"PUBSUB", b"CHANNELS"]).await,
+        [b"*1\r\n".to_vec(), bulk("news")].concat()
+    );
+    assert_eq!(
+        g.call(&[b"PUBSUB", b"CHANNELS", b"n*"]).await,
+        [b"*1\r\n".to_vec(), bulk("news")].concat()
+    );
+    assert_eq!(g.call(&[b"PUBSUB", b"CHANNELS", b"acme*"]).await, b"*0\r\n");
 }

@@ -22,8 +22,10 @@ use crate::tenant::{self as tenancy, Seat, TenantState};
 /// What the reply needs before the client sees it.
 pub(super) enum Fix {
     None,
-    /// An array of keys (KEYS): strip the prefix from each.
+    /// An array of keys (KEYS, PUBSUB CHANNELS): strip the prefix from each.
     Keys,
+    /// `[channel, count, ...]` (PUBSUB NUMSUB): strip the prefix from each channel.
+    Pairs,
     /// `[cursor, [keys]]` (SCAN): strip the prefix from each key.
     Scan,
     /// What a parsed command's reply needs (see `tenant::custom`).
@@ -107,8 +109,23 @@ impl Session {
                 Ok(Fix::None)
             }
             Some(Rule::Channel) if matches!(name, "publish" | "spublish") => {
+                keyspace_channel(&cmd.args[1])?;
                 cmd.args[1] = rewrite::prefixed(prefix, &cmd.args[1]);
                 Ok(Fix::None)
+            }
+            Some(Rule::Channel) if matches!(name, "pubsub|channels" | "pubsub|shardchannels") => {
+                let pattern = rewrite::confine_pattern(prefix, cmd.args.get(2).map(|p| &p[..]))
+                    .map_err(pattern)?;
+                cmd.args.truncate(2);
+                cmd.args.push(pattern);
+                Ok(Fix::Keys)
+            }
+            Some(Rule::Channel) if matches!(name, "pubsub|numsub" | "pubsub|shardnumsub") => {
+                for channel in &mut cmd.args[2..] {
+                    keyspace_channel(channel)?;
+                    *channel = rewrite::prefixed(prefix, channel);
+                }
+                Ok(Fix::Pairs)
             }
             Some(Rule::Emulate) if name == "keys" => {
                 cmd.args[1] =
@@ -168,6 +185,17 @@ impl Session {
             None => Err(refuse("is unknown to keygate's tenant rules")),
         }
     }
+}
+
+/// Channels starting with `__` are the server's own (keyspace notifications): never a tenant's.
+fn keyspace_channel(channel: &[u8]) -> Result<(), Error> {
+    if channel.starts_with(b"__") {
+        return Err(Error::NoPerm {
+            command: String::from_utf8_lossy(channel).into_owned(),
+            reason: "is a server channel (keyspace notifications), not available to tenants",
+        });
+    }
+    Ok(())
 }
 
 fn pattern(refusal: Refusal) -> Error {
@@ -272,6 +300,7 @@ pub(super) fn unconfine(reply: Reply, fix: Fix, tenant: Arc<TenantState>) -> Rep
                 }
                 Some(bytes)
             }
+            Fix::Pairs => strip_pairs(&bytes, prefix),
             Fix::Custom(ReplyFix::PoppedKey) => strip_first_of_each(&bytes, prefix, false),
             Fix::Custom(ReplyFix::Streams) => strip_first_of_each(&bytes, prefix, true),
             Fix::None | Fix::Custom(ReplyFix::None) | Fix::Answer(_) | Fix::Keyspace(_) => {
@@ -330,6 +359,24 @@ fn strip_first_of_each(reply: &Bytes, prefix: &[u8], per_item: bool) -> Option<B
     resp::put_header(&mut out, b'*', items.len() as i64);
     for item in &items {
         out.put_slice(&strip_pair(item)?);
+    }
+    Some(out.freeze())
+}
+
+/// `[channel, count, channel, count, ...]` with each channel un-prefixed.
+fn strip_pairs(array: &Bytes, prefix: &[u8]) -> Option<Bytes> {
+    let items = value::elements(array)?;
+    let mut out = BytesMut::with_capacity(array.len());
+    resp::put_header(&mut out, b'*', items.len() as i64);
+    for (i, item) in items.iter().enumerate() {
+        if i % 2 == 1 {
+            out.put_slice(item);
+            continue;
+        }
+        let value::Value::Bulk(Some(channel)) = value::parse(item)? else {
+            return None;
+        };
+        resp::put_bulk(&mut out, Some(&rewrite::strip(prefix, &channel).ok()?));
     }
     Some(out.freeze())
 }

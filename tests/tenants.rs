@@ -91,6 +91,13 @@ async fn isolation(kg: &Keygate) {
             raw.call(&[b"MGET", b"{u}a", b"{u}b", b"k"]).await,
             [b"*3\r\n".to_vec(), bulk(who), bulk(who), bulk(who)].concat()
         );
+        // Scripts see the tenant's own keys through KEYS[]; PUBLISH reaches its own channel.
+        assert_eq!(
+            raw.call(&[b"EVAL", b"return redis.call('get', KEYS[1])", b"1", b"k"])
+                .await,
+            bulk(who)
+        );
+        assert_eq!(raw.call(&[b"PUBLISH", b"news", b"hello"]).await, b":0\r\n");
         // Hash tags keep a tenant's keys together, so multi-key commands on them work.
         assert_eq!(
             raw.call(&[b"SUNIONSTORE", b"{u}c", b"{u}d"]).await,

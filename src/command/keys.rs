@@ -19,19 +19,26 @@ pub fn positions(spec: &Spec, args: &[Bytes]) -> Vec<usize> {
 }
 
 fn fixed(spec: &Spec, args: &[Bytes]) -> Vec<usize> {
-    if spec.first_key <= 0 || spec.key_step <= 0 {
-        return Vec::new();
-    }
-    let last = if spec.last_key < 0 {
-        args.len() as i64 + spec.last_key as i64
+    fixed_positions(spec, args.len()).collect()
+}
+
+/// The table's fixed key positions for a request of `argc` arguments, without allocating (the
+/// tenant rewriter runs this on every request). Empty for commands without fixed keys.
+pub fn fixed_positions(spec: &Spec, argc: usize) -> impl Iterator<Item = usize> {
+    let (first, step) = if spec.first_key <= 0 || spec.key_step <= 0 {
+        (1, 1)
+    } else {
+        (spec.first_key as i64, spec.key_step as usize)
+    };
+    let last = if spec.first_key <= 0 || spec.key_step <= 0 {
+        0
+    } else if spec.last_key < 0 {
+        argc as i64 + spec.last_key as i64
     } else {
         spec.last_key as i64
     };
-    let last = last.min(args.len() as i64 - 1);
-    (spec.first_key as i64..=last)
-        .step_by(spec.key_step as usize)
-        .map(|i| i as usize)
-        .collect()
+    let last = last.min(argc as i64 - 1);
+    (first..=last).step_by(step).map(|i| i as usize)
 }
 
 fn movable(name: &str, args: &[Bytes]) -> Vec<usize> {

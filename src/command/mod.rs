@@ -124,6 +124,8 @@ pub struct Command {
     pub id: CommandId,
     /// The command or subcommand spec that decides policy and arity; `None` if unknown.
     pub spec: Option<&'static Spec>,
+    /// `spec`'s index in `COMMANDS` (meaningless when `spec` is `None`).
+    pub spec_index: usize,
     pub policy: Policy,
 }
 
@@ -142,10 +144,12 @@ impl Command {
                 args,
                 id: UNKNOWN,
                 spec: None,
+                spec_index: 0,
                 policy,
             };
         };
         let mut spec = &COMMANDS[id];
+        let mut spec_index = id;
         // Container commands (CLIENT, CONFIG, ...) have arity -2 and subcommands in the table.
         if args.len() >= 2 && spec.arity == -2 {
             let mut full = [0u8; 64];
@@ -156,6 +160,7 @@ impl Command {
             if let Some(sub_len) = sub_len {
                 if let Some(sub_id) = lookup(&full[..n + 1 + sub_len]) {
                     spec = &COMMANDS[sub_id];
+                    spec_index = sub_id;
                 }
             }
         }
@@ -167,6 +172,7 @@ impl Command {
             args,
             id: id as CommandId,
             spec: Some(spec),
+            spec_index,
             policy,
         }
     }

@@ -289,7 +289,7 @@ impl Session {
                 let plan = route::plan(&cmd, &topology)?;
                 let reply = dispatch::run(&self.proxy, &topology, self.id, cmd.args, plan);
                 let reply = match &self.tenant {
-                    Some(seat) => tenancy::unconfine(reply, fix, seat.tenant.clone()),
+                    Some(seat) => tenancy::unconfine(reply, fix, &seat.tenant),
                     None => reply,
                 };
                 Ok(Handled::reply(reply))

@@ -70,14 +70,14 @@ impl Session {
     }
 
     /// Check that the tenant may run `cmd` and confine it to the tenant's keyspace.
-    pub(super) fn confine(&mut self, cmd: &mut Command, spec: &'static Spec) -> Result<Fix, Error> {
+    pub(super) fn confine(&self, cmd: &mut Command, spec: &'static Spec) -> Result<Fix, Error> {
         let Some(seat) = &self.tenant else {
             if spec.has(flags::NO_AUTH) {
                 return Ok(Fix::None);
             }
             return Err(Error::Coded("NOAUTH Authentication required."));
         };
-        let tenant = seat.tenant.clone();
+        let tenant = &seat.tenant;
         tenant.requests.fetch_add(1, Relaxed);
         let config = &tenant.config;
         let name = spec.name;
@@ -102,7 +102,7 @@ impl Session {
             });
         }
         let prefix = config.prefix.as_bytes();
-        match rules::rule(name) {
+        match rules::rule_at(cmd.spec_index) {
             Some(Rule::Pass | Rule::Local) => Ok(Fix::None),
             Some(Rule::Keys) => {
                 rewrite::prefix_keys(spec, &mut cmd.args, prefix);
@@ -258,10 +258,11 @@ impl Session {
 }
 
 /// Wrap `reply` so the client sees its keys without the tenant's prefix.
-pub(super) fn unconfine(reply: Reply, fix: Fix, tenant: Arc<TenantState>) -> Reply {
-    if let Fix::None = fix {
+pub(super) fn unconfine(reply: Reply, fix: Fix, tenant: &Arc<TenantState>) -> Reply {
+    if let Fix::None | Fix::Custom(ReplyFix::None) = fix {
         return reply;
     }
+    let tenant = tenant.clone();
     let pending = match reply {
         Reply::Ready(bytes) => return Reply::Ready(bytes),
         other => other,

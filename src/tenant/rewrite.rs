@@ -21,7 +21,7 @@ pub enum Refusal {
 
 /// Prefix every key at the command's fixed key positions.
 pub fn prefix_keys(spec: &Spec, args: &mut [Bytes], prefix: &[u8]) {
-    for at in keys::positions(spec, args) {
+    for at in keys::fixed_positions(spec, args.len()) {
         args[at] = prefixed(prefix, &args[at]);
     }
 }

@@ -25,10 +25,21 @@ pub enum Rule {
     Deny(&'static str),
 }
 
+use std::sync::OnceLock;
+
+use crate::command::COMMANDS;
+
 const SERVER: &str = "acts on the whole server, which tenants share";
 const CONNECTION: &str = "would change a backend connection's state";
 const OTHER_DB: &str = "reaches outside the tenant's keyspace";
 const UNSAFE: &str = "can crash or corrupt the server for every tenant";
+
+/// The rule for `COMMANDS[index]`. Computed once for the whole table: `rule` compares names
+/// one by one, too slow to run on every request.
+pub fn rule_at(index: usize) -> Option<Rule> {
+    static RULES: OnceLock<Vec<Option<Rule>>> = OnceLock::new();
+    RULES.get_or_init(|| COMMANDS.iter().map(|spec| rule(spec.name)).collect())[index]
+}
 
 /// The rule for a command or subcommand (`container|sub`), by its lower-case name.
 pub fn rule(name: &str) -> Option<Rule> {
@@ -328,7 +339,7 @@ pub fn rule(name: &str) -> Option<Rule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{flags, COMMANDS};
+    use crate::command::flags;
 
     #[test]
     fn every_command_has_exactly_one_rule() {

@@ -75,6 +75,13 @@ pub fn rewrite(
             }
             Ok(ReplyFix::PoppedKey)
         }
+        "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => {
+            // BLPOP k1 k2 ... timeout: every argument but the first and the last is a key.
+            for at in 1..args.len() - 1 {
+                key(args, at);
+            }
+            Ok(ReplyFix::PoppedKey)
+        }
         "blmpop" | "bzmpop" => {
             for at in counted(args, 2)? {
                 key(args, at);
@@ -299,6 +306,15 @@ mod tests {
         // STOREDIST takes "STORE" as its key, then a second store option: refused, where Redis
         // would quietly keep the last one.
         assert!(run("GEORADIUS k 1 2 3 km STOREDIST STORE STORE victim", true).is_err());
+    }
+
+    #[test]
+    fn blocking_pops_name_their_key_in_the_reply() {
+        assert_eq!(
+            run("BLPOP a b 0", true).unwrap(),
+            ("BLPOP t:a t:b 0".to_string(), ReplyFix::PoppedKey)
+        );
+        assert_eq!(line("BZPOPMIN z 1.5"), "BZPOPMIN t:z 1.5");
     }
 
     #[test]

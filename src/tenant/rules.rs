@@ -57,11 +57,7 @@ pub fn rule(name: &str) -> Option<Rule> {
         | "bitop"
         | "bitpos"
         | "blmove"
-        | "blpop"
-        | "brpop"
         | "brpoplpush"
-        | "bzpopmax"
-        | "bzpopmin"
         | "decr"
         | "decrby"
         | "del"
@@ -212,6 +208,8 @@ pub fn rule(name: &str) -> Option<Rule> {
         | "xinfo|stream" => Keys,
 
         // Keys that move: parsed by keygate. Scripts also need `allow_scripts`.
+        // Blocking pops: their reply names the key popped from.
+        "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => Custom,
         "eval" | "eval_ro" | "evalsha" | "evalsha_ro" | "fcall" | "fcall_ro" | "zunion"
         | "zinter" | "zdiff" | "zunionstore" | "zinterstore" | "zdiffstore" | "sintercard"
         | "zintercard" | "lmpop" | "blmpop" | "zmpop" | "bzmpop" | "xread" | "xreadgroup"

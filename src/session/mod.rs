@@ -288,9 +288,9 @@ impl Session {
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;
                 let reply = dispatch::run(&self.proxy, &topology, self.id, cmd.args, plan);
-                let reply = match &self.tenant {
-                    Some(seat) => tenancy::unconfine(reply, fix, &seat.tenant),
-                    None => reply,
+                let reply = match (&self.tenant, fix) {
+                    (None, _) | (Some(_), tenancy::Fix::None) => reply,
+                    (Some(seat), fix) => tenancy::unconfine(reply, fix, &seat.tenant),
                 };
                 Ok(Handled::reply(reply))
             }

@@ -5,7 +5,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -81,8 +80,12 @@ impl Session {
         tenant.requests.fetch_add(1, Relaxed);
         let config = &tenant.config;
         let name = spec.name;
-        let container = name.split('|').next().unwrap_or(name);
-        let listed = |list: &[String]| list.iter().any(|c| c == name || c == container);
+        let listed = |list: &[String]| {
+            !list.is_empty() && {
+                let container = name.split_once('|').map_or(name, |(c, _)| c);
+                list.iter().any(|c| c == name || c == container)
+            }
+        };
         let refuse = |reason: &'static str| Error::NoPerm {
             command: name.replace('|', " "),
             reason,
@@ -94,7 +97,7 @@ impl Session {
         if allowed == Some(false) {
             return Err(refuse("is not in this tenant's allow_commands"));
         }
-        if !tenant.take_op(Instant::now()) {
+        if !tenant.take_op() {
             tenant.rate_limited.fetch_add(1, Relaxed);
             return Err(Error::RateLimited {
                 tenant: config.name.clone(),

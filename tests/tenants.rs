@@ -9,7 +9,8 @@ const TENANTS: &str = "[policy]\ndeny_commands = [\"lastsave\"]\n\
     [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nmax_connections = 3\nallow_scripts = true\n\
     [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\nallow_scripts = true\n\
     [[tenants]]\nname = \"tiny\"\npassword = \"tiny-pw\"\nprefix = \"tiny:\"\nmax_ops_per_sec = 5\n\
-    allow_commands = [\"get\", \"set\", \"ping\", \"auth\", \"dbsize\"]\n";
+    allow_commands = [\"get\", \"set\", \"ping\", \"auth\", \"dbsize\"]\n\
+    [[tenants]]\nname = \"initech\"\npassword = \"initech-pw\"\nprefix = \"initech:\"\n";
 
 async fn as_tenant(kg: &Keygate, name: &str) -> Raw {
     let mut raw = kg.raw().await;
@@ -263,10 +264,35 @@ async fn escape_attempts_are_contained() {
     assert_eq!(a.call(&[b"SET", b"mine", b"1"]).await, b"+OK\r\n");
     assert_eq!(g.call(&[b"RPUSH", b"l", b"x"]).await, b":1\r\n");
     assert_eq!(a.call(&[b"RPUSH", b"nums", b"1"]).await, b":1\r\n");
-    // KEYS * shows exactly this tenant's two keys (in any order), without the prefix.
-    let mut mine = con_keys(&mut a, b"*").await;
-    mine.sort();
-    assert_eq!(mine, ["mine", "nums"]);
+    // KEYS * and KEYS [a-z]* show exactly this tenant's two keys (in any order), unprefixed.
+    for pattern in [&b"*"[..], b"[a-z]*"] {
+        let mut mine = con_keys(&mut a, pattern).await;
+        mine.sort();
+        assert_eq!(mine, ["mine", "nums"]);
+    }
+    // A tenant without allow_scripts cannot run a script that reaches an undeclared key.
+    let mut i = as_tenant(&kg, "initech").await;
+    for script in [
+        &[
+            &b"EVAL"[..],
+            b"return redis.call('get', 'globex:secret')",
+            b"0",
+        ][..],
+        &[
+            b"EVAL",
+            b"return redis.call('get', 'globex:secret')",
+            b"1",
+            b"k",
+        ],
+        &[b"SCRIPT", b"LOAD", b"return 1"],
+        &[b"FCALL", b"f", b"0"],
+    ] {
+        let got = text(i.call(script).await);
+        assert!(
+            got.starts_with("-NOPERM keygate:") && got.contains("allow_scripts"),
+            "{got}"
+        );
+    }
     let empty = b"*0\r\n".to_vec();
     // Each case: the command, and the exact reply, or None for "refused" (checked below).
     type Case<'a> = (&'a [&'a [u8]], Option<Vec<u8>>);

@@ -291,10 +291,9 @@ fn accept(
     out: &mut WriteQueue,
     inflight: &mut VecDeque<InFlight>,
 ) {
-    if request.reply.is_closed() {
-        // The client went away before its request was written: skip it.
-        return;
-    }
+    // Every request accepted is written, even if whoever sent it no longer waits for the reply:
+    // skipping those would reorder effects (a MULTI keygate sends for a pinned connection is
+    // not awaited, yet what follows depends on it).
     if request.asking {
         out.push_request(&[Bytes::from_static(b"ASKING")]);
         inflight.push_back(InFlight {

@@ -52,26 +52,71 @@ struct Link {
 pub struct Backend {
     pub addr: Arc<str>,
     links: Vec<Link>,
+    opts: Arc<Options>,
+}
+
+/// A connection of one client's own to a server, for commands that change connection state
+/// (MULTI, WATCH). Closed when dropped, once its requests are answered; never pooled, so no state
+/// it gathered can reach another client.
+pub struct Pinned {
+    pub addr: Arc<str>,
+    link: Link,
+}
+
+impl Pinned {
+    /// Send a request on this connection; the receiver gets its reply or an error, always.
+    pub fn send(&self, args: Vec<Bytes>) -> oneshot::Receiver<ReplyResult> {
+        send_on(&self.link, &self.addr, args, false)
+    }
+}
+
+fn spawn_link(addr: &Arc<str>, opts: &Arc<Options>) -> Link {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let up = Arc::new(AtomicBool::new(false));
+    tokio::spawn(connection::supervise(
+        addr.clone(),
+        opts.clone(),
+        rx,
+        up.clone(),
+    ));
+    Link { requests: tx, up }
+}
+
+fn send_on(
+    link: &Link,
+    addr: &Arc<str>,
+    args: Vec<Bytes>,
+    asking: bool,
+) -> oneshot::Receiver<ReplyResult> {
+    let (tx, rx) = oneshot::channel();
+    let request = Request {
+        args,
+        reply: tx,
+        asking,
+    };
+    if let Err(mpsc::error::SendError(request)) = link.requests.send(request) {
+        let _ = request.reply.send(Err(Error::BackendDown {
+            addr: addr.clone(),
+            reason: "connection task stopped".into(),
+        }));
+    }
+    rx
 }
 
 impl Backend {
     /// Start `connections` connection tasks to `addr` on the current runtime.
     pub fn start(addr: &str, connections: usize, opts: Arc<Options>) -> Backend {
         let addr: Arc<str> = addr.into();
-        let links = (0..connections)
-            .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let up = Arc::new(AtomicBool::new(false));
-                tokio::spawn(connection::supervise(
-                    addr.clone(),
-                    opts.clone(),
-                    rx,
-                    up.clone(),
-                ));
-                Link { requests: tx, up }
-            })
-            .collect();
-        Backend { addr, links }
+        let links = (0..connections).map(|_| spawn_link(&addr, &opts)).collect();
+        Backend { addr, links, opts }
+    }
+
+    /// Open a connection of one client's own to this server.
+    pub fn pin(&self) -> Pinned {
+        Pinned {
+            addr: self.addr.clone(),
+            link: spawn_link(&self.addr, &self.opts),
+        }
     }
 
     /// Send a request for client `client`; the receiver gets its reply or an error, always.
@@ -86,20 +131,8 @@ impl Backend {
         args: Vec<Bytes>,
         asking: bool,
     ) -> oneshot::Receiver<ReplyResult> {
-        let (tx, rx) = oneshot::channel();
         let link = &self.links[(client % self.links.len() as u64) as usize];
-        let request = Request {
-            args,
-            reply: tx,
-            asking,
-        };
-        if let Err(mpsc::error::SendError(request)) = link.requests.send(request) {
-            let _ = request.reply.send(Err(Error::BackendDown {
-                addr: self.addr.clone(),
-                reason: "connection task stopped".into(),
-            }));
-        }
-        rx
+        send_on(link, &self.addr, args, asking)
     }
 
     /// How many of its connections are established right now.

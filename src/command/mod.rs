@@ -78,6 +78,9 @@ pub enum Policy {
     Local,
     /// Refused with this reason.
     Refuse(&'static str),
+    /// A transaction command (MULTI, EXEC, DISCARD, WATCH, UNWATCH): run on a connection pinned
+    /// to the client (see session::transaction).
+    Transaction,
     /// Close the connection without a reply: `POST` and `Host:` mean someone is speaking HTTP to
     /// the RESP port (a cross-protocol attack from a browser, as Redis itself treats them).
     Close,
@@ -96,7 +99,7 @@ fn policy(spec: &Spec) -> Policy {
         // act on shared backend connections (see session::local).
         "client" => Policy::Local,
         name if name.starts_with("client|") => Policy::Local,
-        "multi" | "exec" | "discard" | "watch" | "unwatch" => Policy::Refuse(NEEDS_PINNED),
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => Policy::Transaction,
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe"
         | "sunsubscribe" => Policy::Refuse(NEEDS_PINNED),
         "monitor" | "sync" | "psync" | "replconf" => Policy::Refuse(NEEDS_PINNED),
@@ -257,8 +260,7 @@ mod tests {
     #[test]
     fn stateful_commands_are_refused() {
         for args in [
-            &["multi"][..],
-            &["blpop", "k", "0"],
+            &["blpop", "k", "0"][..],
             &["subscribe", "c"],
             &["xread", "block", "0", "streams", "s", "$"],
             &["wait", "1", "0"],

@@ -38,8 +38,10 @@ impl Session {
                 .and_then(|()| Handled::ready(resp::simple("OK"))),
             "hello" => self.hello(&args[1..]),
             "reset" => {
-                // As in Redis, RESET also forgets who the client authenticated as.
+                // As in Redis, RESET also forgets who the client authenticated as, and any
+                // MULTI or WATCH (dropping the pinned connection closes it).
                 self.tenant = None;
+                self.txn = None;
                 self.name = None;
                 self.replies_off = false;
                 self.skip_next = false;

@@ -12,6 +12,7 @@
 
 mod local;
 mod tenancy;
+mod transaction;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -68,6 +69,27 @@ struct Session {
     abort: bool,
     /// The tenant this client authenticated as (when tenants are configured).
     tenant: Option<Seat>,
+    /// MULTI/WATCH state and the connection pinned for it.
+    txn: Option<transaction::Transaction>,
+    /// The last request went to a pinned connection: the next one for the shared connection
+    /// waits for earlier replies (see session::transaction, "Ordering note").
+    last_on_pin: bool,
+    /// A request waiting for the client's earlier replies before it can be sent.
+    held: Option<Held>,
+}
+
+/// A request held back until the client's earlier replies are in.
+struct Held {
+    cmd: Command,
+    fix: tenancy::Fix,
+    command: CommandId,
+    skipped: bool,
+}
+
+/// What became of a request.
+enum Outcome {
+    Handled(Handled),
+    Held(Command, tenancy::Fix),
 }
 
 /// Serve one client until it leaves, breaks the protocol, or `shutdown` is cancelled.
@@ -97,6 +119,9 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         closing: false,
         abort: false,
         tenant: None,
+        txn: None,
+        last_on_pin: false,
+        held: None,
     };
     let (mut rd, mut wr) = stream.split();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -110,8 +135,17 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
     tokio::pin!(stop);
 
     loop {
+        // A held request goes once the replies before it are in.
+        if session.held.is_some() && drained(&pending) {
+            let slot = session.resume();
+            pending.push_back(slot);
+        }
         // Requests already buffered (held back by max_pipeline) before reading more.
-        if !session.closing && pending.len() < max_pipeline && !input.is_empty() {
+        if !session.closing
+            && session.held.is_none()
+            && pending.len() < max_pipeline
+            && !input.is_empty()
+        {
             session.process(&mut decoder, &mut input, &mut pending, max_pipeline);
         }
         // Every reply that is ready at the front, in order, into the output.
@@ -183,6 +217,13 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
     }
 }
 
+/// No reply the client is waiting for is still with a backend.
+fn drained(pending: &VecDeque<Slot>) -> bool {
+    pending
+        .iter()
+        .all(|slot| matches!(slot.reply, Reply::Ready(_)))
+}
+
 /// Wait for the reply of the request at the front of the queue.
 async fn front_reply(pending: &mut VecDeque<Slot>) -> Bytes {
     match pending.front_mut().map(|slot| &mut slot.reply) {
@@ -217,9 +258,14 @@ impl Session {
         pending: &mut VecDeque<Slot>,
         max_pipeline: usize,
     ) {
-        while !self.closing && pending.len() < max_pipeline {
+        while !self.closing && self.held.is_none() && pending.len() < max_pipeline {
             match decoder.decode(input) {
-                Ok(Some(args)) => pending.push_back(self.handle(args)),
+                Ok(Some(args)) => {
+                    let drained = drained(pending);
+                    if let Some(slot) = self.handle(args, drained) {
+                        pending.push_back(slot);
+                    }
+                }
                 Ok(None) => return,
                 Err(e) => {
                     debug!(client = self.id, peer = %self.peer, error = %e.0, "protocol error");
@@ -238,47 +284,103 @@ impl Session {
         }
     }
 
-    /// Start one request.
-    fn handle(&mut self, args: Vec<Bytes>) -> Slot {
+    /// Start one request; `None` if it is held (see `Held`). `drained`: no earlier reply of this
+    /// client is still with a backend.
+    fn handle(&mut self, args: Vec<Bytes>, drained: bool) -> Option<Slot> {
         let cmd = Command::parse(args);
         self.proxy.metrics.request(cmd.id);
         let command = cmd.id;
         let skipped = std::mem::take(&mut self.skip_next);
-        let (reply, quiet) = match self.try_handle(cmd) {
-            Ok(Handled { reply, quiet }) => (reply, quiet),
+        let outcome = self.try_handle(cmd, drained);
+        self.slot(outcome, command, skipped)
+    }
+
+    /// Send the held request, now that the replies before it are in.
+    fn resume(&mut self) -> Slot {
+        let held = self.held.take().expect("a held request");
+        let outcome = self.route(held.cmd, held.fix, true);
+        self.slot(outcome, held.command, held.skipped)
+            .expect("a request is never held twice once drained")
+    }
+
+    fn slot(
+        &mut self,
+        outcome: Result<Outcome, Error>,
+        command: CommandId,
+        skipped: bool,
+    ) -> Option<Slot> {
+        let (reply, quiet) = match outcome {
+            Ok(Outcome::Handled(Handled { reply, quiet })) => (reply, quiet),
+            Ok(Outcome::Held(cmd, fix)) => {
+                self.held = Some(Held {
+                    cmd,
+                    fix,
+                    command,
+                    skipped,
+                });
+                return None;
+            }
             Err(e) => (Reply::Ready(e.to_reply()), false),
         };
-        Slot {
+        Some(Slot {
             reply,
             command,
             silent: quiet || skipped || self.replies_off,
-        }
+        })
     }
 
-    fn try_handle(&mut self, mut cmd: Command) -> Result<Handled, Error> {
+    fn try_handle(&mut self, mut cmd: Command, drained: bool) -> Result<Outcome, Error> {
         let spec = match (cmd.policy, cmd.spec) {
             (Policy::Close, _) => {
                 tracing::warn!(client = self.id, peer = %self.peer, "HTTP sent to the RESP port: closing the connection");
                 self.closing = true;
                 self.abort = true;
-                return Ok(Handled::quiet());
+                return Ok(Outcome::Handled(Handled::quiet()));
             }
-            (_, None) => return Err(Error::UnknownCommand { args: cmd.args }),
+            (_, None) => {
+                // Inside MULTI, a command refused before queueing aborts it, as in Redis.
+                self.abort_multi();
+                return Err(Error::UnknownCommand { args: cmd.args });
+            }
             (_, Some(spec)) => spec,
         };
         if !spec.arity_ok(cmd.args.len()) {
+            self.abort_multi();
             return Err(Error::WrongArity(spec.name));
         }
         let fix = match self.tenancy() {
-            true => self.confine(&mut cmd, spec)?,
+            true => self
+                .confine(&mut cmd, spec)
+                .inspect_err(|_| self.abort_multi())?,
             false => tenancy::Fix::None,
         };
         match fix {
-            tenancy::Fix::Answer(reply) => return Handled::ready(reply),
-            tenancy::Fix::Keyspace(op) => return Ok(Handled::reply(self.tenant_keyspace(op))),
-            _ => {}
+            tenancy::Fix::Answer(reply) => Ok(Outcome::Handled(Handled::ready(reply)?)),
+            tenancy::Fix::Keyspace(op) => {
+                Ok(Outcome::Handled(Handled::reply(self.tenant_keyspace(op))))
+            }
+            _ => self.route(cmd, fix, drained),
         }
-        match cmd.policy {
+    }
+
+    /// Run a checked, confined command: within a transaction, or by its policy.
+    fn route(&mut self, cmd: Command, fix: tenancy::Fix, drained: bool) -> Result<Outcome, Error> {
+        let spec = cmd.spec.expect("routed commands are known");
+        let cmd = match self.transaction(cmd, spec, drained) {
+            transaction::Step::Done(result) => {
+                self.last_on_pin = true;
+                return result.map(Outcome::Handled);
+            }
+            transaction::Step::Hold(cmd) => return Ok(Outcome::Held(cmd, fix)),
+            transaction::Step::Normal(cmd) => cmd,
+        };
+        if self.last_on_pin {
+            if !drained {
+                return Ok(Outcome::Held(cmd, fix));
+            }
+            self.last_on_pin = false;
+        }
+        let handled = match cmd.policy {
             Policy::Local => self.local(&cmd),
             Policy::Refuse(reason) => Err(Error::Refused {
                 command: spec.name.replace('|', " ").to_ascii_uppercase(),
@@ -294,8 +396,10 @@ impl Session {
                 };
                 Ok(Handled::reply(reply))
             }
-            Policy::Close => unreachable!("handled above"),
-        }
+            Policy::Transaction => unreachable!("session::transaction takes these"),
+            Policy::Close => unreachable!("handled in try_handle"),
+        };
+        handled.map(Outcome::Handled)
     }
 
     /// Queue a finished reply for the client, unless it was silenced.

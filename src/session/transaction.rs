@@ -1,0 +1,209 @@
+//! MULTI/EXEC/DISCARD/WATCH/UNWATCH, on a backend connection pinned to the client.
+//!
+//! A client that WATCHes or opens a MULTI gets a connection of its own to the shard its keys live
+//! on (`Backend::pin`), used for all its commands until EXEC, DISCARD or UNWATCH ends the
+//! transaction; then the connection is dropped and closed, never pooled, so neither its WATCHes
+//! nor a half-queued MULTI can reach another client.
+//!
+//! # Ordering note
+//!
+//! A client's requests travel on one connection at a time. Moving to the pinned connection, or
+//! back, would let the new connection overtake requests still in flight on the old one, so a
+//! request that switches connections is held until the client's earlier replies are in
+//! (`Step::Hold`).
+//!
+//! In sharded modes every key used in the transaction must live on the pinned shard (for a
+//! cluster, in the pinned slot); otherwise the command gets `-CROSSSLOT` and, inside MULTI, the
+//! transaction is aborted as Redis aborts one after a queueing error (`-EXECABORT` at EXEC).
+
+use bytes::Bytes;
+
+use super::{Handled, Session};
+use tokio::sync::oneshot;
+
+use crate::backend::{Pinned, ReplyResult};
+use crate::command::{Command, Policy, Spec};
+use crate::dispatch::Reply;
+use crate::error::Error;
+use crate::route::{self, Plan, Target};
+
+/// A client's transaction state.
+pub(super) struct Transaction {
+    /// The connection, once a command told keygate which shard it is for.
+    pinned: Option<(Pinned, Target)>,
+    in_multi: bool,
+    watching: bool,
+    /// A command failed while queueing: EXEC answers EXECABORT.
+    aborted: bool,
+    /// The reply to the MULTI keygate sent itself when it pinned (the client already had its
+    /// +OK). Kept so the request is written: one whose receiver is gone is skipped.
+    _multi_ack: Option<oneshot::Receiver<ReplyResult>>,
+}
+
+impl Transaction {
+    fn new() -> Self {
+        Transaction {
+            pinned: None,
+            in_multi: false,
+            watching: false,
+            aborted: false,
+            _multi_ack: None,
+        }
+    }
+}
+
+/// What to do with a command, transaction-wise.
+pub(super) enum Step {
+    /// Not a transaction matter: the normal path.
+    Normal(Command),
+    /// Answered.
+    Done(Result<Handled, Error>),
+    /// Wait for the client's earlier replies: this command switches connections.
+    Hold(Command),
+}
+
+const NESTED: &str = "MULTI calls can not be nested";
+
+impl Session {
+    pub(super) fn transaction(&mut self, cmd: Command, spec: &'static Spec, drained: bool) -> Step {
+        let name = spec.name;
+        let active = self.txn.is_some();
+        let opens = matches!(name, "multi" | "watch" | "exec" | "discard" | "unwatch");
+        // RESET and QUIT keep their meaning inside a transaction (RESET ends it).
+        if (!active && !opens) || matches!(name, "reset" | "quit") {
+            return Step::Normal(cmd);
+        }
+        match name {
+            "exec" | "discard" if !self.txn.as_ref().is_some_and(|t| t.in_multi) => {
+                let what = if name == "exec" {
+                    "EXEC without MULTI"
+                } else {
+                    "DISCARD without MULTI"
+                };
+                Step::Done(Err(Error::Invalid(what)))
+            }
+            "unwatch" if !active => Step::Done(Handled::ready(crate::resp::simple("OK"))),
+            "multi" if self.txn.as_ref().is_some_and(|t| t.in_multi) => {
+                Step::Done(Err(Error::Invalid(NESTED)))
+            }
+            "watch" if self.txn.as_ref().is_some_and(|t| t.in_multi) => {
+                Step::Done(Err(Error::Invalid("WATCH inside MULTI is not allowed")))
+            }
+            "multi" => {
+                let txn = self.txn.get_or_insert_with(Transaction::new);
+                txn.in_multi = true;
+                match &txn.pinned {
+                    // Watching already: MULTI goes where the WATCH went.
+                    Some((pinned, _)) => {
+                        Step::Done(Ok(Handled::reply(Reply::Backend(pinned.send(cmd.args)))))
+                    }
+                    // The shard is not known until a command names a key: MULTI is sent then.
+                    None => Step::Done(Handled::ready(crate::resp::simple("OK"))),
+                }
+            }
+            "exec" | "discard" => {
+                let txn = self.txn.take().expect("checked above");
+                let Some((pinned, _)) = txn.pinned else {
+                    // Nothing was queued: no connection was ever needed.
+                    return Step::Done(Handled::ready(if name == "exec" {
+                        Bytes::from_static(b"*0\r\n")
+                    } else {
+                        crate::resp::simple("OK")
+                    }));
+                };
+                if name == "exec" && txn.aborted {
+                    // Dropping the pinned connection closes it, and Redis discards the MULTI.
+                    drop(pinned);
+                    return Step::Done(Err(Error::Coded(
+                        "EXECABORT Transaction discarded because of previous errors.",
+                    )));
+                }
+                // The pin is dropped here; the connection closes once this reply is in.
+                Step::Done(Ok(Handled::reply(Reply::Backend(pinned.send(cmd.args)))))
+            }
+            "unwatch" if !self.txn.as_ref().is_some_and(|t| t.in_multi) => {
+                let txn = self.txn.take().expect("active");
+                match txn.pinned {
+                    Some((pinned, _)) => {
+                        Step::Done(Ok(Handled::reply(Reply::Backend(pinned.send(cmd.args)))))
+                    }
+                    None => Step::Done(Handled::ready(crate::resp::simple("OK"))),
+                }
+            }
+            "watch" => {
+                self.txn.get_or_insert_with(Transaction::new);
+                self.in_transaction(cmd, spec, drained)
+            }
+            _ => self.in_transaction(cmd, spec, drained),
+        }
+    }
+
+    /// A command while WATCHing or inside MULTI: on the pinned connection, or refused.
+    fn in_transaction(&mut self, cmd: Command, spec: &'static Spec, drained: bool) -> Step {
+        let name = spec.name;
+        let in_multi = self.txn.as_ref().is_some_and(|t| t.in_multi);
+        // Refused commands stay refused; inside MULTI they abort it, as a queueing error does.
+        let refusal = match cmd.policy {
+            Policy::Refuse(reason) if name != "watch" && name != "unwatch" => {
+                Some(Error::Refused {
+                    command: name.replace('|', " ").to_ascii_uppercase(),
+                    reason,
+                })
+            }
+            Policy::Local if !matches!(name, "ping" | "echo") => Some(Error::Invalid(
+                "keygate: this command is not supported inside a transaction",
+            )),
+            _ => None,
+        };
+        if let Some(error) = refusal {
+            return self.queue_error(error, in_multi);
+        }
+        let topology = self.proxy.topology.load();
+        let target = match route::plan(&cmd, &topology) {
+            Ok(Plan::One(target)) => target,
+            Ok(_) | Err(Error::CrossSlot) => return self.queue_error(Error::CrossSlot, in_multi),
+            Err(e) => return self.queue_error(e, in_multi),
+        };
+        let txn = self.txn.as_mut().expect("in a transaction");
+        let keyless = target.slot.is_none()
+            && target.backend == 0
+            && crate::command::keys::positions(spec, &cmd.args).is_empty();
+        match &txn.pinned {
+            Some((_, pinned_to)) if keyless || *pinned_to == target => {}
+            Some(_) => return self.queue_error(Error::CrossSlot, in_multi),
+            None => {
+                // First command that needs the connection: pin, after earlier replies are in.
+                if !drained {
+                    return Step::Hold(cmd);
+                }
+                let pinned = topology.backends[target.backend].pin();
+                if in_multi {
+                    // MULTI's +OK was already sent to the client; this one is read and dropped.
+                    txn._multi_ack = Some(pinned.send(vec![Bytes::from_static(b"MULTI")]));
+                }
+                txn.pinned = Some((pinned, target));
+            }
+        }
+        if name == "watch" {
+            txn.watching = true;
+        }
+        let (pinned, _) = txn.pinned.as_ref().expect("pinned above");
+        Step::Done(Ok(Handled::reply(Reply::Backend(pinned.send(cmd.args)))))
+    }
+
+    /// Mark an open MULTI as failed: EXEC will answer EXECABORT.
+    pub(super) fn abort_multi(&mut self) {
+        if let Some(txn) = self.txn.as_mut().filter(|t| t.in_multi) {
+            txn.aborted = true;
+        }
+    }
+
+    fn queue_error(&mut self, error: Error, in_multi: bool) -> Step {
+        if in_multi {
+            if let Some(txn) = self.txn.as_mut() {
+                txn.aborted = true;
+            }
+        }
+        Step::Done(Err(error))
+    }
+}

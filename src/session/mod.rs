@@ -217,6 +217,9 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
     }
 }
 
+/// Asks whether no earlier reply of this client is still with a backend.
+type Drained<'a> = &'a dyn Fn() -> bool;
+
 /// No reply the client is waiting for is still with a backend.
 fn drained(pending: &VecDeque<Slot>) -> bool {
     pending
@@ -261,8 +264,9 @@ impl Session {
         while !self.closing && self.held.is_none() && pending.len() < max_pipeline {
             match decoder.decode(input) {
                 Ok(Some(args)) => {
-                    let drained = drained(pending);
-                    if let Some(slot) = self.handle(args, drained) {
+                    // Asked only by the transaction paths, so ordinary requests never scan the queue.
+                    let held_back = &*pending;
+                    if let Some(slot) = self.handle(args, &|| drained(held_back)) {
                         pending.push_back(slot);
                     }
                 }
@@ -286,7 +290,7 @@ impl Session {
 
     /// Start one request; `None` if it is held (see `Held`). `drained`: no earlier reply of this
     /// client is still with a backend.
-    fn handle(&mut self, args: Vec<Bytes>, drained: bool) -> Option<Slot> {
+    fn handle(&mut self, args: Vec<Bytes>, drained: Drained) -> Option<Slot> {
         let cmd = Command::parse(args);
         self.proxy.metrics.request(cmd.id);
         let command = cmd.id;
@@ -298,7 +302,7 @@ impl Session {
     /// Send the held request, now that the replies before it are in.
     fn resume(&mut self) -> Slot {
         let held = self.held.take().expect("a held request");
-        let outcome = self.route(held.cmd, held.fix, true);
+        let outcome = self.route(held.cmd, held.fix, &|| true);
         self.slot(outcome, held.command, held.skipped)
             .expect("a request is never held twice once drained")
     }
@@ -329,7 +333,7 @@ impl Session {
         })
     }
 
-    fn try_handle(&mut self, mut cmd: Command, drained: bool) -> Result<Outcome, Error> {
+    fn try_handle(&mut self, mut cmd: Command, drained: Drained) -> Result<Outcome, Error> {
         let spec = match (cmd.policy, cmd.spec) {
             (Policy::Close, _) => {
                 tracing::warn!(client = self.id, peer = %self.peer, "HTTP sent to the RESP port: closing the connection");
@@ -364,7 +368,12 @@ impl Session {
     }
 
     /// Run a checked, confined command: within a transaction, or by its policy.
-    fn route(&mut self, cmd: Command, fix: tenancy::Fix, drained: bool) -> Result<Outcome, Error> {
+    fn route(
+        &mut self,
+        cmd: Command,
+        fix: tenancy::Fix,
+        drained: Drained,
+    ) -> Result<Outcome, Error> {
         let spec = cmd.spec.expect("routed commands are known");
         let cmd = match self.transaction(cmd, spec, drained) {
             transaction::Step::Done(result) => {
@@ -375,7 +384,7 @@ impl Session {
             transaction::Step::Normal(cmd) => cmd,
         };
         if self.last_on_pin {
-            if !drained {
+            if !drained() {
                 return Ok(Outcome::Held(cmd, fix));
             }
             self.last_on_pin = false;

@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use super::{Handled, Session};
+use super::{Drained, Handled, Session};
 use tokio::sync::oneshot;
 
 use crate::backend::{Pinned, ReplyResult};
@@ -65,7 +65,12 @@ pub(super) enum Step {
 const NESTED: &str = "MULTI calls can not be nested";
 
 impl Session {
-    pub(super) fn transaction(&mut self, cmd: Command, spec: &'static Spec, drained: bool) -> Step {
+    pub(super) fn transaction(
+        &mut self,
+        cmd: Command,
+        spec: &'static Spec,
+        drained: Drained,
+    ) -> Step {
         let name = spec.name;
         let active = self.txn.is_some();
         let opens = matches!(name, "multi" | "watch" | "exec" | "discard" | "unwatch");
@@ -139,7 +144,7 @@ impl Session {
     }
 
     /// A command while WATCHing or inside MULTI: on the pinned connection, or refused.
-    fn in_transaction(&mut self, cmd: Command, spec: &'static Spec, drained: bool) -> Step {
+    fn in_transaction(&mut self, cmd: Command, spec: &'static Spec, drained: Drained) -> Step {
         let name = spec.name;
         let in_multi = self.txn.as_ref().is_some_and(|t| t.in_multi);
         // Refused commands stay refused; inside MULTI they abort it, as a queueing error does.
@@ -173,7 +178,7 @@ impl Session {
             Some(_) => return self.queue_error(Error::CrossSlot, in_multi),
             None => {
                 // First command that needs the connection: pin, after earlier replies are in.
-                if !drained {
+                if !drained() {
                     return Step::Hold(cmd);
                 }
                 let pinned = topology.backends[target.backend].pin();

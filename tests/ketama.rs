@@ -193,15 +193,7 @@ async fn placement_matches_nutcracker_both_ways() {
 }
 
 async fn ketama_keygate(shards: &[Redis]) -> Keygate {
-    let list = shards
-        .iter()
-        .map(|s| format!("\"127.0.0.1:{}\"", s.port))
-        .collect::<Vec<_>>()
-        .join(", ");
-    Keygate::start_config(&format!(
-        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"ketama\"\nhash_tag = \"{{}}\"\nservers = [{list}]\n[admin]\nlisten = \"127.0.0.1:0\"\n"
-    ))
-    .await
+    Keygate::start_ketama(shards, "").await
 }
 
 /// Multi-key commands across shards answer byte-for-byte as one Redis holding the same data.

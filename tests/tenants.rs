@@ -177,15 +177,7 @@ async fn tenants_are_isolated_on_one_redis() {
 #[tokio::test]
 async fn tenants_are_isolated_on_ketama() {
     let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
-    let list = shards
-        .iter()
-        .map(|s| format!("\"{}\"", s.addr()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let kg = Keygate::start_config(&format!(
-        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"ketama\"\nhash_tag = \"{{}}\"\nservers = [{list}]\n[admin]\nlisten = \"127.0.0.1:0\"\n{TENANTS}"
-    ))
-    .await;
+    let kg = Keygate::start_ketama(&shards, TENANTS).await;
     isolation(&kg).await;
 }
 

@@ -147,15 +147,7 @@ async fn abandoned_transactions_do_not_leak() {
 #[tokio::test]
 async fn sharded_transactions_stay_on_one_shard() {
     let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
-    let list = shards
-        .iter()
-        .map(|s| format!("\"{}\"", s.addr()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let kg = Keygate::start_config(&format!(
-        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"ketama\"\nhash_tag = \"{{}}\"\nservers = [{list}]\n[admin]\nlisten = \"127.0.0.1:0\"\n"
-    ))
-    .await;
+    let kg = Keygate::start_ketama(&shards, "").await;
     let mut raw = kg.raw().await;
     assert_eq!(raw.call(&[b"MULTI"]).await, b"+OK\r\n");
     assert_eq!(raw.call(&[b"SET", b"{u}a", b"1"]).await, b"+QUEUED\r\n");

@@ -234,6 +234,19 @@ impl Keygate {
         .await
     }
 
+    /// keygate over `shards` placed by ketama (hash tag `{}`); `extra` is appended TOML.
+    pub async fn start_ketama(shards: &[Redis], extra: &str) -> Keygate {
+        let list = shards
+            .iter()
+            .map(|s| format!("\"{}\"", s.addr()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Keygate::start_config(&format!(
+            "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"ketama\"\nhash_tag = \"{{}}\"\nservers = [{list}]\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}"
+        ))
+        .await
+    }
+
     pub async fn start_config(text: &str) -> Keygate {
         let config = Config::parse(text, "test.toml").expect("valid test config");
         let server = Server::bind(config).await.expect("keygate binds");

@@ -64,6 +64,10 @@ pub struct Upstream {
     pub username: Option<String>,
     pub password: Option<String>,
     pub connections_per_server: usize,
+    /// Connections of their own per server for blocking commands (BLPOP, XREAD BLOCK, WAIT...)
+    /// and for subscribed clients, each; the next such request gets an error.
+    pub blocking_connections_per_server: usize,
+    pub subscriber_connections_per_server: usize,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -190,6 +194,10 @@ struct UpstreamFile {
     password: Option<String>,
     #[serde(default = "one")]
     connections_per_server: usize,
+    #[serde(default = "default_dedicated")]
+    blocking_connections_per_server: usize,
+    #[serde(default = "default_dedicated")]
+    subscriber_connections_per_server: usize,
     #[serde(default = "default_connect", deserialize_with = "duration")]
     connect_timeout: Duration,
     #[serde(default = "default_request", deserialize_with = "duration")]
@@ -250,6 +258,10 @@ fn one() -> usize {
 fn default_drain() -> Duration {
     Duration::from_secs(5)
 }
+fn default_dedicated() -> usize {
+    1000
+}
+
 fn default_connect() -> Duration {
     Duration::from_millis(500)
 }
@@ -445,6 +457,10 @@ impl Config {
         }
         positive(raw.upstream.connections_per_server, 1024)
             .map_err(|r| fail("upstream.connections_per_server", r))?;
+        positive(raw.upstream.blocking_connections_per_server, 100_000)
+            .map_err(|r| fail("upstream.blocking_connections_per_server", r))?;
+        positive(raw.upstream.subscriber_connections_per_server, 100_000)
+            .map_err(|r| fail("upstream.subscriber_connections_per_server", r))?;
         nonzero_duration(raw.upstream.connect_timeout)
             .map_err(|r| fail("upstream.connect_timeout", r))?;
         nonzero_duration(raw.upstream.request_timeout)
@@ -495,6 +511,8 @@ impl Config {
                 username: raw.upstream.username,
                 password: raw.upstream.password,
                 connections_per_server: raw.upstream.connections_per_server,
+                blocking_connections_per_server: raw.upstream.blocking_connections_per_server,
+                subscriber_connections_per_server: raw.upstream.subscriber_connections_per_server,
                 connect_timeout: raw.upstream.connect_timeout,
                 request_timeout: raw.upstream.request_timeout,
             },

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, ReplyResult};
+use crate::backend::{Backend, Caller, ReplyResult};
 use crate::config::UpstreamKind;
 use crate::error::Error;
 use crate::resp::{self, value};
@@ -43,21 +43,21 @@ const MAX_ATTEMPTS: u32 = 5;
 pub fn run(
     proxy: &Arc<Proxy>,
     topology: &Arc<Topology>,
-    client: u64,
+    caller: Caller,
     args: Vec<Bytes>,
     plan: Plan,
 ) -> Reply {
     let cluster = topology.kind == UpstreamKind::Cluster;
     match plan {
         Plan::One(target) if !cluster => {
-            Reply::Backend(topology.backends[target.backend].send(client, args))
+            Reply::Backend(topology.backends[target.backend].send(caller, args))
         }
-        Plan::One(target) => Reply::Later(send(proxy, topology, client, target.backend, args)),
+        Plan::One(target) => Reply::Later(send(proxy, topology, caller, target.backend, args)),
         Plan::Split { parts, merge } => {
             let layout: Vec<Vec<usize>> = parts.iter().map(|p| p.keys.clone()).collect();
             let sent: Vec<Pending> = parts
                 .into_iter()
-                .map(|part| send(proxy, topology, client, part.target.backend, part.args))
+                .map(|part| send(proxy, topology, caller, part.target.backend, part.args))
                 .collect();
             Reply::Later(Box::pin(async move {
                 let replies = join(sent).await;
@@ -66,7 +66,7 @@ pub fn run(
         }
         Plan::All { args, merge } => {
             let sent: Vec<Pending> = (0..topology.backends.len())
-                .map(|i| send_direct(&topology.backends[i], client, args.clone()))
+                .map(|i| send_direct(&topology.backends[i], caller, args.clone()))
                 .collect();
             let header = info_header(topology);
             Reply::Later(Box::pin(async move {
@@ -81,7 +81,7 @@ pub fn run(
             epoch,
         } => {
             let shards = topology.backends.len();
-            let reply = send_direct(&topology.backends[target.backend], client, args);
+            let reply = send_direct(&topology.backends[target.backend], caller, args);
             Reply::Later(Box::pin(async move {
                 let reply = reply.await;
                 scan_reply(reply, shard, shards, epoch)
@@ -107,8 +107,8 @@ fn reply_bytes(result: Result<ReplyResult, oneshot::error::RecvError>) -> Bytes 
 }
 
 /// Send to one backend, no redirections to follow (standalone, ketama, keyspace-wide).
-fn send_direct(backend: &Backend, client: u64, args: Vec<Bytes>) -> Pending {
-    let rx = backend.send(client, args);
+fn send_direct(backend: &Backend, caller: Caller, args: Vec<Bytes>) -> Pending {
+    let rx = backend.send(caller, args);
     Box::pin(async move { reply_bytes(rx.await) })
 }
 
@@ -116,16 +116,16 @@ fn send_direct(backend: &Backend, client: u64, args: Vec<Bytes>) -> Pending {
 fn send(
     proxy: &Arc<Proxy>,
     topology: &Arc<Topology>,
-    client: u64,
+    caller: Caller,
     backend: usize,
     args: Vec<Bytes>,
 ) -> Pending {
     let backend = topology.backends[backend].clone();
     if topology.kind != UpstreamKind::Cluster {
-        return send_direct(&backend, client, args);
+        return send_direct(&backend, caller, args);
     }
     // Sent now; the redirections, if any, are followed when the reply is awaited.
-    let rx = backend.send(client, args.clone());
+    let rx = backend.send(caller, args.clone());
     let proxy = proxy.clone();
     Box::pin(async move {
         let mut reply = reply_bytes(rx.await);
@@ -150,13 +150,94 @@ fn send(
             let Some(next) = next else {
                 return resp::error("ERR keygate: redirected to a cluster node it does not know");
             };
-            reply = reply_bytes(next.send_with(client, args.clone(), asking).await);
+            reply = reply_bytes(next.send_with(caller, args.clone(), asking).await);
         }
         if slots::parse_redirect(&reply).is_some() {
             return resp::error("ERR keygate: too many cluster redirections for one request");
         }
         reply
     })
+}
+
+/// Run a blocking command (BLPOP, XREAD BLOCK, WAIT...) on a connection of its own to
+/// `backend`, so it never stalls a shared one, following cluster redirections. The reply may
+/// take as long as the command blocks: no request timeout applies. Dropping the returned reply
+/// (the client left) drops the connection, closing it: one that may still deliver a reply is
+/// never reused. One that delivered its reply is in step and goes back for reuse.
+pub fn blocking(
+    proxy: &Arc<Proxy>,
+    topology: &Arc<Topology>,
+    caller: Caller,
+    backend: usize,
+    args: Vec<Bytes>,
+) -> Reply {
+    let mut backend = topology.backends[backend].clone();
+    let proxy = proxy.clone();
+    let wait = args[0].eq_ignore_ascii_case(b"wait");
+    Reply::Later(Box::pin(async move {
+        let mut asking = false;
+        for attempt in 0..MAX_ATTEMPTS {
+            let mut conn = match backend.blocking(caller.flavor).await {
+                Ok(conn) => conn,
+                Err(e) => return e.to_reply(),
+            };
+            if wait {
+                // WAIT counts replicas that acknowledged the writes of *its* connection. The
+                // client's writes went over a shared one, and all of them are answered (the
+                // session holds WAIT until they are), so a write here first (a PUBLISH, which
+                // Redis propagates to replicas) makes WAIT cover them: its offset is later.
+                let mark = [
+                    Bytes::from_static(b"PUBLISH"),
+                    Bytes::from_static(b"__keygate__:wait"),
+                    Bytes::new(),
+                ];
+                if let Err(e) = conn.conn.call(&mark).await {
+                    return e.to_reply();
+                }
+            }
+            if asking {
+                match conn.conn.call(&[Bytes::from_static(b"ASKING")]).await {
+                    Ok(_) => {}
+                    Err(e) => return e.to_reply(),
+                }
+            }
+            let reply = match conn.conn.call(&args).await {
+                Ok(reply) => reply,
+                // The connection is dropped with `conn`: it is no longer known to be in step.
+                Err(e) => return e.to_reply(),
+            };
+            backend.release(conn);
+            let next = match slots::parse_redirect(&reply) {
+                Some(Redirect::Moved { addr, .. }) => {
+                    proxy.metrics.moved.fetch_add(1, Relaxed);
+                    proxy.refresh_soon();
+                    asking = false;
+                    node(&proxy, &addr).await
+                }
+                Some(Redirect::Ask { addr, .. }) => {
+                    proxy.metrics.ask.fetch_add(1, Relaxed);
+                    asking = true;
+                    node(&proxy, &addr).await
+                }
+                None if slots::is_transient(&reply) && attempt + 1 < MAX_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+                    proxy.refresh_soon();
+                    asking = false;
+                    Some(backend.clone())
+                }
+                None => return reply,
+            };
+            match next {
+                Some(next) => backend = next,
+                None => {
+                    return resp::error(
+                        "ERR keygate: redirected to a cluster node it does not know",
+                    )
+                }
+            }
+        }
+        resp::error("ERR keygate: too many cluster redirections for one request")
+    }))
 }
 
 /// The backend for a node address, waiting briefly for a refresh to learn a new node.
@@ -255,7 +336,7 @@ pub enum TenantKeyspace {
 pub fn tenant_keyspace(
     op: TenantKeyspace,
     topology: &Arc<Topology>,
-    client: u64,
+    caller: Caller,
     prefix: Bytes,
     pattern: Bytes,
     info: String,
@@ -284,7 +365,7 @@ pub fn tenant_keyspace(
                     Bytes::from_static(b"COUNT"),
                     count_arg,
                 ];
-                let reply = reply_bytes(backend.send(client, args).await);
+                let reply = reply_bytes(backend.send(caller, args).await);
                 if reply.first() == Some(&b'-') {
                     return reply;
                 }
@@ -306,7 +387,7 @@ pub fn tenant_keyspace(
                         // One UNLINK per key: in a cluster, a page's keys span slots.
                         let sent: Vec<_> = keys
                             .into_iter()
-                            .map(|k| backend.send(client, vec![Bytes::from_static(b"UNLINK"), k]))
+                            .map(|k| backend.send(caller, vec![Bytes::from_static(b"UNLINK"), k]))
                             .collect();
                         for rx in sent {
                             let reply = reply_bytes(rx.await);

@@ -39,6 +39,15 @@ pub enum Error {
     },
     /// The backend connection broke while this request was in flight.
     BackendLost { addr: Arc<str>, reason: Arc<str> },
+    /// All `limit` connections of this kind (blocking, subscriber) to the server are in use.
+    DedicatedLimit {
+        addr: Arc<str>,
+        what: &'static str,
+        limit: usize,
+    },
+    /// The command is not one a client may send in this connection state (RESP2 subscribed
+    /// mode); carries the command name as the client sent it.
+    NotInContext(Bytes),
     /// The backend's reply nests deeper than keygate forwards.
     ReplyTooDeep { depth: usize },
     /// Keys of a command that cannot be split live on different shards (or cluster slots).
@@ -97,6 +106,13 @@ impl Error {
             Error::BackendLost { addr, reason } => {
                 format!("ERR keygate: connection to backend {addr} lost ({reason})")
             }
+            Error::DedicatedLimit { addr, what, limit } => format!(
+                "ERR keygate: all {limit} {what} connections to backend {addr} are in use (limit reached: upstream.{what}_connections_per_server)"
+            ),
+            Error::NotInContext(name) => format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                String::from_utf8_lossy(&name[..name.len().min(128)]).to_ascii_lowercase()
+            ),
             Error::CrossSlot => "CROSSSLOT Keys in request don't hash to the same slot".to_string(),
             Error::SlotUnserved(slot) => format!("CLUSTERDOWN Hash slot {slot} is not served (keygate has no node for it)"),
             Error::StaleCursor => "ERR keygate: this SCAN cursor was made before the topology changed; start the scan again from 0".to_string(),

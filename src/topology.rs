@@ -54,13 +54,7 @@ impl Topology {
         let backends: Vec<Arc<Backend>> = up
             .servers
             .iter()
-            .map(|s| {
-                Arc::new(Backend::start(
-                    &s.addr,
-                    up.connections_per_server,
-                    opts.clone(),
-                ))
-            })
+            .map(|s| Arc::new(Backend::start(&s.addr, opts.clone())))
             .collect();
         let placement = match up.kind {
             UpstreamKind::Standalone => Placement::Single,
@@ -97,11 +91,7 @@ impl Topology {
         for (index, shard) in shards.iter().enumerate() {
             let backend = match previous.backend_by_addr(&shard.primary) {
                 Some(i) => previous.backends[i].clone(),
-                None => Arc::new(Backend::start(
-                    &shard.primary,
-                    config.upstream.connections_per_server,
-                    opts.clone(),
-                )),
+                None => Arc::new(Backend::start(&shard.primary, opts.clone())),
             };
             backends.push(backend);
             for &(start, end) in &shard.ranges {

@@ -318,8 +318,15 @@ async fn client_handshakes_get_clean_answers_on_an_open_connection() {
     let backend = Redis::start();
     let kg = Keygate::start(&backend.addr()).await;
     let mut raw = kg.raw().await;
+    let hello = raw.call(&[b"HELLO", b"3"]).await;
+    assert!(
+        hello.starts_with(b"%7\r\n$6\r\nserver\r\n$7\r\nkeygate\r\n")
+            && hello.windows(11).any(|w| w == b"proto\r\n:3\r\n"),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
     assert_eq!(
-        raw.call(&[b"HELLO", b"3"]).await,
+        raw.call(&[b"HELLO", b"4"]).await,
         b"-NOPROTO sorry, this protocol version is not supported.\r\n"
     );
     let hello = raw.call(&[b"HELLO", b"2", b"SETNAME", b"app"]).await;
@@ -391,13 +398,35 @@ async fn connection_state_is_kept_per_client_and_never_leaks() {
         b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
     );
 
+    // SELECT: per client, on backend connections of that database; Redis decides what exists.
     assert_eq!(a.call(&[b"SELECT", b"0"]).await, b"+OK\r\n");
-    let refused = a.call(&[b"SELECT", b"1"]).await;
-    assert!(
-        refused.starts_with(b"-ERR keygate serves database 0 only"),
-        "{}",
-        String::from_utf8_lossy(&refused)
+    assert_eq!(a.call(&[b"SELECT", b"1"]).await, b"+OK\r\n");
+    assert_eq!(a.call(&[b"SET", b"db", b"one"]).await, b"+OK\r\n");
+    assert_eq!(b.call(&[b"GET", b"db"]).await, b"$-1\r\n");
+    assert_eq!(
+        a.call(&[b"SELECT", b"16"]).await,
+        b"-ERR DB index is out of range\r\n"
     );
+    assert_eq!(a.call(&[b"GET", b"db"]).await, bulk("one"));
+    assert_eq!(b.call(&[b"SELECT", b"1"]).await, b"+OK\r\n");
+    assert_eq!(b.call(&[b"GET", b"db"]).await, bulk("one"));
+    assert_eq!(b.call(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    // Pipelined: the SET after SELECT 2 lands in database 2, the one before it in 1.
+    a.send(b"SET p before\r\nSELECT 2\r\nSET p after\r\nSELECT 1\r\nGET p\r\n")
+        .await;
+    for expected in [
+        &b"+OK\r\n"[..],
+        b"+OK\r\n",
+        b"+OK\r\n",
+        b"+OK\r\n",
+        &bulk("before"),
+    ] {
+        assert_eq!(a.reply().await.unwrap(), expected);
+    }
+    assert_eq!(a.call(&[b"SELECT", b"2"]).await, b"+OK\r\n");
+    assert_eq!(a.call(&[b"GET", b"p"]).await, bulk("after"));
+    assert_eq!(a.call(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    assert_eq!(a.call(&[b"GET", b"db"]).await, b"$-1\r\n");
     assert_eq!(
         a.call(&[b"SELECT", b"x"]).await,
         b"-ERR value is not an integer or out of range\r\n"
@@ -426,14 +455,13 @@ async fn connection_state_is_kept_per_client_and_never_leaks() {
     assert_eq!(a.call(&[b"RESET"]).await, b"+RESET\r\n");
     assert_eq!(a.call(&[b"CLIENT", b"GETNAME"]).await, b"$-1\r\n");
 
-    // Stateful commands are refused cleanly, and the connection stays usable.
+    // Commands that would take over a shared connection are refused cleanly, and the
+    // connection stays usable.
     for cmd in [
-        &[&b"BLPOP"[..], b"k", b"0"][..],
-        &[b"SUBSCRIBE", b"ch"],
-        &[b"CLIENT", b"KILL", b"ID", b"1"],
+        &[&b"CLIENT"[..], b"KILL", b"ID", b"1"][..],
+        &[b"CLIENT", b"TRACKING", b"on"],
         &[b"MONITOR"],
-        &[b"WAIT", b"0", b"0"],
-        &[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"$"],
+        &[b"READONLY"],
     ] {
         let reply = a.call(cmd).await;
         assert!(

@@ -46,7 +46,7 @@ async fn transactions_answer_as_redis() {
         raw.call(&[b"SET", b"k"]).await,
         b"-ERR wrong number of arguments for 'set' command\r\n"
     );
-    assert!(text(raw.call(&[b"BLPOP", b"l", b"0"]).await).starts_with("-ERR"));
+    assert!(text(raw.call(&[b"SUBSCRIBE", b"l"]).await).starts_with("-ERR"));
     assert_eq!(
         raw.call(&[b"EXEC"]).await,
         b"-EXECABORT Transaction discarded because of previous errors.\r\n"

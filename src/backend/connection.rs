@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{self, Instant};
 use tracing::{debug, error, info, warn};
 
-use super::Options;
+use super::{Flavor, Options};
 use crate::error::Error;
 use crate::resp::reply::Scanner;
 use crate::write_queue::WriteQueue;
@@ -61,6 +61,7 @@ enum Closed {
 pub(super) async fn supervise(
     addr: Arc<str>,
     opts: Arc<Options>,
+    flavor: Flavor,
     requests: mpsc::UnboundedReceiver<Request>,
     up: Arc<AtomicBool>,
 ) {
@@ -69,6 +70,7 @@ pub(super) async fn supervise(
         let task = tokio::spawn(run(
             addr.clone(),
             opts.clone(),
+            flavor,
             requests.clone(),
             up.clone(),
         ));
@@ -88,6 +90,7 @@ pub(super) async fn supervise(
 async fn run(
     addr: Arc<str>,
     opts: Arc<Options>,
+    flavor: Flavor,
     requests: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
     up: Arc<AtomicBool>,
 ) {
@@ -95,7 +98,7 @@ async fn run(
     let requests = &mut *requests;
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(2));
     loop {
-        let reason = match connect(&addr, &opts).await {
+        let reason = match connect(&addr, &opts, flavor).await {
             Ok(stream) => {
                 info!(backend = %addr, "backend connected");
                 up.store(true, Ordering::Release);
@@ -130,8 +133,8 @@ async fn run(
     }
 }
 
-/// Open a connection and authenticate it, within `connect_timeout`.
-async fn connect(addr: &str, opts: &Options) -> Result<TcpStream, Arc<str>> {
+/// Open a connection, authenticate it and set it up for `flavor`, within `connect_timeout`.
+async fn connect(addr: &str, opts: &Options, flavor: Flavor) -> Result<TcpStream, Arc<str>> {
     let attempt = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -152,6 +155,32 @@ async fn connect(addr: &str, opts: &Options) -> Result<TcpStream, Arc<str>> {
                 return Err(format!("AUTH refused: {text}").into());
             }
         }
+        if flavor.resp3 {
+            let reply = handshake(
+                &mut stream,
+                &[Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")],
+            )
+            .await?;
+            if reply.first() != Some(&b'%') {
+                return Err(format!(
+                    "HELLO 3 refused: {}",
+                    String::from_utf8_lossy(&reply).trim_end()
+                )
+                .into());
+            }
+        }
+        if flavor.db != 0 {
+            let db = Bytes::from(flavor.db.to_string());
+            let reply = handshake(&mut stream, &[Bytes::from_static(b"SELECT"), db]).await?;
+            if &reply[..] != b"+OK\r\n" {
+                return Err(format!(
+                    "SELECT {} refused: {}",
+                    flavor.db,
+                    String::from_utf8_lossy(&reply).trim_end()
+                )
+                .into());
+            }
+        }
         Ok(stream)
     };
     match time::timeout(opts.connect_timeout, attempt).await {
@@ -167,7 +196,7 @@ async fn connect(addr: &str, opts: &Options) -> Result<TcpStream, Arc<str>> {
 /// Open a connection, send one request, read its reply, close: for topology discovery, which
 /// must not depend on the pools it is about to rebuild.
 pub async fn query_once(addr: &str, opts: &Options, args: &[Bytes]) -> Result<Bytes, Arc<str>> {
-    let mut stream = connect(addr, opts).await?;
+    let mut stream = connect(addr, opts, Flavor::default()).await?;
     match time::timeout(opts.request_timeout, handshake(&mut stream, args)).await {
         Ok(reply) => reply,
         Err(_) => Err("no reply in time".into()),
@@ -197,6 +226,90 @@ async fn handshake(stream: &mut TcpStream, args: &[Bytes]) -> Result<Bytes, Arc<
             Ok(Some(frame)) => return Ok(buf.split_to(frame.len).freeze()),
             Ok(None) => continue,
             Err(e) => return Err(format!("protocol error during handshake: {}", e.0).into()),
+        }
+    }
+}
+
+/// A connection of one client's own, used one request at a time (blocking commands) or handed
+/// to a subscriber task. Dropping it closes it: whatever the server still sends is never read.
+pub struct Dedicated {
+    pub(super) stream: TcpStream,
+    pub(super) input: BytesMut,
+    pub(super) scanner: Scanner,
+    pub(super) addr: Arc<str>,
+    flavor: Flavor,
+}
+
+impl Dedicated {
+    pub(super) async fn open(
+        addr: &Arc<str>,
+        opts: &Options,
+        flavor: Flavor,
+    ) -> Result<Self, Error> {
+        let stream = connect(addr, opts, flavor)
+            .await
+            .map_err(|reason| Error::BackendDown {
+                addr: addr.clone(),
+                reason,
+            })?;
+        Ok(Dedicated {
+            stream,
+            input: BytesMut::with_capacity(4096),
+            scanner: Scanner::new(opts.max_reply_depth),
+            addr: addr.clone(),
+            flavor,
+        })
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// Send one request and wait, however long it takes, for its reply. On an error the
+    /// connection must be dropped: it is no longer known to be in step.
+    pub async fn call(&mut self, args: &[Bytes]) -> ReplyResult {
+        let addr = self.addr.clone();
+        let lost = |reason: String| Error::BackendLost {
+            addr: addr.clone(),
+            reason: reason.into(),
+        };
+        let mut out = BytesMut::new();
+        crate::resp::encode_request(args, &mut out);
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        self.read_frame()
+            .await
+            .map_err(|reason| lost(reason.to_string()))?
+    }
+
+    /// Read the next whole frame the server sends; an inner error for a reply too deep.
+    pub(super) async fn read_frame(&mut self) -> Result<ReplyResult, Arc<str>> {
+        loop {
+            match self.scanner.scan(&self.input) {
+                Ok(Some(frame)) => {
+                    let bytes = self.input.split_to(frame.len).freeze();
+                    return Ok(if frame.too_deep {
+                        Err(Error::ReplyTooDeep {
+                            depth: self.scanner.max_depth(),
+                        })
+                    } else {
+                        Ok(bytes)
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("protocol error in reply: {}", e.0).into()),
+            }
+            if self.input.capacity() - self.input.len() < 1024 {
+                self.input
+                    .reserve(4096.max(self.scanner.missing(self.input.len())));
+            }
+            match self.stream.read_buf(&mut self.input).await {
+                Ok(0) => return Err("closed by server".into()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string().into()),
+            }
         }
     }
 }

@@ -1,20 +1,33 @@
-//! One backend server: a fixed pool of pipelined connections shared by every client.
+//! One backend server: pools of pipelined connections shared by every client, and connections
+//! of one client's own for the commands that need one.
 //!
-//! A client always uses the same connection of the pool (chosen by its id), so its requests reach
+//! A client always uses the same connection of a pool (chosen by its id), so its requests reach
 //! the server in the order it sent them: a pipelined `SET k v; GET k` can never be split over two
 //! connections and overtake itself.
+//!
+//! # Which protocol and database the connections speak
+//!
+//! Every connection is set up for one `Flavor`: a database (`SELECT n` at connect) and a
+//! protocol (`HELLO 3` at connect, or RESP2). A server has one pool per flavor in use, made on
+//! first use; RESP2 clients of database 0 use the pool made at start. So Redis itself shapes each
+//! reply for the protocol its client speaks (maps, sets, doubles, push frames for RESP3; their
+//! RESP2 forms otherwise) and replies are forwarded without conversion: exact, and free on the
+//! hot path. keygate converts only what it builds itself (its own replies, merged replies).
 
 mod connection;
+mod subscriber;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use connection::Request;
-pub use connection::{query_once, ReplyResult};
+pub use connection::{query_once, Dedicated, ReplyResult};
+pub use subscriber::{Event, Subscriber};
 
 use crate::config::Upstream;
 use crate::error::Error;
@@ -27,6 +40,9 @@ pub struct Options {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_reply_depth: usize,
+    pub connections: usize,
+    pub blocking_connections: usize,
+    pub subscriber_connections: usize,
 }
 
 impl Options {
@@ -37,8 +53,25 @@ impl Options {
             connect_timeout: upstream.connect_timeout,
             request_timeout: upstream.request_timeout,
             max_reply_depth,
+            connections: upstream.connections_per_server,
+            blocking_connections: upstream.blocking_connections_per_server,
+            subscriber_connections: upstream.subscriber_connections_per_server,
         }
     }
+}
+
+/// What a connection is set up for: the database it has selected and the protocol it speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flavor {
+    pub db: u32,
+    pub resp3: bool,
+}
+
+/// Who sends a request: the client (its id picks the connection in a pool) and its flavor.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub id: u64,
+    pub flavor: Flavor,
 }
 
 /// A handle to one connection slot's task.
@@ -47,12 +80,24 @@ struct Link {
     up: Arc<AtomicBool>,
 }
 
-/// One server and its connection pool. Dropping it ends the connection tasks once the requests
+/// Blocking connections kept open for reuse, per server: a finished blocking command leaves its
+/// connection in step and without state, so the next one need not connect again.
+const IDLE_BLOCKING: usize = 16;
+
+/// One server and its connection pools. Dropping it ends the connection tasks once the requests
 /// already sent have been answered.
 pub struct Backend {
     pub addr: Arc<str>,
+    /// The pool for RESP2 clients of database 0.
     links: Vec<Link>,
+    /// Pools for other flavors, made on first use.
+    flavored: Mutex<HashMap<Flavor, Arc<[Link]>>>,
     opts: Arc<Options>,
+    blocking: Arc<Semaphore>,
+    subscribers: Arc<Semaphore>,
+    idle: Mutex<Vec<Dedicated>>,
+    /// Databases the server accepted in SELECT (see `select`).
+    databases: Mutex<HashSet<u32>>,
 }
 
 /// A connection of one client's own to a server, for commands that change connection state
@@ -70,12 +115,19 @@ impl Pinned {
     }
 }
 
-fn spawn_link(addr: &Arc<str>, opts: &Arc<Options>) -> Link {
+/// A connection for one blocking command, counted against the server's limit while held.
+pub struct Blocking {
+    pub conn: Dedicated,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn spawn_link(addr: &Arc<str>, opts: &Arc<Options>, flavor: Flavor) -> Link {
     let (tx, rx) = mpsc::unbounded_channel();
     let up = Arc::new(AtomicBool::new(false));
     tokio::spawn(connection::supervise(
         addr.clone(),
         opts.clone(),
+        flavor,
         rx,
         up.clone(),
     ));
@@ -104,38 +156,153 @@ fn send_on(
 }
 
 impl Backend {
-    /// Start `connections` connection tasks to `addr` on the current runtime.
-    pub fn start(addr: &str, connections: usize, opts: Arc<Options>) -> Backend {
+    /// Start the default pool's connection tasks to `addr` on the current runtime.
+    pub fn start(addr: &str, opts: Arc<Options>) -> Backend {
         let addr: Arc<str> = addr.into();
-        let links = (0..connections).map(|_| spawn_link(&addr, &opts)).collect();
-        Backend { addr, links, opts }
-    }
-
-    /// Open a connection of one client's own to this server.
-    pub fn pin(&self) -> Pinned {
-        Pinned {
-            addr: self.addr.clone(),
-            link: spawn_link(&self.addr, &self.opts),
+        let links = (0..opts.connections)
+            .map(|_| spawn_link(&addr, &opts, Flavor::default()))
+            .collect();
+        Backend {
+            addr,
+            links,
+            flavored: Mutex::new(HashMap::new()),
+            blocking: Arc::new(Semaphore::new(opts.blocking_connections)),
+            subscribers: Arc::new(Semaphore::new(opts.subscriber_connections)),
+            idle: Mutex::new(Vec::new()),
+            databases: Mutex::new(HashSet::new()),
+            opts,
         }
     }
 
-    /// Send a request for client `client`; the receiver gets its reply or an error, always.
-    pub fn send(&self, client: u64, args: Vec<Bytes>) -> oneshot::Receiver<ReplyResult> {
-        self.send_with(client, args, false)
+    /// Open a connection of one client's own to this server.
+    pub fn pin(&self, flavor: Flavor) -> Pinned {
+        Pinned {
+            addr: self.addr.clone(),
+            link: spawn_link(&self.addr, &self.opts, flavor),
+        }
+    }
+
+    /// Send a request for `caller`; the receiver gets its reply or an error, always.
+    pub fn send(&self, caller: Caller, args: Vec<Bytes>) -> oneshot::Receiver<ReplyResult> {
+        self.send_with(caller, args, false)
     }
 
     /// `send`, preceded by `ASKING` on the same connection when `asking`.
     pub fn send_with(
         &self,
-        client: u64,
+        caller: Caller,
         args: Vec<Bytes>,
         asking: bool,
     ) -> oneshot::Receiver<ReplyResult> {
-        let link = &self.links[(client % self.links.len() as u64) as usize];
+        if caller.flavor == Flavor::default() {
+            let link = &self.links[(caller.id % self.links.len() as u64) as usize];
+            return send_on(link, &self.addr, args, asking);
+        }
+        let pool = self.pool(caller.flavor);
+        let link = &pool[(caller.id % pool.len() as u64) as usize];
         send_on(link, &self.addr, args, asking)
     }
 
-    /// How many of its connections are established right now.
+    /// The pool for `flavor`, made on first use.
+    fn pool(&self, flavor: Flavor) -> Arc<[Link]> {
+        let mut pools = self.flavored.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(flavor)
+            .or_insert_with(|| {
+                (0..self.opts.connections)
+                    .map(|_| spawn_link(&self.addr, &self.opts, flavor))
+                    .collect()
+            })
+            .clone()
+    }
+
+    /// A connection for one blocking command: an idle one of this flavor, or a new one. Fails
+    /// at once when `blocking_connections_per_server` are in use.
+    pub async fn blocking(&self, flavor: Flavor) -> Result<Blocking, Error> {
+        let permit =
+            self.blocking
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Error::DedicatedLimit {
+                    addr: self.addr.clone(),
+                    what: "blocking",
+                    limit: self.opts.blocking_connections,
+                })?;
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let at = idle.iter().rposition(|c| c.flavor() == flavor);
+            at.map(|at| idle.swap_remove(at))
+        };
+        let conn = match idle {
+            Some(conn) => conn,
+            None => Dedicated::open(&self.addr, &self.opts, flavor).await?,
+        };
+        Ok(Blocking {
+            conn,
+            _permit: permit,
+        })
+    }
+
+    /// Give back a blocking connection whose command completed: its reply was read whole, so it
+    /// is in step and can serve the next blocking command.
+    pub fn release(&self, blocking: Blocking) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_BLOCKING {
+            idle.push(blocking.conn);
+        }
+    }
+
+    /// A connection for one subscribed client, connecting in the background (requests sent
+    /// meanwhile wait for it). Fails at once when `subscriber_connections_per_server` are in use.
+    pub fn subscribe(&self, flavor: Flavor) -> Result<Subscriber, Error> {
+        let permit =
+            self.subscribers
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Error::DedicatedLimit {
+                    addr: self.addr.clone(),
+                    what: "subscriber",
+                    limit: self.opts.subscriber_connections,
+                })?;
+        Ok(Subscriber::start(
+            self.addr.clone(),
+            self.opts.clone(),
+            flavor,
+            permit,
+        ))
+    }
+
+    /// Check with the server that database `db` exists (`SELECT db` on a connection of its own),
+    /// so that a pool for it is only ever made for a database the server accepted. The reply is
+    /// the server's, for the client.
+    pub async fn select(&self, db: u32) -> Bytes {
+        let known = || {
+            self.databases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&db)
+        };
+        if db == 0 || known() {
+            return crate::resp::simple("OK");
+        }
+        let args = [Bytes::from_static(b"SELECT"), Bytes::from(db.to_string())];
+        match query_once(&self.addr, &self.opts, &args).await {
+            Ok(reply) => {
+                if &reply[..] == b"+OK\r\n" {
+                    let mut dbs = self.databases.lock().unwrap_or_else(|e| e.into_inner());
+                    dbs.insert(db);
+                }
+                reply
+            }
+            Err(reason) => Error::BackendDown {
+                addr: self.addr.clone(),
+                reason,
+            }
+            .to_reply(),
+        }
+    }
+
+    /// How many of the default pool's connections are established right now.
     pub fn connections_up(&self) -> usize {
         self.links
             .iter()

@@ -81,13 +81,18 @@ pub enum Policy {
     /// A transaction command (MULTI, EXEC, DISCARD, WATCH, UNWATCH): run on a connection pinned
     /// to the client (see session::transaction).
     Transaction,
+    /// A blocking command (BLPOP, XREAD BLOCK, WAIT...): run on a backend connection of its own
+    /// (see dispatch::blocking).
+    Blocking,
+    /// SUBSCRIBE and its kin: run on the client's subscriber connection (see session::pubsub).
+    Subscribe,
     /// Close the connection without a reply: `POST` and `Host:` mean someone is speaking HTTP to
     /// the RESP port (a cross-protocol attack from a browser, as Redis itself treats them).
     Close,
 }
 
 const NEEDS_PINNED: &str =
-    "needs a dedicated backend connection, which keygate does not offer yet (transactions, blocking commands and pub/sub are planned)";
+    "takes over a backend connection for replication or monitoring, which keygate does not offer";
 const CONNECTION_STATE: &str =
     "would change the state of a backend connection shared with other clients";
 
@@ -101,13 +106,13 @@ fn policy(spec: &Spec) -> Policy {
         name if name.starts_with("client|") => Policy::Local,
         "multi" | "exec" | "discard" | "watch" | "unwatch" => Policy::Transaction,
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe"
-        | "sunsubscribe" => Policy::Refuse(NEEDS_PINNED),
+        | "sunsubscribe" => Policy::Subscribe,
         "monitor" | "sync" | "psync" | "replconf" => Policy::Refuse(NEEDS_PINNED),
         // XREAD/XREADGROUP block only with BLOCK; `Command::parse` refines them.
         "xread" | "xreadgroup" => Policy::Forward,
-        "wait" | "waitaof" => Policy::Refuse(NEEDS_PINNED),
+        "wait" => Policy::Blocking,
         "readonly" | "readwrite" | "asking" => Policy::Refuse(CONNECTION_STATE),
-        _ if spec.has(flags::BLOCKING) => Policy::Refuse(NEEDS_PINNED),
+        _ if spec.has(flags::BLOCKING) => Policy::Blocking,
         _ => Policy::Forward,
     }
 }
@@ -169,7 +174,7 @@ impl Command {
         }
         let mut policy = policy(spec);
         if matches!(spec.name, "xread" | "xreadgroup") && has_block_option(&args) {
-            policy = Policy::Refuse(NEEDS_PINNED);
+            policy = Policy::Blocking;
         }
         Command {
             args,
@@ -258,18 +263,17 @@ mod tests {
     }
 
     #[test]
-    fn stateful_commands_are_refused() {
+    fn stateful_commands_get_connections_of_their_own() {
         for args in [
             &["blpop", "k", "0"][..],
-            &["subscribe", "c"],
             &["xread", "block", "0", "streams", "s", "$"],
             &["wait", "1", "0"],
+            &["bzmpop", "0", "1", "z", "min"],
         ] {
-            assert!(
-                matches!(cmd(args).policy, Policy::Refuse(_)),
-                "{args:?} should be refused"
-            );
+            assert_eq!(cmd(args).policy, Policy::Blocking, "{args:?}");
         }
+        assert_eq!(cmd(&["ssubscribe", "c"]).policy, Policy::Subscribe);
+        assert!(matches!(cmd(&["monitor"]).policy, Policy::Refuse(_)));
         assert_eq!(
             cmd(&["xread", "count", "1", "streams", "block", "0"]).policy,
             Policy::Forward

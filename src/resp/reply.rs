@@ -56,6 +56,10 @@ impl Scanner {
         }
     }
 
+    pub fn max_depth(&self) -> usize {
+        self.max_depth
+    }
+
     /// How many more bytes than `have` the scanner needs before it can progress, when it knows
     /// (inside a bulk payload): a hint for sizing the read buffer.
     pub fn missing(&self, have: usize) -> usize {

@@ -1,6 +1,10 @@
 //! Decoded RESP values, for the few replies keygate must read rather than forward: topology
 //! (`CLUSTER SLOTS`), and the parts of a split command whose replies are merged.
 //!
+//! RESP3 replies (from connections that speak it for RESP3 clients) read as their RESP2
+//! counterparts: a map as an array of its keys and values, a set or push as an array, null as a
+//! nil bulk, a double or big number as a simple string, a verbatim string as a bulk of its text.
+//!
 //! Depth is capped (these replies are shallow), so a hostile backend cannot make the recursion
 //! deep. `elements` splits an array reply into its elements' raw bytes without copying, which is
 //! all that merging MGET or KEYS replies needs.
@@ -43,18 +47,38 @@ fn parse_at(frame: &Bytes, at: usize, depth: usize) -> Option<(Value, usize)> {
         b'+' => Some((Value::Simple(rest_bytes()), next)),
         b'-' => Some((Value::Error(rest_bytes()), next)),
         b':' => Some((Value::Int(parse_int(rest)?), next)),
-        b'$' => match parse_int(rest)? {
-            -1 => Some((Value::Bulk(None), next)),
+        b',' | b'(' => Some((Value::Simple(rest_bytes()), next)),
+        b'#' => match rest {
+            b"t" => Some((Value::Int(1), next)),
+            b"f" => Some((Value::Int(0), next)),
+            _ => None,
+        },
+        b'_' if rest.is_empty() => Some((Value::Bulk(None), next)),
+        b'$' | b'=' | b'!' => match parse_int(rest)? {
+            -1 if kind == b'$' => Some((Value::Bulk(None), next)),
             n if n >= 0 => {
                 let end = next.checked_add(n as usize)?;
-                (frame.get(end..end + 2)? == b"\r\n")
-                    .then(|| (Value::Bulk(Some(frame.slice(next..end))), end + 2))
+                let body = frame.get(next..end)?;
+                if frame.get(end..end + 2)? != b"\r\n" {
+                    return None;
+                }
+                let value = match kind {
+                    b'$' => Value::Bulk(Some(frame.slice(next..end))),
+                    // "txt:" or "mkd:" then the text.
+                    b'=' if body.get(3) == Some(&b':') => {
+                        Value::Bulk(Some(frame.slice(next + 4..end)))
+                    }
+                    b'!' => Value::Error(frame.slice(next..end)),
+                    _ => return None,
+                };
+                Some((value, end + 2))
             }
             _ => None,
         },
-        b'*' => match parse_int(rest)? {
-            -1 => Some((Value::Array(None), next)),
+        b'*' | b'~' | b'>' | b'%' => match parse_int(rest)? {
+            -1 if kind == b'*' => Some((Value::Array(None), next)),
             n if n >= 0 => {
+                let n = if kind == b'%' { n.checked_mul(2)? } else { n };
                 let mut items = Vec::with_capacity((n as usize).min(1024));
                 let mut at = next;
                 for _ in 0..n {
@@ -72,10 +96,13 @@ fn parse_at(frame: &Bytes, at: usize, depth: usize) -> Option<(Value, usize)> {
 
 /// The raw bytes of each element of an array reply, without copying. `None` if `frame` is not
 /// a (non-null) array.
+///
+/// RESP3 sets and pushes count as arrays, and a map as the array of its keys and values.
 pub fn elements(frame: &Bytes) -> Option<Vec<Bytes>> {
     let (header, mut at) = line(frame, 0)?;
     let count = match header.split_first()? {
-        (b'*', n) => parse_int(n)?,
+        (b'*' | b'~' | b'>', n) => parse_int(n)?,
+        (b'%', n) => parse_int(n)?.checked_mul(2)?,
         _ => return None,
     };
     if count < 0 {
@@ -132,5 +159,32 @@ mod tests {
             ]
         );
         assert_eq!(elements(&Bytes::from_static(b"+OK\r\n")), None);
+    }
+
+    #[test]
+    fn reads_resp3_as_resp2() {
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        assert_eq!(
+            parse(&b(b"%1\r\n$1\r\nk\r\n,1.5\r\n")),
+            Some(Value::Array(Some(vec![
+                Value::Bulk(Some(b(b"k"))),
+                Value::Simple(b(b"1.5"))
+            ])))
+        );
+        assert_eq!(parse(&b(b"_\r\n")), Some(Value::Bulk(None)));
+        assert_eq!(parse(&b(b"#t\r\n")), Some(Value::Int(1)));
+        assert_eq!(
+            parse(&b(b"=8\r\ntxt:abcd\r\n")),
+            Some(Value::Bulk(Some(b(b"abcd"))))
+        );
+        assert_eq!(
+            parse(&b(b">2\r\n$1\r\na\r\n:1\r\n")),
+            Some(Value::Array(Some(vec![
+                Value::Bulk(Some(b(b"a"))),
+                Value::Int(1)
+            ])))
+        );
+        assert_eq!(elements(&b(b"%1\r\n$1\r\nk\r\n:2\r\n")).unwrap().len(), 2);
+        assert_eq!(elements(&b(b"~1\r\n:2\r\n")).unwrap().len(), 1);
     }
 }

@@ -2,10 +2,16 @@
 //! backend connection is shared: PING, ECHO, QUIT, SELECT, AUTH, HELLO, RESET and CLIENT.
 //! Their replies follow Redis 7's texts, so clients behave exactly as they do against Redis.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::{Handled, Session};
+use crate::backend::Flavor;
 use crate::command::{self, Command};
+use crate::config::UpstreamKind;
+use crate::dispatch::Reply;
 use crate::error::Error;
 use crate::resp;
 
@@ -26,22 +32,23 @@ impl Session {
                 self.closing = true;
                 Handled::ready(resp::simple("OK"))
             }
-            "select" => match resp::parse_int(&args[1]) {
-                Some(0) => Handled::ready(resp::simple("OK")),
-                Some(_) => Err(Error::Invalid(
-                    "keygate serves database 0 only; SELECT of another database is not supported",
-                )),
-                None => Err(Error::Invalid(NOT_INTEGER)),
-            },
+            "select" => self.select(&args[1]),
             "auth" => self
                 .auth(&args[1..])
                 .and_then(|()| Handled::ready(resp::simple("OK"))),
             "hello" => self.hello(&args[1..]),
             "reset" => {
-                // As in Redis, RESET also forgets who the client authenticated as, and any
-                // MULTI or WATCH (dropping the pinned connection closes it).
+                // As in Redis, RESET also forgets who the client authenticated as, any MULTI or
+                // WATCH (dropping the pinned connection closes it), subscriptions (the same),
+                // the database and the protocol.
                 self.tenant = None;
                 self.txn = None;
+                self.sub = None;
+                if self.flavor != Flavor::default() || self.pending_select.is_some() {
+                    self.flavor = Flavor::default();
+                    self.pending_select = None;
+                    self.must_drain = true;
+                }
                 self.name = None;
                 self.replies_off = false;
                 self.skip_next = false;
@@ -74,12 +81,52 @@ impl Session {
         }
     }
 
-    /// HELLO [protover [AUTH user pass] [SETNAME name]]: RESP2 only for now, so HELLO 3 gets
-    /// -NOPROTO and clients fall back to RESP2.
+    /// SELECT db. Standalone: the database switches once the server has accepted it (a later
+    /// request waits for that), and the client's requests then use the pools for that database.
+    /// Sharded: database 0 only, as in Redis Cluster.
+    fn select(&mut self, db: &Bytes) -> Result<Handled, Error> {
+        let db = match resp::parse_int(db) {
+            Some(db) if (0..=i32::MAX as i64).contains(&db) => db as u32,
+            Some(_) => return Err(Error::Invalid("DB index is out of range")),
+            None => return Err(Error::Invalid(NOT_INTEGER)),
+        };
+        if self.tenant.is_some() && db != 0 {
+            // A tenant's keyspace is its prefix in database 0.
+            return Err(Error::Invalid(
+                "keygate: tenants use database 0 only; their keys are kept apart by prefix",
+            ));
+        }
+        let topology = self.proxy.topology.load();
+        if topology.kind != UpstreamKind::Standalone {
+            return match db {
+                0 => Handled::ready(resp::simple("OK")),
+                _ => Err(Error::Invalid("SELECT is not allowed in cluster mode")),
+            };
+        }
+        if db == self.flavor.db && self.pending_select.is_none() {
+            return Handled::ready(resp::simple("OK"));
+        }
+        let verdict = Arc::new(AtomicU64::new(u64::MAX));
+        self.pending_select = Some(verdict.clone());
+        self.must_drain = true;
+        let backend = topology.backends[0].clone();
+        Ok(Handled::reply(Reply::Later(Box::pin(async move {
+            let reply = backend.select(db).await;
+            if &reply[..] == b"+OK\r\n" {
+                verdict.store(db as u64, Relaxed);
+            }
+            reply
+        }))))
+    }
+
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]. The protocol switches at once; the
+    /// client's later requests use backend pools that speak it (see backend, "Which protocol").
     fn hello(&mut self, args: &[Bytes]) -> Result<Handled, Error> {
+        let mut resp3 = self.flavor.resp3;
         if let Some(version) = args.first() {
             match resp::parse_int(version) {
-                Some(2) => {}
+                Some(2) => resp3 = false,
+                Some(3) => resp3 = true,
                 Some(_) => {
                     return Err(Error::Coded(
                         "NOPROTO sorry, this protocol version is not supported.",
@@ -118,19 +165,32 @@ impl Session {
         if let Some(name) = name {
             self.name = name;
         }
+        if resp3 != self.flavor.resp3 {
+            self.flavor.resp3 = resp3;
+            self.must_drain = true;
+        }
+        // The map Redis sends, describing keygate: a map in RESP3, a flat array in RESP2.
         let mut out = BytesMut::new();
-        resp::put_header(&mut out, b'*', 14);
+        if resp3 {
+            resp::put_header(&mut out, b'%', 7);
+        } else {
+            resp::put_header(&mut out, b'*', 14);
+        }
         let text = |out: &mut BytesMut, s: &str| resp::put_bulk(out, Some(s.as_bytes()));
+        let mode = match self.proxy.topology.load().kind {
+            UpstreamKind::Cluster => "cluster",
+            _ => "standalone",
+        };
         text(&mut out, "server");
         text(&mut out, "keygate");
         text(&mut out, "version");
         text(&mut out, command::REDIS_VERSION);
         text(&mut out, "proto");
-        resp::put_header(&mut out, b':', 2);
+        resp::put_header(&mut out, b':', if resp3 { 3 } else { 2 });
         text(&mut out, "id");
         resp::put_header(&mut out, b':', self.id as i64);
         text(&mut out, "mode");
-        text(&mut out, "standalone");
+        text(&mut out, mode);
         text(&mut out, "role");
         text(&mut out, "master");
         text(&mut out, "modules");
@@ -172,6 +232,15 @@ impl Session {
                 Handled::ready(resp::simple("OK"))
             }
             "info" => Handled::ready(resp::bulk(Some(self.info_line().as_bytes()))),
+            // keygate never evicts a client for its memory; the flag has nothing to change.
+            "no-evict" => {
+                arity(3, "client|no-evict")?;
+                if args[2].eq_ignore_ascii_case(b"on") || args[2].eq_ignore_ascii_case(b"off") {
+                    Handled::ready(resp::simple("OK"))
+                } else {
+                    Err(Error::Invalid("syntax error"))
+                }
+            }
             "reply" => {
                 let mode = &args[2];
                 if mode.eq_ignore_ascii_case(b"on") {
@@ -224,15 +293,18 @@ impl Session {
                 .unwrap_or_default()
         };
         format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp=2 lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
             self.id,
             self.peer,
             self.local,
             show(&self.name),
             self.since.elapsed().as_secs(),
+            if self.sub.is_some() { "P" } else { "N" },
+            self.flavor.db,
             self.tenant
                 .as_ref()
                 .map_or("default", |s| s.tenant.config.name.as_str()),
+            if self.flavor.resp3 { 3 } else { 2 },
             show(&self.lib_name),
             show(&self.lib_ver),
         )
@@ -243,8 +315,9 @@ impl Handled {
     /// No reply at all (CLIENT REPLY OFF/SKIP answer nothing).
     pub(super) fn quiet() -> Self {
         Handled {
-            reply: crate::dispatch::Reply::Ready(Bytes::new()),
+            reply: Reply::Ready(Bytes::new()),
             quiet: true,
+            blocking: false,
         }
     }
 }

@@ -11,11 +11,14 @@
 //! shutdown, the session stops reading, delivers what is pending, and closes.
 
 mod local;
+mod pubsub;
 mod tenancy;
 mod transaction;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -27,7 +30,7 @@ use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::backend::ReplyResult;
+use crate::backend::{Caller, Event, Flavor, ReplyResult};
 use crate::command::{Command, CommandId, Policy, UNKNOWN};
 use crate::dispatch::{self, Reply};
 use crate::error::Error;
@@ -47,6 +50,8 @@ struct Slot {
     command: CommandId,
     /// Suppressed by CLIENT REPLY OFF/SKIP.
     silent: bool,
+    /// A blocking command: if the client leaves, it is not waited for.
+    blocking: bool,
 }
 
 /// The connection state keygate keeps for a client, in place of the backend's.
@@ -71,9 +76,18 @@ struct Session {
     tenant: Option<Seat>,
     /// MULTI/WATCH state and the connection pinned for it.
     txn: Option<transaction::Transaction>,
-    /// The last request went to a pinned connection: the next one for the shared connection
-    /// waits for earlier replies (see session::transaction, "Ordering note").
-    last_on_pin: bool,
+    /// The database and protocol of the client's connection, which pick the backend pool.
+    flavor: Flavor,
+    /// The last request went to another connection than the client's pooled one (a pinned,
+    /// blocking or subscriber connection, or a pool of another flavor): the next request waits
+    /// for earlier replies, so it cannot overtake them (see session::transaction, "Ordering
+    /// note").
+    must_drain: bool,
+    /// A SELECT in flight: the database it switches to once the server accepted it
+    /// (`u64::MAX` while not, or if refused).
+    pending_select: Option<Arc<AtomicU64>>,
+    /// The subscriber connection, while the client subscribes (see session::pubsub).
+    sub: Option<pubsub::Sub>,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
 }
@@ -120,7 +134,10 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         abort: false,
         tenant: None,
         txn: None,
-        last_on_pin: false,
+        flavor: Flavor::default(),
+        must_drain: false,
+        pending_select: None,
+        sub: None,
         held: None,
     };
     let (mut rd, mut wr) = stream.split();
@@ -173,6 +190,10 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
             let slot = pending.pop_front().expect("front exists");
             session.emit(&slot, bytes, &mut out);
         }
+        // Replies just emitted may release a held request (the loop's top sends it).
+        if session.held.is_some() && drained(&pending) && !session.abort {
+            continue;
+        }
         if session.abort || (session.closing && pending.is_empty() && out.is_empty()) {
             break;
         }
@@ -199,8 +220,18 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
                 let slot = pending.pop_front().expect("front exists");
                 session.emit(&slot, reply, &mut out);
             }
+            event = next_event(&mut session.sub), if session.sub.is_some() && out.len() < OUTPUT_HIGH_WATER => {
+                session.on_event(event, &mut out);
+            }
             read = tokio::io::AsyncReadExt::read_buf(&mut rd, &mut input), if can_read => match read {
-                Ok(0) | Err(_) => session.closing = true,
+                Ok(0) | Err(_) => {
+                    session.closing = true;
+                    // Redis frees a client that leaves while blocked; so does keygate, which
+                    // closes the blocking connection (dropping it) rather than wait for a reply.
+                    if pending.iter().any(|slot| slot.blocking) {
+                        session.abort = true;
+                    }
+                }
                 Ok(_) => {
                     if let Some(timeout) = idle_timeout {
                         idle.as_mut().reset(Instant::now() + timeout);
@@ -214,6 +245,14 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
                 session.closing = true;
             }
         }
+    }
+}
+
+/// The subscriber connection's next event (only polled while there is one).
+async fn next_event(sub: &mut Option<pubsub::Sub>) -> Option<Event> {
+    match sub {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -281,6 +320,7 @@ impl Session {
                         reply: Reply::Ready(Error::Protocol(e.0).to_reply()),
                         command: UNKNOWN,
                         silent: false,
+                        blocking: false,
                     });
                     self.closing = true;
                 }
@@ -313,8 +353,12 @@ impl Session {
         command: CommandId,
         skipped: bool,
     ) -> Option<Slot> {
-        let (reply, quiet) = match outcome {
-            Ok(Outcome::Handled(Handled { reply, quiet })) => (reply, quiet),
+        let (reply, quiet, blocking) = match outcome {
+            Ok(Outcome::Handled(Handled {
+                reply,
+                quiet,
+                blocking,
+            })) => (reply, quiet, blocking),
             Ok(Outcome::Held(cmd, fix)) => {
                 self.held = Some(Held {
                     cmd,
@@ -324,12 +368,13 @@ impl Session {
                 });
                 return None;
             }
-            Err(e) => (Reply::Ready(e.to_reply()), false),
+            Err(e) => (Reply::Ready(e.to_reply()), false, false),
         };
         Some(Slot {
             reply,
             command,
             silent: quiet || skipped || self.replies_off,
+            blocking,
         })
     }
 
@@ -375,19 +420,28 @@ impl Session {
         drained: Drained,
     ) -> Result<Outcome, Error> {
         let spec = cmd.spec.expect("routed commands are known");
+        let (cmd, fix) = match self.subscribed_mode(cmd, fix, drained) {
+            Ok(go_on) => go_on,
+            Err(outcome) => return outcome,
+        };
         let cmd = match self.transaction(cmd, spec, drained) {
             transaction::Step::Done(result) => {
-                self.last_on_pin = true;
+                self.must_drain = true;
                 return result.map(Outcome::Handled);
             }
             transaction::Step::Hold(cmd) => return Ok(Outcome::Held(cmd, fix)),
             transaction::Step::Normal(cmd) => cmd,
         };
-        if self.last_on_pin {
+        if self.must_drain {
             if !drained() {
                 return Ok(Outcome::Held(cmd, fix));
             }
-            self.last_on_pin = false;
+            self.must_drain = false;
+            if let Some(db) = self.pending_select.take() {
+                if let Ok(db) = u32::try_from(db.load(Relaxed)) {
+                    self.flavor.db = db;
+                }
+            }
         }
         let handled = match cmd.policy {
             Policy::Local => self.local(&cmd),
@@ -398,17 +452,50 @@ impl Session {
             Policy::Forward => {
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;
-                let reply = dispatch::run(&self.proxy, &topology, self.id, cmd.args, plan);
-                let reply = match (&self.tenant, fix) {
-                    (None, _) | (Some(_), tenancy::Fix::None) => reply,
-                    (Some(seat), fix) => tenancy::unconfine(reply, fix, &seat.tenant),
-                };
-                Ok(Handled::reply(reply))
+                let reply = dispatch::run(&self.proxy, &topology, self.caller(), cmd.args, plan);
+                Ok(Handled::reply(self.unconfine(reply, fix)))
             }
+            Policy::Blocking => {
+                // On a connection of its own: only once the replies before it are in, and
+                // what follows waits for it, as it would behind a blocked Redis connection.
+                if !drained() {
+                    return Ok(Outcome::Held(cmd, fix));
+                }
+                let topology = self.proxy.topology.load();
+                let backend = match route::plan(&cmd, &topology)? {
+                    route::Plan::One(target) => target.backend,
+                    _ => return Err(Error::CrossSlot),
+                };
+                self.must_drain = true;
+                let reply =
+                    dispatch::blocking(&self.proxy, &topology, self.caller(), backend, cmd.args);
+                Ok(Handled {
+                    reply: self.unconfine(reply, fix),
+                    quiet: false,
+                    blocking: true,
+                })
+            }
+            Policy::Subscribe => return self.subscribe(cmd, drained),
             Policy::Transaction => unreachable!("session::transaction takes these"),
             Policy::Close => unreachable!("handled in try_handle"),
         };
         handled.map(Outcome::Handled)
+    }
+
+    /// Who sends this client's requests, for the backend pools.
+    fn caller(&self) -> Caller {
+        Caller {
+            id: self.id,
+            flavor: self.flavor,
+        }
+    }
+
+    /// The reply as the tenant must see it (keys without its prefix).
+    fn unconfine(&self, reply: Reply, fix: tenancy::Fix) -> Reply {
+        match (&self.tenant, fix) {
+            (None, _) | (Some(_), tenancy::Fix::None) => reply,
+            (Some(seat), fix) => tenancy::unconfine(reply, fix, &seat.tenant),
+        }
     }
 
     /// Queue a finished reply for the client, unless it was silenced.
@@ -430,6 +517,8 @@ impl Session {
 struct Handled {
     reply: Reply,
     quiet: bool,
+    /// It is a blocking command's.
+    blocking: bool,
 }
 
 impl Handled {
@@ -437,6 +526,7 @@ impl Handled {
         Handled {
             reply,
             quiet: false,
+            blocking: false,
         }
     }
 

@@ -130,6 +130,26 @@ impl Session {
                 }
                 Ok(Fix::Pairs)
             }
+            Some(Rule::Channel)
+                if matches!(
+                    name,
+                    "subscribe" | "unsubscribe" | "ssubscribe" | "sunsubscribe"
+                ) =>
+            {
+                for channel in &mut cmd.args[1..] {
+                    keyspace_channel(channel)?;
+                    *channel = rewrite::prefixed(prefix, channel);
+                }
+                Ok(Fix::None)
+            }
+            // Patterns are confined like KEYS patterns: they only ever match the tenant's
+            // channels, and come back (in confirmations and pmessages) without the prefix.
+            Some(Rule::Channel) if matches!(name, "psubscribe" | "punsubscribe") => {
+                for pat in &mut cmd.args[1..] {
+                    *pat = rewrite::confine_pattern(prefix, Some(pat)).map_err(pattern)?;
+                }
+                Ok(Fix::None)
+            }
             Some(Rule::Emulate) if name == "keys" => {
                 cmd.args[1] =
                     rewrite::confine_pattern(prefix, Some(&cmd.args[1])).map_err(pattern)?;
@@ -252,7 +272,7 @@ impl Session {
         crate::dispatch::tenant_keyspace(
             op,
             &topology,
-            self.id,
+            self.caller(),
             Bytes::copy_from_slice(prefix),
             pattern,
             info,

@@ -155,6 +155,9 @@ impl Session {
                     reason,
                 })
             }
+            Policy::Subscribe => Some(Error::Invalid(
+                "keygate: pub/sub is not supported inside a transaction or while watching keys",
+            )),
             Policy::Local if !matches!(name, "ping" | "echo") => Some(Error::Invalid(
                 "keygate: this command is not supported inside a transaction",
             )),
@@ -181,7 +184,7 @@ impl Session {
                 if !drained() {
                     return Step::Hold(cmd);
                 }
-                let pinned = topology.backends[target.backend].pin();
+                let pinned = topology.backends[target.backend].pin(self.flavor);
                 if in_multi {
                     // MULTI's +OK was already sent to the client; this one is read and dropped.
                     txn._multi_ack = Some(pinned.send(vec![Bytes::from_static(b"MULTI")]));

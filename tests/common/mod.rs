@@ -372,6 +372,18 @@ impl Raw {
 }
 
 /// GET a path on the admin port; returns (status, body).
+/// A raw connection authenticated as tenant `name` (password `<name>-pw`).
+pub async fn as_tenant(kg: &Keygate, name: &str) -> Raw {
+    let mut raw = kg.raw().await;
+    let password = format!("{name}-pw");
+    assert_eq!(
+        raw.call(&[b"AUTH", name.as_bytes(), password.as_bytes()])
+            .await,
+        b"+OK\r\n"
+    );
+    raw
+}
+
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         return (0, String::new());

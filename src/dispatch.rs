@@ -406,7 +406,7 @@ pub fn tenant_keyspace(
         match op {
             TenantKeyspace::Count => resp::integer(count),
             TenantKeyspace::Flush => resp::simple("OK"),
-            TenantKeyspace::Random => resp::bulk(None),
+            TenantKeyspace::Random => resp::null(caller.flavor.resp3),
             TenantKeyspace::Info => {
                 let text = format!("{info}\r\n# Keyspace\r\ndb0:keys={count}\r\n");
                 resp::bulk(Some(text.as_bytes()))

@@ -222,6 +222,13 @@ async fn cross_shard_commands_answer_as_one_redis() {
         script.push(line.split(' ').map(String::from).collect());
     }
     common::assert_same_replies(&mut through, &mut direct, &script).await;
+    // The same again from RESP3 clients: merged replies carry RESP3 elements (nulls).
+    let mut through3 = kg.raw().await;
+    let mut direct3 = Raw::connect(format!("127.0.0.1:{}", reference.port).parse().unwrap()).await;
+    for raw in [&mut through3, &mut direct3] {
+        assert!(raw.call(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+    }
+    common::assert_same_replies(&mut through3, &mut direct3, &script).await;
     // Commands whose keys must be together are refused across shards.
     let mut msetnx: Vec<Vec<u8>> = vec![b"MSETNX".to_vec()];
     for i in 0..12 {

@@ -67,6 +67,9 @@ const SCRIPT: &[&[&str]] = &[
     &["SINTERSTORE", "set3", "set1", "set2"],
     &["SMEMBERS", "set3"],
     &["SREM", "set1", "1"],
+    &["ZRANDMEMBER", "nosuch"],
+    &["LPOS", "set1", "nosuch"],
+    &["CONFIG", "GET", "maxmemory-policy"],
     // sorted sets
     &["ZADD", "z", "1", "one", "2", "two", "3", "three"],
     &["ZRANGE", "z", "0", "-1", "WITHSCORES"],
@@ -157,8 +160,12 @@ const SCRIPT: &[&[&str]] = &[
     &["PING", "pong-arg"],
 ];
 
-async fn run_script(raw: &mut Raw) -> Vec<Vec<u8>> {
+async fn run_script(raw: &mut Raw, resp3: bool) -> Vec<Vec<u8>> {
     let mut replies = Vec::new();
+    if resp3 {
+        let hello = raw.call(&[b"HELLO", b"3"]).await;
+        assert!(hello.starts_with(b"%7\r\n"), "{hello:?}");
+    }
     for args in SCRIPT {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         replies.push(raw.call(&args).await);
@@ -168,12 +175,36 @@ async fn run_script(raw: &mut Raw) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn every_data_type_round_trips_exactly_as_redis_answers() {
+    same_as_redis(false).await;
+}
+
+/// The same in RESP3: maps, sets, doubles and nulls exactly as Redis sends them to a RESP3
+/// client, while a RESP2 client shares the backend.
+#[tokio::test]
+async fn every_data_type_round_trips_exactly_as_redis_answers_in_resp3() {
+    same_as_redis(true).await;
+}
+
+async fn same_as_redis(resp3: bool) {
     let backend = Redis::start();
     let reference = Redis::start();
     let kg = Keygate::start(&backend.addr()).await;
-    let through = run_script(&mut kg.raw().await).await;
+    // A client of the other protocol, busy on the same backend meanwhile.
+    let mut other = kg.raw().await;
+    let busy = tokio::spawn(async move {
+        let null: &[u8] = if resp3 { b"$-1\r\n" } else { b"_\r\n" };
+        if !resp3 {
+            other.call(&[b"HELLO", b"3"]).await;
+        }
+        for _ in 0..300 {
+            assert_eq!(other.call(&[b"GET", b"nosuch-other"]).await, null);
+        }
+    });
+    let through = run_script(&mut kg.raw().await, resp3).await;
+    busy.await.unwrap();
     let direct = run_script(
         &mut Raw::connect(format!("127.0.0.1:{}", reference.port).parse().unwrap()).await,
+        resp3,
     )
     .await;
     for ((args, got), want) in SCRIPT.iter().zip(&through).zip(&direct) {

@@ -628,3 +628,60 @@ async fn publish_and_pubsub_introspection() {
     );
     assert_eq!(g.call(&[b"PUBSUB", b"CHANNELS", b"acme*"]).await, b"*0\r\n");
 }
+
+/// A RESP3 tenant: replies keygate rewrites (maps included) come back in RESP3, without the
+/// prefix.
+#[tokio::test]
+async fn resp3_tenant_replies_lose_the_prefix() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    let mut a = kg.raw().await;
+    let hello = a
+        .call(&[b"HELLO", b"3", b"AUTH", b"acme", b"acme-pw"])
+        .await;
+    assert!(hello.starts_with(b"%7\r\n"), "{}", text(hello));
+    assert_eq!(a.call(&[b"RANDOMKEY"]).await, b"_\r\n");
+    assert_eq!(a.call(&[b"CLIENT", b"GETNAME"]).await, b"_\r\n");
+    assert_eq!(
+        a.call(&[b"XADD", b"s", b"1-1", b"f", b"v"]).await,
+        bulk("1-1")
+    );
+    assert_eq!(
+        text(a.call(&[b"XREAD", b"STREAMS", b"s", b"0"]).await),
+        text(
+            [
+                b"%1\r\n".to_vec(),
+                bulk("s"),
+                b"*1\r\n*2\r\n".to_vec(),
+                bulk("1-1"),
+                b"*2\r\n".to_vec(),
+                bulk("f"),
+                bulk("v")
+            ]
+            .concat()
+        )
+    );
+    assert_eq!(a.call(&[b"ZADD", b"z", b"1.5", b"m"]).await, b":1\r\n");
+    assert_eq!(
+        text(a.call(&[b"BZPOPMIN", b"z", b"0"]).await),
+        text(
+            [
+                b"*3\r\n".to_vec(),
+                bulk("z"),
+                bulk("m"),
+                b",1.5\r\n".to_vec()
+            ]
+            .concat()
+        )
+    );
+    assert_eq!(
+        text(a.call(&[b"PUBSUB", b"NUMSUB", b"news"]).await),
+        // Redis 7.0 answers an array here in RESP3 too.
+        text([b"*2\r\n".to_vec(), bulk("news"), b":0\r\n".to_vec()].concat())
+    );
+    assert_eq!(
+        text(a.call(&[b"KEYS", b"*"]).await),
+        text([b"*1\r\n".to_vec(), bulk("s")].concat())
+    );
+    assert_eq!(a.call(&[b"DBSIZE"]).await, b":1\r\n");
+}

@@ -69,6 +69,11 @@ pub fn bulk(data: Option<&[u8]>) -> Bytes {
     out.freeze()
 }
 
+/// A null: RESP3's own, or RESP2's null bulk.
+pub fn null(resp3: bool) -> Bytes {
+    Bytes::from_static(if resp3 { b"_\r\n" } else { b"$-1\r\n" })
+}
+
 /// Append a bulk string (or the null bulk) to `out`.
 pub fn put_bulk(out: &mut BytesMut, data: Option<&[u8]>) {
     match data {

@@ -111,7 +111,7 @@ pub fn combine(merge: Merge, replies: &[Bytes], layout: &[Vec<usize>], info_head
             let rotated = replies[start..].iter().chain(&replies[..start]);
             rotated
                 .clone()
-                .find(|r| &r[..] != b"$-1\r\n")
+                .find(|r| !matches!(&r[..], b"$-1\r\n" | b"_\r\n"))
                 .or_else(|| rotated.clone().next())
                 .cloned()
                 .unwrap_or_else(|| resp::bulk(None))

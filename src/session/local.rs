@@ -210,7 +210,10 @@ impl Session {
         };
         match sub.as_str() {
             "id" => Handled::ready(resp::integer(self.id as i64)),
-            "getname" => Handled::ready(resp::bulk(self.name.as_deref())),
+            "getname" => Handled::ready(match &self.name {
+                Some(name) => resp::bulk(Some(name)),
+                None => resp::null(self.flavor.resp3),
+            }),
             "setname" => {
                 self.name = valid_name(&args[2])?;
                 Handled::ready(resp::simple("OK"))

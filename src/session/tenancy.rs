@@ -378,6 +378,10 @@ fn strip_first_of_each(reply: &Bytes, prefix: &[u8], per_item: bool) -> Option<B
     if !per_item {
         return strip_pair(reply);
     }
+    // RESP3 (XREAD): a map of stream name to entries.
+    if reply.first() == Some(&b'%') {
+        return strip_pairs(reply, prefix);
+    }
     let items = value::elements(reply)?;
     let mut out = BytesMut::with_capacity(reply.len());
     resp::put_header(&mut out, b'*', items.len() as i64);
@@ -387,11 +391,15 @@ fn strip_first_of_each(reply: &Bytes, prefix: &[u8], per_item: bool) -> Option<B
     Some(out.freeze())
 }
 
-/// `[channel, count, channel, count, ...]` with each channel un-prefixed.
+/// `[name, value, name, value, ...]` with each name un-prefixed (PUBSUB NUMSUB's channels), or
+/// the same as a RESP3 map.
 fn strip_pairs(array: &Bytes, prefix: &[u8]) -> Option<Bytes> {
     let items = value::elements(array)?;
     let mut out = BytesMut::with_capacity(array.len());
-    resp::put_header(&mut out, b'*', items.len() as i64);
+    match array[0] {
+        b'%' => resp::put_header(&mut out, b'%', items.len() as i64 / 2),
+        _ => resp::put_header(&mut out, b'*', items.len() as i64),
+    }
     for (i, item) in items.iter().enumerate() {
         if i % 2 == 1 {
             out.put_slice(item);

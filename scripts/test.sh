@@ -3,7 +3,8 @@
 # processes, and a build check of the fuzz targets. This is what CI runs (.ci/run).
 #
 # Needs redis-server, redis-cli and nutcracker (Debian packages redis-server, redis-tools,
-# nutcracker); when one is missing and we are root, they are installed. Tests start their own
+# nutcracker), and python3 with redis-py; when one is missing they are installed (the Debian
+# packages when we are root, redis-py with pip). Tests start their own
 # servers on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,17 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     echo "test.sh: install redis-server, redis-tools and nutcracker (apt-get install ...)" >&2
     exit 1
   fi
+fi
+
+# redis-py, for tests/clients.rs (a client library in another language, as applications use it).
+if ! python3 -c 'import redis' >/dev/null 2>&1; then
+  if ! command -v python3 >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
+  fi
+  echo "test.sh: installing redis-py" >&2
+  python3 -m pip install --quiet redis 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages redis
 fi
 
 cargo fmt --all -- --check

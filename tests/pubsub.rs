@@ -389,3 +389,40 @@ async fn redis_rs_pubsub_round_trip() {
         ]
     );
 }
+
+/// A subscriber that never reads: keygate stops reading for it once its output is full, Redis's
+/// own pub/sub output limit closes the backend connection, and keygate then closes the client.
+/// Memory stays bounded all along; other clients carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_is_cut_off_not_buffered() {
+    let backend = Redis::start_with(&["--client-output-buffer-limit", "pubsub 4mb 1mb 1"]);
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut sub = kg.raw().await;
+    assert_eq!(
+        sub.call(&[b"SUBSCRIBE", b"firehose"]).await,
+        confirm("*", "subscribe", "firehose", 1)
+    );
+    let mut publisher = kg.raw().await;
+    let payload = vec![b'x'; 64 * 1024];
+    let mut delivered_to_none = false;
+    for _ in 0..2000 {
+        let reply = publisher
+            .call(&[b"PUBLISH", b"firehose", &payload])
+            .await;
+        if reply == b":0\r\n" {
+            delivered_to_none = true;
+            break;
+        }
+    }
+    assert!(delivered_to_none, "Redis never dropped the slow subscriber");
+    // The client is closed once what was buffered for it is read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), sub.reply()).await {
+            Ok(Some(_)) => assert!(std::time::Instant::now() < deadline),
+            Ok(None) => break,
+            Err(_) => panic!("the slow subscriber was left open and silent"),
+        }
+    }
+    assert_eq!(publisher.call(&[b"PING"]).await, b"+PONG\r\n");
+}

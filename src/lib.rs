@@ -5,14 +5,17 @@
 //! - `config`: the TOML file's shape, validated once into a `Config`.
 //! - `server`: the accept loop, the client limit, graceful shutdown.
 //! - `session`: one client: read requests, keep up to N in flight, write replies in order;
-//!   answers the commands that touch connection state itself.
+//!   answers the commands that touch connection state itself; transactions and pub/sub.
 //! - `resp`: the wire format without I/O: request decoder, reply scanner, encoders.
 //! - `command`: ONE command table (generated from Redis) and keygate's policy for each command.
 //! - `route`: pure planning of where a command goes (ketama ring, cluster slots, split/merge).
-//! - `dispatch`: runs a plan: sends, joins fan-out, follows cluster redirections.
+//! - `dispatch`: runs a plan: sends, joins fan-out, follows cluster redirections; runs blocking
+//!   commands on connections of their own.
 //! - `topology`: the backends and placement, one snapshot behind one `ArcSwap`;
 //!   `refresh` rebuilds a cluster's in the background.
-//! - `backend`: per server, a pool of pipelined connections with FIFO reply matching.
+//! - `backend`: per server, pools of pipelined connections with FIFO reply matching (one per
+//!   protocol and database in use), and connections of one client's own: pinned (transactions),
+//!   blocking, subscriber.
 //! - `write_queue`: batched, zero-copy socket writes for both sides.
 //! - `admin`, `metrics`: /health, /ready, /metrics.
 //! - `error`: the one error enum; every client-facing error text.
@@ -24,7 +27,9 @@
 //! 1. Replies leave in request order, always, and only to the request they answer: a desync in a
 //!    multiplexing proxy would leak one client's data to another.
 //! 2. Every error that does not close the connection becomes exactly one RESP error reply.
-//! 3. No connection state (database, name, reply mode, auth) reaches a shared backend connection.
+//! 3. No connection state (name, reply mode, auth, WATCH, MULTI, subscriptions) reaches a shared
+//!    backend connection; a shared connection's protocol and database are fixed when it connects,
+//!    and only clients of that protocol and database use it.
 
 #![forbid(unsafe_code)]
 

@@ -149,6 +149,20 @@ impl Metrics {
                 backend.connections_up()
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP keygate_backend_dedicated_connections Connections of one client's own in use now (blocking commands, subscribed clients), by server.\n\
+             # TYPE keygate_backend_dedicated_connections gauge"
+        );
+        for backend in &topology.backends {
+            let (blocking, subscriber) = backend.dedicated_in_use();
+            let _ = writeln!(
+                out,
+                "keygate_backend_dedicated_connections{{server=\"{0}\",kind=\"blocking\"}} {blocking}\n\
+                 keygate_backend_dedicated_connections{{server=\"{0}\",kind=\"subscriber\"}} {subscriber}",
+                backend.addr,
+            );
+        }
         if !tenants.is_empty() {
             type Read = fn(&TenantState) -> u64;
             let families: [(&str, &str, &str, Read); 3] = [

@@ -194,6 +194,12 @@ async fn blocking_connections_are_capped_per_server() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let (_, metrics) = common::http_get(kg.admin, "/metrics").await;
+    let gauge = format!(
+        "keygate_backend_dedicated_connections{{server=\"{}\",kind=\"blocking\"}} 2",
+        backend.addr()
+    );
+    assert!(metrics.lines().any(|l| l == gauge), "{metrics}");
     let refused = text(c.call(&[b"BLPOP", b"qc", b"0"]).await);
     assert!(
         refused.starts_with("-ERR keygate: all 2 blocking connections to backend")
@@ -340,3 +346,40 @@ trait Pipe: Sized {
     }
 }
 impl<T> Pipe for T {}
+
+/// As in Redis, the idle timeout never closes a client blocked in a command or subscribed.
+#[tokio::test]
+async fn idle_timeout_spares_blocked_and_subscribed_clients() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        "[limits]\nclient_idle_timeout = \"200ms\"\n",
+    )
+    .await;
+    let mut blocked = kg.raw().await;
+    let mut subscribed = kg.raw().await;
+    let mut idle = kg.raw().await;
+    assert_eq!(idle.call(&[b"PING"]).await, b"+PONG\r\n");
+    blocked.send(b"BLPOP slow 0\r\n").await;
+    subscribed.call(&[b"SUBSCRIBE", b"quiet"]).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    idle.expect_closed().await;
+    let mut con = kg.connection().await;
+    let _: () = con.rpush("slow", "x").await.unwrap();
+    let _: () = con.publish("quiet", "still here").await.unwrap();
+    assert_eq!(
+        blocked.reply().await.unwrap(),
+        [b"*2\r\n".to_vec(), bulk("slow"), bulk("x")].concat()
+    );
+    assert_eq!(blocked.call(&[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(
+        subscribed.reply().await.unwrap(),
+        [
+            b"*3\r\n".to_vec(),
+            bulk("message"),
+            bulk("quiet"),
+            bulk("still here")
+        ]
+        .concat()
+    );
+}

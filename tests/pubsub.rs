@@ -406,9 +406,7 @@ async fn a_subscriber_that_never_reads_is_cut_off_not_buffered() {
     let payload = vec![b'x'; 64 * 1024];
     let mut delivered_to_none = false;
     for _ in 0..2000 {
-        let reply = publisher
-            .call(&[b"PUBLISH", b"firehose", &payload])
-            .await;
+        let reply = publisher.call(&[b"PUBLISH", b"firehose", &payload]).await;
         if reply == b":0\r\n" {
             delivered_to_none = true;
             break;

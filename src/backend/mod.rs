@@ -302,6 +302,14 @@ impl Backend {
         }
     }
 
+    /// Blocking and subscriber connections in use right now.
+    pub fn dedicated_in_use(&self) -> (usize, usize) {
+        (
+            self.opts.blocking_connections - self.blocking.available_permits(),
+            self.opts.subscriber_connections - self.subscribers.available_permits(),
+        )
+    }
+
     /// How many of the default pool's connections are established right now.
     pub fn connections_up(&self) -> usize {
         self.links

@@ -241,8 +241,13 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
             },
             _ = &mut stop, if !session.closing => session.closing = true,
             _ = &mut idle, if idle_timeout.is_some() && !session.closing => {
-                debug!(client = id, "closing idle client");
-                session.closing = true;
+                // As Redis, never for a client waiting on a blocked command or subscribed.
+                if pending.is_empty() && session.sub.is_none() {
+                    debug!(client = id, "closing idle client");
+                    session.closing = true;
+                } else if let Some(timeout) = idle_timeout {
+                    idle.as_mut().reset(Instant::now() + timeout);
+                }
             }
         }
     }

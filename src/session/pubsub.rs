@@ -29,7 +29,7 @@ use crate::command::Command;
 use crate::dispatch::Reply;
 use crate::error::Error;
 use crate::resp::{self, value};
-use crate::route::{self, Plan};
+use crate::route::{self, slots, Plan};
 use crate::tenant::rewrite;
 use crate::write_queue::WriteQueue;
 
@@ -190,6 +190,17 @@ impl Session {
             }
             Some(Event::Reply { frames, subscribed }) => {
                 sub.subscribed = subscribed;
+                // A cluster node that no longer serves a shard channel's slot: the slot map is
+                // stale. Clients never see a redirection; they may subscribe again at once.
+                let frames = frames.map(|frames| match frames.as_slice() {
+                    [error] if slots::parse_redirect(error).is_some() => {
+                        self.proxy.refresh_soon();
+                        vec![resp::error(
+                            "TRYAGAIN keygate: the shard channel's slot moved; subscribe again",
+                        )]
+                    }
+                    _ => frames,
+                });
                 let waiter = sub.waiting.pop_front();
                 let done = !subscribed && sub.waiting.is_empty();
                 let reply = frames.map(|frames| {

@@ -110,7 +110,38 @@ async fn every_blocking_command_waits_without_stalling_others() {
             .concat()
             .pipe(text),
         ),
+        (
+            vec![
+                b"XREADGROUP",
+                b"GROUP",
+                b"g",
+                b"c1",
+                b"BLOCK",
+                b"0",
+                b"STREAMS",
+                b"s2",
+                b">",
+            ],
+            vec![b"XADD", b"s2", b"9-1", b"f", b"w"],
+            [
+                b"*1\r\n*2\r\n".to_vec(),
+                bulk("s2"),
+                b"*1\r\n*2\r\n".to_vec(),
+                bulk("9-1"),
+                b"*2\r\n".to_vec(),
+                bulk("f"),
+                bulk("w"),
+            ]
+            .concat()
+            .pipe(text),
+        ),
     ];
+    assert_eq!(
+        other
+            .call(&[b"XGROUP", b"CREATE", b"s2", b"g", b"$", b"MKSTREAM"])
+            .await,
+        b"+OK\r\n"
+    );
     for (blocking, unblock, expected) in cases {
         let mut blocked = kg.raw().await;
         let mut out = bytes::BytesMut::new();

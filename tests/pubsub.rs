@@ -301,10 +301,10 @@ async fn tenants_channels_are_their_own() {
     assert!(text(acme_pub.call(&[b"SUBSCRIBE", b"__keyspace@0__:k"]).await).starts_with("-NOPERM"));
 }
 
-/// Cluster: SSUBSCRIBE follows its shard channel's node, and PUBLISH reaches subscribers
-/// wherever it is published.
+/// Cluster: SSUBSCRIBE follows its shard channel's node, PUBLISH reaches subscribers wherever
+/// it is published, blocking pops go to their key's node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_shard_channels_and_broadcast() {
+async fn cluster_shard_channels_broadcast_and_blocking_pops() {
     let cluster = Cluster::start(3);
     let seeds = format!("\"{}\"", cluster.nodes[0].addr());
     let kg = Keygate::start_config(&format!(
@@ -340,6 +340,30 @@ async fn cluster_shard_channels_and_broadcast() {
     assert_eq!(
         text(sub.call(&[b"SSUBSCRIBE", b"{a}x", b"{b}x"]).await),
         "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+    );
+    // Blocking pops on each node, woken through keygate; SELECT is for database 0 only.
+    for key in ["{a}q", "{b}q", "{c}q"] {
+        let mut blocked = kg.raw().await;
+        let mut pusher = kg.raw().await;
+        blocked.send(format!("BLPOP {key} 0\r\n").as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            pusher.call(&[b"RPUSH", key.as_bytes(), b"v"]).await,
+            b":1\r\n"
+        );
+        assert_eq!(
+            blocked.reply().await.unwrap(),
+            [b"*2\r\n".to_vec(), bulk(key), bulk("v")].concat()
+        );
+    }
+    assert_eq!(
+        text(sub.call(&[b"BLPOP", b"{a}q", b"{b}q", b"0"]).await),
+        "-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+    );
+    assert_eq!(sub.call(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    assert_eq!(
+        sub.call(&[b"SELECT", b"1"]).await,
+        b"-ERR SELECT is not allowed in cluster mode\r\n"
     );
     // PUBLISH anywhere in the cluster reaches a subscriber through keygate.
     assert_eq!(

@@ -685,3 +685,28 @@ async fn resp3_tenant_replies_lose_the_prefix() {
     );
     assert_eq!(a.call(&[b"DBSIZE"]).await, b":1\r\n");
 }
+
+/// A tenant's blocking pop waits on its own key: another tenant's push to the same name does not
+/// wake it, its own does, and the reply names the key without the prefix.
+#[tokio::test]
+async fn tenant_blocking_pops_wait_on_their_own_keys() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    let mut waiting = as_tenant(&kg, "acme").await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    let mut globex = as_tenant(&kg, "globex").await;
+    waiting.send(b"BLPOP jobs 0\r\n").await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        globex.call(&[b"RPUSH", b"jobs", b"theirs"]).await,
+        b":1\r\n"
+    );
+    let early = tokio::time::timeout(std::time::Duration::from_millis(200), waiting.reply()).await;
+    assert!(early.is_err(), "woken by another tenant's push");
+    assert_eq!(acme.call(&[b"RPUSH", b"jobs", b"ours"]).await, b":1\r\n");
+    assert_eq!(
+        waiting.reply().await.unwrap(),
+        [b"*2\r\n".to_vec(), bulk("jobs"), bulk("ours")].concat()
+    );
+    assert_eq!(globex.call(&[b"LLEN", b"jobs"]).await, b":1\r\n");
+}

@@ -70,6 +70,14 @@ pub struct Upstream {
     pub subscriber_connections_per_server: usize,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Circuit breaker: consecutive failures (connect errors, timeouts, broken connections)
+    /// that open it; 0 turns it off.
+    pub failures_to_open: u32,
+    /// How long an open breaker fails requests at once before one probe (PING) decides.
+    pub open_for: Duration,
+    /// ketama: while a server's breaker is open, its keys move to the rest of the ring (as
+    /// twemproxy's `auto_eject_hosts`).
+    pub auto_eject_hosts: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +210,12 @@ struct UpstreamFile {
     connect_timeout: Duration,
     #[serde(default = "default_request", deserialize_with = "duration")]
     request_timeout: Duration,
+    #[serde(default = "default_failures_to_open")]
+    failures_to_open: u32,
+    #[serde(default = "default_open_for", deserialize_with = "duration")]
+    open_for: Duration,
+    #[serde(default)]
+    auto_eject_hosts: bool,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +272,14 @@ fn one() -> usize {
 fn default_drain() -> Duration {
     Duration::from_secs(5)
 }
+fn default_failures_to_open() -> u32 {
+    5
+}
+
+fn default_open_for() -> Duration {
+    Duration::from_secs(5)
+}
+
 fn default_dedicated() -> usize {
     1000
 }
@@ -465,6 +487,16 @@ impl Config {
             .map_err(|r| fail("upstream.connect_timeout", r))?;
         nonzero_duration(raw.upstream.request_timeout)
             .map_err(|r| fail("upstream.request_timeout", r))?;
+        nonzero_duration(raw.upstream.open_for).map_err(|r| fail("upstream.open_for", r))?;
+        if raw.upstream.auto_eject_hosts {
+            only_for("upstream.auto_eject_hosts", "ketama", UpstreamKind::Ketama)?;
+            if raw.upstream.failures_to_open == 0 {
+                return Err(fail(
+                    "upstream.auto_eject_hosts",
+                    "needs the circuit breaker (failures_to_open > 0)".into(),
+                ));
+            }
+        }
         let admin = match raw.admin {
             Some(a) => Some(Admin {
                 listen: socket_addr(&a.listen).map_err(|r| fail("admin.listen", r))?,
@@ -515,6 +547,9 @@ impl Config {
                 subscriber_connections_per_server: raw.upstream.subscriber_connections_per_server,
                 connect_timeout: raw.upstream.connect_timeout,
                 request_timeout: raw.upstream.request_timeout,
+                failures_to_open: raw.upstream.failures_to_open,
+                open_for: raw.upstream.open_for,
+                auto_eject_hosts: raw.upstream.auto_eject_hosts,
             },
             admin,
             limits: Limits {

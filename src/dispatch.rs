@@ -204,7 +204,10 @@ pub fn blocking(
             let reply = match conn.conn.call(&args).await {
                 Ok(reply) => reply,
                 // The connection is dropped with `conn`: it is no longer known to be in step.
-                Err(e) => return e.to_reply(),
+                Err(e) => {
+                    backend.breaker().failure(&e.to_string());
+                    return e.to_reply();
+                }
             };
             backend.release(conn);
             let next = match slots::parse_redirect(&reply) {

@@ -151,6 +151,32 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP keygate_backend_breaker_state Circuit breaker per server: 0 closed, 1 open, 2 half-open (probing).\n\
+             # TYPE keygate_backend_breaker_state gauge"
+        );
+        for backend in &topology.backends {
+            let _ = writeln!(
+                out,
+                "keygate_backend_breaker_state{{server=\"{}\"}} {}",
+                backend.addr,
+                backend.breaker().state() as u8
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keygate_backend_breaker_opened_total Times each server's circuit breaker opened.\n\
+             # TYPE keygate_backend_breaker_opened_total counter"
+        );
+        for backend in &topology.backends {
+            let _ = writeln!(
+                out,
+                "keygate_backend_breaker_opened_total{{server=\"{}\"}} {}",
+                backend.addr,
+                backend.breaker().times_opened()
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP keygate_backend_dedicated_connections Connections of one client's own in use now (blocking commands, subscribed clients), by server.\n\
              # TYPE keygate_backend_dedicated_connections gauge"
         );

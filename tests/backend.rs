@@ -291,3 +291,119 @@ async fn a_truncated_reply_then_eof_is_an_error() {
     }
     until_answers(&kg, b"fine", &bulk("fine")).await;
 }
+
+/// The gauge line for one server's breaker in /metrics.
+async fn breaker_state(kg: &Keygate, addr: &str) -> String {
+    let (_, metrics) = http_get(kg.admin, "/metrics").await;
+    let prefix = format!("keygate_backend_breaker_state{{server=\"{addr}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or("missing")
+        .to_string()
+}
+
+/// The breaker opens after consecutive failures (requests then fail at once with an error naming
+/// the backend), a probe closes it once the server is back; error replies never count.
+#[tokio::test]
+async fn circuit_breaker_opens_fails_fast_and_closes_after_a_probe() {
+    let mut backend = Redis::start();
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n\
+         connect_timeout = \"200ms\"\nfailures_to_open = 3\nopen_for = \"700ms\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        backend.addr()
+    ))
+    .await;
+    let mut raw = kg.raw().await;
+    // Error replies are the server working: they never open the breaker.
+    raw.call(&[b"SET", b"s", b"x"]).await;
+    for _ in 0..20 {
+        assert!(
+            String::from_utf8_lossy(&raw.call(&[b"LPUSH", b"s", b"x"]).await)
+                .starts_with("-WRONGTYPE")
+        );
+    }
+    assert_eq!(breaker_state(&kg, &backend.addr()).await, "0");
+    backend.kill();
+    // Reconnect attempts fail; after three the breaker is open and requests fail at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = String::from_utf8_lossy(&raw.call(&[b"GET", b"s"]).await).into_owned();
+        assert!(reply.starts_with("-ERR keygate: backend "), "{reply}");
+        if reply.contains("circuit breaker open after 3 consecutive failures") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never opened: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_ne!(breaker_state(&kg, &backend.addr()).await, "0");
+    let started = Instant::now();
+    for _ in 0..100 {
+        raw.call(&[b"GET", b"s"]).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "requests did not fail fast"
+    );
+    backend.restart();
+    // (The restarted server is empty.)
+    until_answers(&kg, b"s", b"$-1\r\n").await;
+    assert_eq!(breaker_state(&kg, &backend.addr()).await, "0");
+    let (_, metrics) = http_get(kg.admin, "/metrics").await;
+    let opened = format!(
+        "keygate_backend_breaker_opened_total{{server=\"{}\"}} 1",
+        backend.addr()
+    );
+    assert!(metrics.lines().any(|l| l == opened), "{metrics}");
+}
+
+/// A backend that accepts connections and closes them at once, while 50 clients keep sending:
+/// reconnects back off (and the breaker stops requests), so connection attempts per second stay
+/// bounded; no reconnect storm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_causes_no_reconnect_storm() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+        }
+    });
+    let kg = Keygate::start_unready(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{addr}\"]\n\
+         connections_per_server = 4\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .await;
+    let stop = Instant::now() + Duration::from_secs(3);
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let mut raw = kg.raw().await;
+        clients.push(tokio::spawn(async move {
+            let mut errors = 0;
+            while Instant::now() < stop {
+                let reply = raw.call(&[b"GET", b"k"]).await;
+                assert!(reply.starts_with(b"-ERR keygate: "), "{reply:?}");
+                errors += 1;
+            }
+            errors
+        }));
+    }
+    let mut requests = 0;
+    for client in clients {
+        requests += client.await.unwrap();
+    }
+    let attempts = accepted.load(Ordering::Relaxed);
+    println!("{requests} requests failed cleanly in 3 s; {attempts} connection attempts");
+    assert!(requests > 1000, "{requests}");
+    // 4 connection slots backing off from 10 ms (doubling, with jitter) for 3 s: a few dozen at
+    // most; a storm would be thousands.
+    assert!(attempts < 60, "{attempts} connection attempts in 3 s");
+}

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{self, Instant};
 use tracing::{debug, error, info, warn};
 
-use super::{Flavor, Options};
+use super::{Breaker, Flavor, Options};
 use crate::error::Error;
 use crate::resp::reply::Scanner;
 use crate::write_queue::WriteQueue;
@@ -47,6 +47,9 @@ const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Read buffer headroom.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A connection that stayed up this long resets the reconnect backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(1);
+
 /// Why `serve` returned.
 enum Closed {
     /// Every handle to this connection is gone and nothing is in flight: the task ends.
@@ -61,6 +64,7 @@ enum Closed {
 pub(super) async fn supervise(
     addr: Arc<str>,
     opts: Arc<Options>,
+    breaker: Arc<Breaker>,
     flavor: Flavor,
     requests: mpsc::UnboundedReceiver<Request>,
     up: Arc<AtomicBool>,
@@ -70,6 +74,7 @@ pub(super) async fn supervise(
         let task = tokio::spawn(run(
             addr.clone(),
             opts.clone(),
+            breaker.clone(),
             flavor,
             requests.clone(),
             up.clone(),
@@ -90,6 +95,7 @@ pub(super) async fn supervise(
 async fn run(
     addr: Arc<str>,
     opts: Arc<Options>,
+    breaker: Arc<Breaker>,
     flavor: Flavor,
     requests: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
     up: Arc<AtomicBool>,
@@ -102,9 +108,14 @@ async fn run(
             Ok(stream) => {
                 info!(backend = %addr, "backend connected");
                 up.store(true, Ordering::Release);
-                backoff.reset();
-                let closed = serve(stream, &addr, &opts, requests).await;
+                let since = Instant::now();
+                let closed = serve(stream, &addr, &opts, &breaker, requests).await;
                 up.store(false, Ordering::Release);
+                // Only a connection that lasted earns a fast reconnect: a server that accepts
+                // and drops connections at once must not be reconnected to in a tight loop.
+                if since.elapsed() >= HEALTHY_AFTER {
+                    backoff.reset();
+                }
                 match closed {
                     Closed::Unused => return,
                     Closed::Broken(reason) => reason,
@@ -112,6 +123,7 @@ async fn run(
             }
             Err(reason) => reason,
         };
+        breaker.failure(&reason);
         let delay = backoff.next();
         warn!(backend = %addr, %reason, retry_in = ?delay, "backend connection down");
         let retry = time::sleep(delay);
@@ -326,6 +338,7 @@ async fn serve(
     mut stream: TcpStream,
     addr: &Arc<str>,
     opts: &Options,
+    breaker: &Breaker,
     requests: &mut mpsc::UnboundedReceiver<Request>,
 ) -> Closed {
     let (mut rd, mut wr) = stream.split();
@@ -362,6 +375,7 @@ async fn serve(
                     if let Err(reason) = deliver(&mut input, &mut scanner, &mut inflight, opts) {
                         break Error::BackendLost { addr: addr.clone(), reason };
                     }
+                    breaker.success();
                 }
                 Err(e) => break Error::BackendLost { addr: addr.clone(), reason: e.to_string().into() },
             },

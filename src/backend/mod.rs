@@ -14,6 +14,7 @@
 //! RESP2 forms otherwise) and replies are forwarded without conversion: exact, and free on the
 //! hot path. keygate converts only what it builds itself (its own replies, merged replies).
 
+mod breaker;
 mod connection;
 mod subscriber;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+pub use breaker::{Breaker, State as BreakerState};
 use connection::Request;
 pub use connection::{query_once, Dedicated, ReplyResult};
 pub use subscriber::{Event, Subscriber};
@@ -33,7 +35,7 @@ use crate::config::Upstream;
 use crate::error::Error;
 
 /// How connections to a server are made and used.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Options {
     pub username: Option<String>,
     pub password: Option<String>,
@@ -43,6 +45,8 @@ pub struct Options {
     pub connections: usize,
     pub blocking_connections: usize,
     pub subscriber_connections: usize,
+    pub failures_to_open: u32,
+    pub open_for: Duration,
 }
 
 impl Options {
@@ -56,6 +60,8 @@ impl Options {
             connections: upstream.connections_per_server,
             blocking_connections: upstream.blocking_connections_per_server,
             subscriber_connections: upstream.subscriber_connections_per_server,
+            failures_to_open: upstream.failures_to_open,
+            open_for: upstream.open_for,
         }
     }
 }
@@ -93,6 +99,7 @@ pub struct Backend {
     /// Pools for other flavors, made on first use.
     flavored: Mutex<HashMap<Flavor, Arc<[Link]>>>,
     opts: Arc<Options>,
+    breaker: Arc<Breaker>,
     blocking: Arc<Semaphore>,
     subscribers: Arc<Semaphore>,
     idle: Mutex<Vec<Dedicated>>,
@@ -121,12 +128,18 @@ pub struct Blocking {
     _permit: OwnedSemaphorePermit,
 }
 
-fn spawn_link(addr: &Arc<str>, opts: &Arc<Options>, flavor: Flavor) -> Link {
+fn spawn_link(
+    addr: &Arc<str>,
+    opts: &Arc<Options>,
+    breaker: &Arc<Breaker>,
+    flavor: Flavor,
+) -> Link {
     let (tx, rx) = mpsc::unbounded_channel();
     let up = Arc::new(AtomicBool::new(false));
     tokio::spawn(connection::supervise(
         addr.clone(),
         opts.clone(),
+        breaker.clone(),
         flavor,
         rx,
         up.clone(),
@@ -159,12 +172,14 @@ impl Backend {
     /// Start the default pool's connection tasks to `addr` on the current runtime.
     pub fn start(addr: &str, opts: Arc<Options>) -> Backend {
         let addr: Arc<str> = addr.into();
+        let breaker = Breaker::new(addr.clone(), opts.clone());
         let links = (0..opts.connections)
-            .map(|_| spawn_link(&addr, &opts, Flavor::default()))
+            .map(|_| spawn_link(&addr, &opts, &breaker, Flavor::default()))
             .collect();
         Backend {
             addr,
             links,
+            breaker,
             flavored: Mutex::new(HashMap::new()),
             blocking: Arc::new(Semaphore::new(opts.blocking_connections)),
             subscribers: Arc::new(Semaphore::new(opts.subscriber_connections)),
@@ -178,7 +193,7 @@ impl Backend {
     pub fn pin(&self, flavor: Flavor) -> Pinned {
         Pinned {
             addr: self.addr.clone(),
-            link: spawn_link(&self.addr, &self.opts, flavor),
+            link: spawn_link(&self.addr, &self.opts, &self.breaker, flavor),
         }
     }
 
@@ -194,6 +209,9 @@ impl Backend {
         args: Vec<Bytes>,
         asking: bool,
     ) -> oneshot::Receiver<ReplyResult> {
+        if !self.breaker.allows() {
+            return self.refused();
+        }
         if caller.flavor == Flavor::default() {
             let link = &self.links[(caller.id % self.links.len() as u64) as usize];
             return send_on(link, &self.addr, args, asking);
@@ -203,6 +221,29 @@ impl Backend {
         send_on(link, &self.addr, args, asking)
     }
 
+    /// A reply that is already the open breaker's error.
+    fn refused(&self) -> oneshot::Receiver<ReplyResult> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(self.open_error()));
+        rx
+    }
+
+    fn open_error(&self) -> Error {
+        Error::BackendDown {
+            addr: self.addr.clone(),
+            reason: self.breaker.refusal(),
+        }
+    }
+
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// The same server, reached the same way: a new topology may keep this backend.
+    pub fn same_as(&self, addr: &str, opts: &Options) -> bool {
+        &*self.addr == addr && *self.opts == *opts
+    }
+
     /// The pool for `flavor`, made on first use.
     fn pool(&self, flavor: Flavor) -> Arc<[Link]> {
         let mut pools = self.flavored.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,7 +251,7 @@ impl Backend {
             .entry(flavor)
             .or_insert_with(|| {
                 (0..self.opts.connections)
-                    .map(|_| spawn_link(&self.addr, &self.opts, flavor))
+                    .map(|_| spawn_link(&self.addr, &self.opts, &self.breaker, flavor))
                     .collect()
             })
             .clone()
@@ -219,6 +260,9 @@ impl Backend {
     /// A connection for one blocking command: an idle one of this flavor, or a new one. Fails
     /// at once when `blocking_connections_per_server` are in use.
     pub async fn blocking(&self, flavor: Flavor) -> Result<Blocking, Error> {
+        if !self.breaker.allows() {
+            return Err(self.open_error());
+        }
         let permit =
             self.blocking
                 .clone()
@@ -235,7 +279,9 @@ impl Backend {
         };
         let conn = match idle {
             Some(conn) => conn,
-            None => Dedicated::open(&self.addr, &self.opts, flavor).await?,
+            None => Dedicated::open(&self.addr, &self.opts, flavor)
+                .await
+                .inspect_err(|e| self.breaker.failure(&e.to_string()))?,
         };
         Ok(Blocking {
             conn,
@@ -255,6 +301,9 @@ impl Backend {
     /// A connection for one subscribed client, connecting in the background (requests sent
     /// meanwhile wait for it). Fails at once when `subscriber_connections_per_server` are in use.
     pub fn subscribe(&self, flavor: Flavor) -> Result<Subscriber, Error> {
+        if !self.breaker.allows() {
+            return Err(self.open_error());
+        }
         let permit =
             self.subscribers
                 .clone()

@@ -248,20 +248,25 @@ impl Keygate {
     }
 
     pub async fn start_config(text: &str) -> Keygate {
+        let kg = Keygate::start_unready(text).await;
+        kg.wait_ready().await;
+        kg
+    }
+
+    /// keygate from a config text, without waiting for its backends.
+    pub async fn start_unready(text: &str) -> Keygate {
         let config = Config::parse(text, "test.toml").expect("valid test config");
         let server = Server::bind(config).await.expect("keygate binds");
         let addr = server.local_addr();
         let admin = server.admin_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        let kg = Keygate {
+        Keygate {
             addr,
             admin,
             shutdown,
             task: Some(task),
-        };
-        kg.wait_ready().await;
-        kg
+        }
     }
 
     /// Wait until /ready says every backend is connected.

@@ -127,6 +127,9 @@ impl Server {
         if proxy.config.upstream.kind == UpstreamKind::Cluster {
             tokio::spawn(refresh::run(proxy.clone(), shutdown.clone()));
         }
+        if proxy.config.upstream.auto_eject_hosts {
+            tokio::spawn(eject(proxy.clone(), shutdown.clone()));
+        }
         let sessions = TaskTracker::new();
         let max_clients = proxy.config.limits.max_clients;
         loop {
@@ -170,6 +173,35 @@ impl Server {
         info!("keygate stopped");
     }
 }
+
+/// ketama `auto_eject_hosts`: keep the ring in step with the breakers, checked every
+/// `EJECT_CHECK`: a server whose breaker opened leaves the ring (its keys go to the others, as in
+/// twemproxy), and comes back when it closes.
+async fn eject(proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EJECT_CHECK) => {}
+        }
+        let topology = proxy.topology.load_full();
+        if topology.kind != UpstreamKind::Ketama {
+            continue;
+        }
+        let open = topology.open_breakers();
+        if open != topology.ejected {
+            let next = topology.ejecting(&proxy.config, open);
+            let names: Vec<&str> = next
+                .ejected
+                .iter()
+                .map(|&i| &*next.backends[i].addr)
+                .collect();
+            warn!(ejected = ?names, epoch = next.epoch, "ketama ring rebuilt");
+            proxy.topology.store(Arc::new(next));
+        }
+    }
+}
+
+const EJECT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Tell a client over `max_clients` why, as Redis does, and close.
 async fn reject(mut stream: TcpStream) {

@@ -40,6 +40,8 @@ pub struct Topology {
     pub shards: Vec<Shard>,
     /// Bumped whenever placement changes; carried in SCAN cursors.
     pub epoch: u64,
+    /// ketama with `auto_eject_hosts`: the backends left off the ring (breaker open).
+    pub ejected: Vec<usize>,
 }
 
 impl Topology {
@@ -58,17 +60,7 @@ impl Topology {
             .collect();
         let placement = match up.kind {
             UpstreamKind::Standalone => Placement::Single,
-            UpstreamKind::Ketama => {
-                let nodes: Vec<Node> = up
-                    .servers
-                    .iter()
-                    .map(|s| Node {
-                        name: s.name.clone(),
-                        weight: s.weight,
-                    })
-                    .collect();
-                Placement::Ring(Ring::new(&nodes, up.hash, up.hash_tag))
-            }
+            UpstreamKind::Ketama => ring(config, &[]),
             UpstreamKind::Cluster => Placement::Slots(vec![UNASSIGNED; SLOTS].into_boxed_slice()),
         };
         Topology {
@@ -77,6 +69,25 @@ impl Topology {
             placement,
             shards: Vec::new(),
             epoch: 0,
+            ejected: Vec::new(),
+        }
+    }
+
+    /// The same ketama backends with `ejected` left off the ring (all of them ejected: none
+    /// is, since there would be nowhere to put keys; their breakers fail requests anyway).
+    pub fn ejecting(&self, config: &Config, ejected: Vec<usize>) -> Topology {
+        let ejected = if ejected.len() == self.backends.len() {
+            Vec::new()
+        } else {
+            ejected
+        };
+        Topology {
+            kind: self.kind,
+            backends: self.backends.clone(),
+            placement: ring(config, &ejected),
+            shards: Vec::new(),
+            epoch: self.epoch + 1,
+            ejected,
         }
     }
 
@@ -106,7 +117,15 @@ impl Topology {
             placement: Placement::Slots(map),
             shards,
             epoch: previous.epoch + 1,
+            ejected: Vec::new(),
         }
+    }
+
+    /// The ketama backends whose breakers are open now (what `ejected` should be).
+    pub fn open_breakers(&self) -> Vec<usize> {
+        (0..self.backends.len())
+            .filter(|&i| !self.backends[i].breaker().allows())
+            .collect()
     }
 
     /// Where a key lives.
@@ -145,4 +164,18 @@ impl Topology {
         };
         mapped && self.backends.iter().all(|b| b.connections_up() > 0)
     }
+}
+
+/// The ketama ring of the config's servers but `ejected`.
+fn ring(config: &Config, ejected: &[usize]) -> Placement {
+    let up = &config.upstream;
+    let nodes: Vec<Node> = up
+        .servers
+        .iter()
+        .map(|s| Node {
+            name: s.name.clone(),
+            weight: s.weight,
+        })
+        .collect();
+    Placement::Ring(Ring::without(&nodes, ejected, up.hash, up.hash_tag))
 }

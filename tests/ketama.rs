@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use common::{free_port, wait_for_port, Keygate, Raw, Redis};
 use redis::AsyncCommands;
@@ -347,4 +348,86 @@ async fn a_failed_shard_fails_the_whole_split_command() {
         "{reply}"
     );
     shards[victim].restart();
+}
+
+/// `auto_eject_hosts`: while a shard's breaker is open its keys go to the other shards (the ring
+/// rebuilt without it, as twemproxy does), the other shards' keys stay where they are, and the
+/// shard gets its keys back once its breaker closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_eject_hosts_moves_a_failed_shards_keys_and_back() {
+    let mut shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
+    let list = shards
+        .iter()
+        .map(|s| format!("\"{}\"", s.addr()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"ketama\"\nservers = [{list}]\n\
+         connect_timeout = \"200ms\"\nfailures_to_open = 2\nopen_for = \"500ms\"\nauto_eject_hosts = true\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .await;
+    let mut con = kg.connection().await;
+    let keys: Vec<String> = (0..300).map(|i| format!("key:{i}")).collect();
+    for k in &keys {
+        let _: () = con.set(k, "before").await.unwrap();
+    }
+    let mut placement = Vec::new();
+    for k in &keys {
+        let mut on = None;
+        for (i, shard) in shards.iter().enumerate() {
+            let mut direct = shard
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let exists: bool = direct.exists(k).await.unwrap();
+            if exists {
+                on = Some(i);
+            }
+        }
+        placement.push(on.expect("every key is on a shard"));
+    }
+    let victim_key = &keys[placement
+        .iter()
+        .position(|&p| p == 1)
+        .expect("shard 1 has keys")];
+    shards[1].kill();
+    // Until shard 1 is ejected its keys fail; then they are written to the other shards.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let set: redis::RedisResult<()> = con.set(victim_key, "moved").await;
+        if set.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ejected: {set:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got: String = con.get(victim_key).await.unwrap();
+    assert_eq!(got, "moved");
+    // Keys of the live shards did not move.
+    for (k, &p) in keys.iter().zip(&placement) {
+        if p != 1 {
+            let v: String = con.get(k).await.unwrap();
+            assert_eq!(v, "before", "{k} moved");
+        }
+    }
+    // Back: the probe closes the breaker, the ring is whole again, the key is on shard 1 (empty
+    // after its restart).
+    shards[1].restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Option<String> = con.get(victim_key).await.unwrap_or(Some("err".into()));
+        if v.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never came back: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -80,10 +80,28 @@ const POINTS_PER_SERVER: f32 = 160.0;
 
 impl Ring {
     pub fn new(nodes: &[Node], hash: Hash, hash_tag: Option<[u8; 2]>) -> Ring {
-        let total: u32 = nodes.iter().map(|n| n.weight).sum();
-        let live = nodes.len() as f32;
+        Ring::without(nodes, &[], hash, hash_tag)
+    }
+
+    /// The ring of the servers not in `ejected` (indexes into `nodes`), as twemproxy rebuilds it
+    /// with `auto_eject_hosts`: weights and point counts over the live servers only, each point
+    /// still naming its server's index in `nodes`.
+    pub fn without(
+        nodes: &[Node],
+        ejected: &[usize],
+        hash: Hash,
+        hash_tag: Option<[u8; 2]>,
+    ) -> Ring {
+        let live_nodes = || {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| !ejected.contains(index))
+        };
+        let total: u32 = live_nodes().map(|(_, n)| n.weight).sum();
+        let live = live_nodes().count() as f32;
         let mut points = Vec::new();
-        for (index, node) in nodes.iter().enumerate() {
+        for (index, node) in live_nodes() {
             // twemproxy's arithmetic exactly: float, then a double nudge, then floorf.
             let pct = node.weight as f32 / total as f32;
             let scaled = ((pct * POINTS_PER_SERVER / 4.0 * live) as f64 + 0.0000000001) as f32;
@@ -168,6 +186,33 @@ mod tests {
         let count = |i| ring.points.iter().filter(|p| p.1 == i).count();
         assert_eq!((count(0), count(1), count(2)), (120, 240, 120));
         assert!(ring.points.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+
+    #[test]
+    fn an_ejected_server_leaves_the_ring_and_only_its_keys_move() {
+        let nodes: Vec<Node> = (0..3)
+            .map(|i| Node {
+                name: format!("10.0.0.{i}:6379"),
+                weight: 1,
+            })
+            .collect();
+        let whole = Ring::new(&nodes, Hash::Fnv1a64, None);
+        let ejected = Ring::without(&nodes, &[1], Hash::Fnv1a64, None);
+        let mut moved = 0;
+        for i in 0..3000 {
+            let key = format!("key:{i}");
+            let (before, after) = (
+                whole.server_of(key.as_bytes()),
+                ejected.server_of(key.as_bytes()),
+            );
+            assert_ne!(after, 1);
+            if before == 1 {
+                moved += 1;
+            } else {
+                assert_eq!(before, after, "{key} moved though its server stayed");
+            }
+        }
+        assert!(moved > 500, "{moved}");
     }
 
     #[test]

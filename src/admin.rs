@@ -1,5 +1,6 @@
 //! The admin HTTP port: `/health` (200 while the process runs), `/ready` (200 only while every
-//! backend has a live connection, else 503) and `/metrics` (Prometheus text format).
+//! backend has a live connection, else 503), `/metrics` (Prometheus text format), and
+//! `POST /reload` (reload the config file: 200 with what changed, or 400 with why not).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,7 +38,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(respond(&proxy, req)) }
+                async move {
+                    if req.method() == Method::POST && req.uri().path() == "/reload" {
+                        return Ok::<_, Infallible>(reload(&proxy).await);
+                    }
+                    Ok::<_, Infallible>(respond(&proxy, req))
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -46,19 +52,35 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
     }
 }
 
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+async fn reload(proxy: &Arc<Proxy>) -> Response<Full<Bytes>> {
+    match crate::reload::reload(proxy, "POST /reload").await {
+        Ok(summary) => reply(
+            StatusCode::OK,
+            "text/plain",
+            format!("reloaded: {summary}\n"),
+        ),
+        Err(reason) => reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            format!("reload refused, the running configuration stays: {reason}\n"),
+        ),
+    }
+}
+
 fn respond(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, content_type: &str, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", content_type)
-            .body(Full::new(Bytes::from(body)))
-            .expect("static response parts are valid")
-    };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".into(),
+            "GET only (POST for /reload)\n".into(),
         );
     }
     match req.uri().path() {
@@ -84,7 +106,9 @@ fn respond(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            proxy.metrics.render(&proxy.topology.load(), &proxy.tenants),
+            proxy
+                .metrics
+                .render(&proxy.topology.load(), &proxy.tenants.load()),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }

@@ -35,7 +35,7 @@ pub struct Config {
 }
 
 /// A tenant: who it is, how it proves it, and the private keyspace it gets.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tenant {
     pub name: String,
     /// SHA-256 of the password; compared in constant time, never logged.

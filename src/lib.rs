@@ -41,6 +41,7 @@ pub mod dispatch;
 pub mod error;
 pub mod metrics;
 pub mod refresh;
+pub mod reload;
 pub mod resp;
 pub mod route;
 pub mod server;

@@ -1,5 +1,5 @@
 //! The `keygate` binary: parse the command line, load the config, set up logging, run the server
-//! until SIGINT/SIGTERM.
+//! until SIGINT/SIGTERM; SIGHUP reloads the config file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let server = match Server::bind(config).await {
-            Ok(server) => server,
+            Ok(server) => server.reload_from(cli.config.clone()),
             Err(e) => {
                 error!("{e}");
                 eprintln!("keygate: {e}");
@@ -73,6 +73,7 @@ fn main() -> ExitCode {
         );
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(reload_on_hangup(server.proxy()));
         server.run(shutdown).await;
         ExitCode::SUCCESS
     })
@@ -89,6 +90,19 @@ fn init_logging(config: &Config) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// Reload the config file on every SIGHUP.
+async fn reload_on_hangup(proxy: std::sync::Arc<keygate::server::Proxy>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        // The outcome is logged by reload.
+        let _ = keygate::reload::reload(&proxy, "SIGHUP").await;
     }
 }
 

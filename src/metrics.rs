@@ -24,6 +24,10 @@ pub struct Metrics {
     /// Cluster redirections followed, by kind.
     pub moved: AtomicU64,
     pub ask: AtomicU64,
+    /// Config reloads, by result, and when the last one succeeded (Unix seconds).
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub last_reload: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -38,6 +42,9 @@ impl Default for Metrics {
             protocol_errors: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             ask: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload: AtomicU64::new(0),
         }
     }
 }
@@ -135,6 +142,23 @@ impl Metrics {
              keygate_cluster_redirections_total{{kind=\"ask\"}} {}",
             self.moved.load(Relaxed),
             self.ask.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_config_reloads_total Config reloads, by result.\n\
+             # TYPE keygate_config_reloads_total counter\n\
+             keygate_config_reloads_total{{result=\"ok\"}} {}\n\
+             keygate_config_reloads_total{{result=\"error\"}} {}\n\
+             # HELP keygate_config_last_reload_timestamp_seconds When the config was last reloaded successfully (0: never).\n\
+             # TYPE keygate_config_last_reload_timestamp_seconds gauge\n\
+             keygate_config_last_reload_timestamp_seconds {}\n\
+             # HELP keygate_topology_epoch Placement version: bumped by every reload, slot map change or ejection.\n\
+             # TYPE keygate_topology_epoch gauge\n\
+             keygate_topology_epoch {}",
+            self.reloads_ok.load(Relaxed),
+            self.reloads_failed.load(Relaxed),
+            self.last_reload.load(Relaxed),
+            topology.epoch,
         );
         let _ = writeln!(
             out,

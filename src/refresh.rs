@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backend::{query_once, Options};
+use crate::config::Config;
 use crate::resp::value;
 use crate::route::slots;
 use crate::server::Proxy;
@@ -24,12 +25,15 @@ const MIN_GAP: Duration = Duration::from_millis(100);
 
 /// The background refresher of a cluster topology.
 pub async fn run(proxy: Arc<Proxy>, shutdown: CancellationToken) {
-    let interval = proxy.config.upstream.refresh_interval;
     loop {
+        let interval = proxy.config.load().upstream.refresh_interval;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = time::sleep(interval) => {}
             _ = proxy.refresh.notified() => {}
+        }
+        if proxy.topology.load().kind != crate::config::UpstreamKind::Cluster {
+            continue;
         }
         if let Err(e) = refresh(&proxy).await {
             warn!(error = %e, "cluster slot map refresh failed");
@@ -40,14 +44,31 @@ pub async fn run(proxy: Arc<Proxy>, shutdown: CancellationToken) {
 
 /// Fetch the slot map from the first node that answers, and swap in a new topology if it changed.
 pub async fn refresh(proxy: &Proxy) -> Result<(), String> {
+    // Not while a reload swaps the config and topology.
+    let _one_at_a_time = proxy.reloading.lock().await;
     let current = proxy.topology.load_full();
-    let opts = Options::new(&proxy.config.upstream, proxy.config.limits.max_reply_depth);
+    let config = proxy.config.load_full();
+    if let Some(next) = discover(&config, &current, false).await? {
+        proxy.topology.store(Arc::new(next));
+    }
+    Ok(())
+}
+
+/// The topology `config`'s cluster has now, from the first node that answers `CLUSTER SLOTS`
+/// (`current`'s primaries first, then the seeds), reusing `current`'s backends where they fit.
+/// `None` if the slot map is the same as `current`'s and `force` is off.
+pub async fn discover(
+    config: &Config,
+    current: &Topology,
+    force: bool,
+) -> Result<Option<Topology>, String> {
+    let opts = Options::new(&config.upstream, config.limits.max_reply_depth);
     let mut candidates: Vec<String> = current
         .backends
         .iter()
         .map(|b| b.addr.to_string())
         .collect();
-    for seed in &proxy.config.upstream.servers {
+    for seed in &config.upstream.servers {
         if !candidates.contains(&seed.addr) {
             candidates.push(seed.addr.clone());
         }
@@ -66,17 +87,17 @@ pub async fn refresh(proxy: &Proxy) -> Result<(), String> {
         };
         match shards {
             Ok(shards) if !shards.is_empty() => {
-                if shards != current.shards {
-                    let next = Topology::cluster(shards, &current, &proxy.config);
-                    info!(
-                        epoch = next.epoch,
-                        primaries = next.backends.len(),
-                        from = %addr,
-                        "cluster slot map updated"
-                    );
-                    proxy.topology.store(Arc::new(next));
+                if !force && shards == current.shards {
+                    return Ok(None);
                 }
-                return Ok(());
+                let next = Topology::cluster(shards, current, config);
+                info!(
+                    epoch = next.epoch,
+                    primaries = next.backends.len(),
+                    from = %addr,
+                    "cluster slot map updated"
+                );
+                return Ok(Some(next));
             }
             Ok(_) => errors.push(format!("{addr}: no slots assigned")),
             Err(e) => errors.push(format!("{addr}: {e}")),

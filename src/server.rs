@@ -6,8 +6,9 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
@@ -21,19 +22,29 @@ use crate::admin;
 use crate::config::{Config, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::refresh;
+use crate::reload;
 use crate::session;
 use crate::tenant::TenantState;
 use crate::topology::Topology;
 
-/// What every session shares.
+/// What every session shares. The config, the tenants and the topology are each one snapshot
+/// behind an `ArcSwap`, replaced whole by a reload (see `reload`).
 pub struct Proxy {
-    pub config: Config,
+    pub config: ArcSwap<Config>,
     pub topology: ArcSwap<Topology>,
     pub metrics: Metrics,
     /// Wakes the cluster refresher (see `refresh`).
     pub refresh: Notify,
     /// Tenants; empty when tenancy is off.
-    pub tenants: Vec<Arc<TenantState>>,
+    pub tenants: ArcSwap<Vec<Arc<TenantState>>>,
+    /// Tenants are configured: every client must AUTH as one (read on every request).
+    pub tenancy: AtomicBool,
+    /// The file the config came from, for reloads.
+    pub config_path: OnceLock<PathBuf>,
+    /// One reload at a time.
+    pub reloading: tokio::sync::Mutex<()>,
+    /// The config file's text as last read, so an unchanged file is not reloaded again.
+    pub config_seen: std::sync::Mutex<Option<String>>,
     next_client_id: AtomicU64,
 }
 
@@ -75,14 +86,18 @@ impl Server {
             .map(|t| Arc::new(TenantState::new(t)))
             .collect();
         let proxy = Arc::new(Proxy {
-            tenants,
-            config,
+            tenancy: AtomicBool::new(!tenants.is_empty()),
+            tenants: ArcSwap::from_pointee(tenants),
+            config: ArcSwap::from_pointee(config),
             topology: ArcSwap::from_pointee(topology),
             metrics: Metrics::default(),
             refresh: Notify::new(),
+            config_path: OnceLock::new(),
+            reloading: tokio::sync::Mutex::new(()),
+            config_seen: std::sync::Mutex::new(None),
             next_client_id: AtomicU64::new(1),
         });
-        if proxy.config.upstream.kind == UpstreamKind::Cluster {
+        if proxy.config.load().upstream.kind == UpstreamKind::Cluster {
             // Learn the slot map before the first client arrives; if no node answers, start
             // anyway (requests get -CLUSTERDOWN) and keep trying in the background.
             if let Err(e) = refresh::refresh(&proxy).await {
@@ -113,6 +128,12 @@ impl Server {
         self.proxy.clone()
     }
 
+    /// Reload from `path` on SIGHUP, `POST /reload` and when the file changes (see `reload`).
+    pub fn reload_from(self, path: PathBuf) -> Server {
+        let _ = self.proxy.config_path.set(path);
+        self
+    }
+
     /// Serve until `shutdown` is cancelled, then drain.
     pub async fn run(self, shutdown: CancellationToken) {
         let Server {
@@ -120,18 +141,17 @@ impl Server {
             admin,
             proxy,
         } = self;
-        info!(listen = %proxy.config.listen, "keygate listening");
+        info!(listen = %proxy.config.load().listen, "keygate listening");
         if let Some(admin) = admin {
             tokio::spawn(admin::serve(admin, proxy.clone(), shutdown.clone()));
         }
-        if proxy.config.upstream.kind == UpstreamKind::Cluster {
-            tokio::spawn(refresh::run(proxy.clone(), shutdown.clone()));
-        }
-        if proxy.config.upstream.auto_eject_hosts {
-            tokio::spawn(eject(proxy.clone(), shutdown.clone()));
+        // Each checks the current config's kind, which a reload may change.
+        tokio::spawn(refresh::run(proxy.clone(), shutdown.clone()));
+        tokio::spawn(eject(proxy.clone(), shutdown.clone()));
+        if proxy.config_path.get().is_some() {
+            tokio::spawn(reload::watch(proxy.clone(), shutdown.clone()));
         }
         let sessions = TaskTracker::new();
-        let max_clients = proxy.config.limits.max_clients;
         loop {
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -145,7 +165,7 @@ impl Server {
                     }
                 },
             };
-            if sessions.len() >= max_clients {
+            if sessions.len() >= proxy.config.load().limits.max_clients {
                 proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
                 tokio::spawn(reject(stream));
                 continue;
@@ -162,7 +182,7 @@ impl Server {
         }
         drop(listener);
         sessions.close();
-        let drain = proxy.config.drain_timeout;
+        let drain = proxy.config.load().drain_timeout;
         info!(clients = sessions.len(), timeout = ?drain, "shutting down: draining clients");
         if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
             warn!(
@@ -183,13 +203,14 @@ async fn eject(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EJECT_CHECK) => {}
         }
+        let config = proxy.config.load_full();
         let topology = proxy.topology.load_full();
-        if topology.kind != UpstreamKind::Ketama {
+        if topology.kind != UpstreamKind::Ketama || !config.upstream.auto_eject_hosts {
             continue;
         }
         let open = topology.open_breakers();
         if open != topology.ejected {
-            let next = topology.ejecting(&proxy.config, open);
+            let next = topology.ejecting(&config, open);
             let names: Vec<&str> = next
                 .ejected
                 .iter()

@@ -48,6 +48,13 @@ impl Topology {
     /// Build the topology a config describes and start its connections (on the current
     /// runtime). A cluster starts with its seeds and no slot map until discovery fills it in.
     pub fn start(config: &Config) -> Topology {
+        Topology::rebuild(config, None)
+    }
+
+    /// The topology `config` describes, keeping `previous`'s backends (and so their
+    /// connections) for servers reached the same way. A cluster starts with its seeds and no
+    /// slot map until discovery fills it in.
+    pub fn rebuild(config: &Config, previous: Option<&Topology>) -> Topology {
         let opts = Arc::new(Options::new(
             &config.upstream,
             config.limits.max_reply_depth,
@@ -56,7 +63,10 @@ impl Topology {
         let backends: Vec<Arc<Backend>> = up
             .servers
             .iter()
-            .map(|s| Arc::new(Backend::start(&s.addr, opts.clone())))
+            .map(|s| match previous {
+                Some(previous) => previous.reuse(&s.addr, &opts),
+                None => Arc::new(Backend::start(&s.addr, opts.clone())),
+            })
             .collect();
         let placement = match up.kind {
             UpstreamKind::Standalone => Placement::Single,
@@ -68,8 +78,16 @@ impl Topology {
             backends,
             placement,
             shards: Vec::new(),
-            epoch: 0,
+            epoch: previous.map_or(0, |p| p.epoch + 1),
             ejected: Vec::new(),
+        }
+    }
+
+    /// This topology's backend for `addr` if it is reached with `opts`, else a new one.
+    fn reuse(&self, addr: &str, opts: &Arc<Options>) -> Arc<Backend> {
+        match self.backends.iter().find(|b| b.same_as(addr, opts)) {
+            Some(backend) => backend.clone(),
+            None => Arc::new(Backend::start(addr, opts.clone())),
         }
     }
 
@@ -100,10 +118,7 @@ impl Topology {
         let mut map = vec![UNASSIGNED; SLOTS].into_boxed_slice();
         let mut backends = Vec::with_capacity(shards.len());
         for (index, shard) in shards.iter().enumerate() {
-            let backend = match previous.backend_by_addr(&shard.primary) {
-                Some(i) => previous.backends[i].clone(),
-                None => Arc::new(Backend::start(&shard.primary, opts.clone())),
-            };
+            let backend = previous.reuse(&shard.primary, &opts);
             backends.push(backend);
             for &(start, end) in &shard.ranges {
                 for slot in start..=end {

@@ -176,3 +176,54 @@ async fn admin_endpoints() {
         );
     }
 }
+
+/// SIGHUP reloads the config file (here unchanged, so only SIGHUP can have reloaded it: the
+/// file watcher reloads changed files only), and clients stay connected.
+#[tokio::test]
+async fn sighup_reloads_the_config() {
+    let backend = Redis::start();
+    let port = free_port();
+    let admin = free_port();
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        backend.addr()
+    );
+    let file = config_file(&text);
+    let mut child = Command::new(KEYGATE)
+        .arg("--config")
+        .arg(file.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let reloads = |metrics: &str, result: &str| {
+        let prefix = format!("keygate_config_reloads_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(String::from))
+            .unwrap_or_default()
+    };
+    let mut raw = Raw::connect(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    for (round, expected_ok) in [(1, "1"), (2, "2")] {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, metrics) = http_get(admin, "/metrics").await;
+            if reloads(&metrics, "ok") == expected_ok {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SIGHUP {round} did not reload"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(raw.call(&[b"PING"]).await, b"+PONG\r\n");
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -112,7 +112,9 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         return;
     };
     let _ = stream.set_nodelay(true);
-    let limits = &proxy.config.limits;
+    // Limits as configured when the client connected (a reload applies to later clients).
+    let config = proxy.config.load_full();
+    let limits = &config.limits;
     let max_pipeline = limits.max_pipeline;
     let idle_timeout = limits.client_idle_timeout;
     let mut decoder = Decoder::new(Limits {

@@ -39,7 +39,7 @@ const NOT_YET: &str = "is not available to tenants in this build yet";
 
 impl Session {
     pub(super) fn tenancy(&self) -> bool {
-        !self.proxy.tenants.is_empty()
+        self.proxy.tenancy.load(Relaxed)
     }
 
     /// AUTH [user] password, with tenants configured. A failure leaves the identity unchanged.
@@ -48,11 +48,12 @@ impl Session {
         user: Option<&Bytes>,
         password: &Bytes,
     ) -> Result<(), Error> {
-        let tenant = tenancy::authenticate(&self.proxy.tenants, user.map(|u| &u[..]), password)
-            .ok_or(Error::Coded(
-                "WRONGPASS invalid username-password pair or user is disabled.",
-            ))?
-            .clone();
+        let tenant =
+            tenancy::authenticate(&self.proxy.tenants.load(), user.map(|u| &u[..]), password)
+                .ok_or(Error::Coded(
+                    "WRONGPASS invalid username-password pair or user is disabled.",
+                ))?
+                .clone();
         if self
             .tenant
             .as_ref()
@@ -90,7 +91,7 @@ impl Session {
             command: name.replace('|', " "),
             reason,
         };
-        if listed(&self.proxy.config.deny_commands) || listed(&config.deny_commands) {
+        if listed(&self.proxy.config.load().deny_commands) || listed(&config.deny_commands) {
             return Err(refuse("is denied by keygate's policy"));
         }
         let allowed = config.allow_commands.as_deref().map(listed);

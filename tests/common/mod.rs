@@ -257,6 +257,22 @@ impl Keygate {
     pub async fn start_unready(text: &str) -> Keygate {
         let config = Config::parse(text, "test.toml").expect("valid test config");
         let server = Server::bind(config).await.expect("keygate binds");
+        Keygate::run(server)
+    }
+
+    /// keygate from a config file it reloads (on `POST /reload` and when the file changes).
+    pub async fn start_file(path: &std::path::Path) -> Keygate {
+        let config = Config::load(path).expect("valid test config");
+        let server = Server::bind(config)
+            .await
+            .expect("keygate binds")
+            .reload_from(path.to_path_buf());
+        let kg = Keygate::run(server);
+        kg.wait_ready().await;
+        kg
+    }
+
+    fn run(server: Server) -> Keygate {
         let addr = server.local_addr();
         let admin = server.admin_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -390,10 +406,17 @@ pub async fn as_tenant(kg: &Keygate, name: &str) -> Raw {
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path).await
+}
+
+/// An HTTP request with an empty body; status and body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();

@@ -1,0 +1,164 @@
+//! Hot reload: on SIGHUP (the binary), on `POST /reload` at the admin port, and when the config
+//! file changes, keygate reads the file again, validates it, and swaps it in.
+//!
+//! A config that does not validate (or a cluster none of whose nodes answers) is refused with
+//! its reason, logged, and the running one keeps serving. Otherwise the config, the tenants and
+//! the topology are each replaced whole (one `ArcSwap` store each):
+//! - clients stay connected; requests already sent finish on the backends they were sent to
+//!   (those stay alive while anything uses them), later requests use the new topology;
+//! - a server reached the same way as before (same address, credentials, timeouts, limits)
+//!   keeps its backend and so its connections; others are connected afresh, and dropped ones
+//!   close once their last requests are answered;
+//! - tenants whose settings did not change keep their state (connection counts, rate buckets,
+//!   scripts); a changed or new tenant starts afresh. Clients already authenticated keep the
+//!   tenant they authenticated as until they AUTH again or reconnect; turning tenants on makes
+//!   every client, connected or not, AUTH before its next command;
+//! - limits apply to clients that connect afterwards (and `max_clients` at once).
+//!
+//! `listen`, `admin.listen` and `threads` are fixed at start: a change is logged and ignored.
+
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, UpstreamKind};
+use crate::refresh;
+use crate::server::Proxy;
+use crate::tenant::TenantState;
+use crate::topology::Topology;
+
+/// How often the config file is checked for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Read the config file again and apply it; the outcome, for the log and `POST /reload`.
+pub async fn reload(proxy: &Arc<Proxy>, why: &str) -> Result<String, String> {
+    let Some(path) = proxy.config_path.get() else {
+        return Err("keygate was not started from a config file".into());
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    *proxy.config_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
+    let outcome = match Config::parse(&text, &path.display().to_string()) {
+        Ok(config) => apply(proxy, config).await,
+        Err(e) => Err(format!("invalid configuration: {e}")),
+    };
+    match &outcome {
+        Ok(summary) => {
+            proxy.metrics.reloads_ok.fetch_add(1, Relaxed);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            proxy.metrics.last_reload.store(now, Relaxed);
+            info!(trigger = why, %summary, "configuration reloaded");
+        }
+        Err(reason) => {
+            proxy.metrics.reloads_failed.fetch_add(1, Relaxed);
+            warn!(trigger = why, %reason, "configuration reload refused; the running one stays");
+        }
+    }
+    outcome
+}
+
+/// Swap in `config`: topology, tenants and settings. Returns what changed.
+pub async fn apply(proxy: &Arc<Proxy>, mut config: Config) -> Result<String, String> {
+    let _one_at_a_time = proxy.reloading.lock().await;
+    let old = proxy.config.load_full();
+    for (key, changed) in [
+        ("listen", config.listen != old.listen),
+        (
+            "admin.listen",
+            config.admin.as_ref().map(|a| a.listen) != old.admin.as_ref().map(|a| a.listen),
+        ),
+        ("threads", config.threads != old.threads),
+    ] {
+        if changed {
+            warn!(
+                key,
+                "changing this needs a restart; the running value stays"
+            );
+        }
+    }
+    config.listen = old.listen;
+    config.admin = old.admin.clone();
+    config.threads = old.threads;
+
+    let current = proxy.topology.load_full();
+    let topology = match config.upstream.kind {
+        UpstreamKind::Cluster => refresh::discover(&config, &current, true)
+            .await
+            .map_err(|e| format!("no node of the new cluster config answered: {e}"))?
+            .expect("forced discovery builds a topology"),
+        _ => Topology::rebuild(&config, Some(&current)),
+    };
+    let kept = topology
+        .backends
+        .iter()
+        .filter(|b| current.backends.iter().any(|c| Arc::ptr_eq(b, c)))
+        .count();
+    let summary = format!(
+        "{} backends ({} kept with their connections, {} new, {} dropped), {} tenants, epoch {}",
+        topology.backends.len(),
+        kept,
+        topology.backends.len() - kept,
+        current.backends.len() - kept,
+        config.tenants.len(),
+        topology.epoch
+    );
+
+    let old_tenants = proxy.tenants.load_full();
+    let tenants: Vec<Arc<TenantState>> = config
+        .tenants
+        .iter()
+        .map(|t| {
+            old_tenants
+                .iter()
+                .find(|old| old.config == *t)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(TenantState::new(t.clone())))
+        })
+        .collect();
+
+    proxy.tenancy.store(!tenants.is_empty(), Relaxed);
+    proxy.tenants.store(Arc::new(tenants));
+    proxy.config.store(Arc::new(config));
+    proxy.topology.store(Arc::new(topology));
+    Ok(summary)
+}
+
+/// Reload when the config file's contents change (checked every second).
+pub async fn watch(proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let Some(path) = proxy.config_path.get().cloned() else {
+        return;
+    };
+    {
+        let mut seen = proxy.config_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.is_none() {
+            *seen = read(&path);
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+        let now = read(&path);
+        let changed =
+            now.is_some() && now != *proxy.config_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if changed {
+            // A file being written may be seen half done: that reload is refused, and the
+            // finished file is seen (and applied) a second later.
+            let _ = reload(&proxy, "file changed").await;
+        }
+    }
+}
+
+/// The file's text, as the last reload read it.
+fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}

@@ -78,6 +78,8 @@ pub struct Upstream {
     /// ketama: while a server's breaker is open, its keys move to the rest of the ring (as
     /// twemproxy's `auto_eject_hosts`).
     pub auto_eject_hosts: bool,
+    /// sentinel: the name the sentinels know the primary by.
+    pub master: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +90,24 @@ pub enum UpstreamKind {
     Ketama,
     /// A Redis Cluster, found from seed nodes.
     Cluster,
+    /// The primary a set of Redis Sentinels names (`servers` are the sentinels).
+    Sentinel,
+}
+
+impl UpstreamKind {
+    /// Keys are spread over several servers (one database only, as in Redis Cluster).
+    pub fn sharded(self) -> bool {
+        matches!(self, UpstreamKind::Ketama | UpstreamKind::Cluster)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamKind::Standalone => "standalone",
+            UpstreamKind::Ketama => "ketama",
+            UpstreamKind::Cluster => "cluster",
+            UpstreamKind::Sentinel => "sentinel",
+        }
+    }
 }
 
 /// One `servers` entry: `host:port`, and for ketama `host:port:weight name` as twemproxy writes it.
@@ -216,6 +236,7 @@ struct UpstreamFile {
     open_for: Duration,
     #[serde(default)]
     auto_eject_hosts: bool,
+    master: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -379,16 +400,11 @@ impl Config {
             "standalone" => UpstreamKind::Standalone,
             "ketama" => UpstreamKind::Ketama,
             "cluster" => UpstreamKind::Cluster,
-            "sentinel" => {
-                return Err(fail(
-                    "upstream.kind",
-                    "kind \"sentinel\" is not supported yet; this build supports \"standalone\", \"ketama\" and \"cluster\"".into(),
-                ))
-            }
+            "sentinel" => UpstreamKind::Sentinel,
             other => {
                 return Err(fail(
                     "upstream.kind",
-                    format!("unknown kind {other:?}; expected \"standalone\", \"ketama\" or \"cluster\""),
+                    format!("unknown kind {other:?}; expected \"standalone\", \"ketama\", \"cluster\" or \"sentinel\""),
                 ))
             }
         };
@@ -462,12 +478,23 @@ impl Config {
             }
             None => None,
         };
-        if up.refresh_interval.is_some() {
-            only_for(
+        if up.refresh_interval.is_some()
+            && !matches!(kind, UpstreamKind::Cluster | UpstreamKind::Sentinel)
+        {
+            return Err(fail(
                 "upstream.refresh_interval",
-                "cluster",
-                UpstreamKind::Cluster,
-            )?;
+                "only applies to kinds \"cluster\" and \"sentinel\"".into(),
+            ));
+        }
+        match (&up.master, kind) {
+            (None, UpstreamKind::Sentinel) => {
+                return Err(fail(
+                    "upstream.master",
+                    "kind \"sentinel\" needs the name the sentinels know the primary by".into(),
+                ))
+            }
+            (Some(_), UpstreamKind::Sentinel) | (None, _) => {}
+            (Some(_), _) => only_for("upstream.master", "sentinel", UpstreamKind::Sentinel)?,
         }
         let refresh_interval = up.refresh_interval.unwrap_or(Duration::from_secs(10));
         nonzero_duration(refresh_interval).map_err(|r| fail("upstream.refresh_interval", r))?;
@@ -550,6 +577,7 @@ impl Config {
                 failures_to_open: raw.upstream.failures_to_open,
                 open_for: raw.upstream.open_for,
                 auto_eject_hosts: raw.upstream.auto_eject_hosts,
+                master: raw.upstream.master.clone(),
             },
             admin,
             limits: Limits {

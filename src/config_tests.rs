@@ -60,7 +60,24 @@ fn errors_name_file_key_and_reason() {
     );
     let e = error_of(&GOOD.replace("standalone", "sentinel"));
     assert!(
-        e.starts_with("t.toml: upstream.kind: kind \"sentinel\" is not supported yet"),
+        e.starts_with("t.toml: upstream.master: kind \"sentinel\" needs the name"),
+        "{e}"
+    );
+    let e = error_of(&GOOD.replace("connect_timeout", "master = \"m\"\nconnect_timeout"));
+    assert!(
+        e.starts_with("t.toml: upstream.master: only applies to kind \"sentinel\""),
+        "{e}"
+    );
+    let sentinel = GOOD
+        .replace("standalone", "sentinel")
+        .replace("connect_timeout", "master = \"m\"\nconnect_timeout");
+    assert!(Config::parse(&sentinel, "t.toml").is_ok());
+    let e = error_of(&GOOD.replace(
+        "connect_timeout",
+        "auto_eject_hosts = true\nconnect_timeout",
+    ));
+    assert!(
+        e.starts_with("t.toml: upstream.auto_eject_hosts: only applies to kind \"ketama\""),
         "{e}"
     );
     let e = error_of(&GOOD.replace("connect_timeout", "hash = \"md5\"\nconnect_timeout"));

@@ -294,11 +294,7 @@ fn scan_reply(reply: Bytes, shard: usize, shards: usize, epoch: u64) -> Bytes {
 
 /// keygate's own INFO section, in sharded modes.
 fn info_header(topology: &Topology) -> String {
-    let kind = match topology.kind {
-        UpstreamKind::Standalone => "standalone",
-        UpstreamKind::Ketama => "ketama",
-        UpstreamKind::Cluster => "cluster",
-    };
+    let kind = topology.kind.name();
     let up = topology
         .backends
         .iter()

@@ -54,6 +54,8 @@ pub enum Error {
     CrossSlot,
     /// No cluster primary serves this slot (the slot map is not known, or the cluster is down).
     SlotUnserved(u16),
+    /// kind = "sentinel": no sentinel has named a primary (yet).
+    NoPrimary,
     /// A SCAN cursor made under another topology.
     StaleCursor,
     /// A tenant may not run this command; the reason says why.
@@ -115,6 +117,7 @@ impl Error {
             ),
             Error::CrossSlot => "CROSSSLOT Keys in request don't hash to the same slot".to_string(),
             Error::SlotUnserved(slot) => format!("CLUSTERDOWN Hash slot {slot} is not served (keygate has no node for it)"),
+            Error::NoPrimary => "ERR keygate: no primary is known yet: no sentinel has named one (see the log)".to_string(),
             Error::StaleCursor => "ERR keygate: this SCAN cursor was made before the topology changed; start the scan again from 0".to_string(),
             Error::NoPerm { command, reason } => format!("NOPERM keygate: '{command}' {reason}"),
             Error::RateLimited { tenant, rate } => format!(
@@ -137,7 +140,10 @@ impl Error {
     pub fn is_backend(&self) -> bool {
         matches!(
             self,
-            Error::BackendDown { .. } | Error::BackendTimeout { .. } | Error::BackendLost { .. }
+            Error::BackendDown { .. }
+                | Error::BackendTimeout { .. }
+                | Error::BackendLost { .. }
+                | Error::NoPrimary
         )
     }
 }

@@ -12,7 +12,8 @@
 //! - `dispatch`: runs a plan: sends, joins fan-out, follows cluster redirections; runs blocking
 //!   commands on connections of their own.
 //! - `topology`: the backends and placement, one snapshot behind one `ArcSwap`;
-//!   `refresh` rebuilds a cluster's in the background.
+//!   `refresh` rebuilds a cluster's (and `sentinel` a sentinel-managed primary's) in the
+//!   background; `reload` swaps in a new config.
 //! - `backend`: per server, pools of pipelined connections with FIFO reply matching (one per
 //!   protocol and database in use), and connections of one client's own: pinned (transactions),
 //!   blocking, subscriber.
@@ -44,6 +45,7 @@ pub mod refresh;
 pub mod reload;
 pub mod resp;
 pub mod route;
+pub mod sentinel;
 pub mod server;
 pub mod session;
 pub mod tenant;

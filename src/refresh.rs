@@ -1,5 +1,6 @@
-//! Keeping a cluster's slot map current: discovery at start, then a rebuild every
-//! `refresh_interval` and soon after any redirection, in the background. Requests never wait for
+//! Keeping a cluster's slot map (or a sentinel's primary, see `sentinel`) current: discovery at
+//! start, then a rebuild every `refresh_interval` and soon after any redirection (or
+//! `+switch-master`), in the background. Requests never wait for
 //! it; they keep using the snapshot they loaded, and the next ones see the new map.
 //!
 //! Discovery asks `CLUSTER SLOTS` of the known primaries first, then of each seed, on a one-off
@@ -14,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backend::{query_once, Options};
-use crate::config::Config;
+use crate::config::{Config, UpstreamKind};
 use crate::resp::value;
 use crate::route::slots;
+use crate::sentinel;
 use crate::server::Proxy;
 use crate::topology::Topology;
 
@@ -32,7 +34,10 @@ pub async fn run(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             _ = time::sleep(interval) => {}
             _ = proxy.refresh.notified() => {}
         }
-        if proxy.topology.load().kind != crate::config::UpstreamKind::Cluster {
+        if !matches!(
+            proxy.config.load().upstream.kind,
+            UpstreamKind::Cluster | UpstreamKind::Sentinel
+        ) {
             continue;
         }
         if let Err(e) = refresh(&proxy).await {
@@ -48,7 +53,11 @@ pub async fn refresh(proxy: &Proxy) -> Result<(), String> {
     let _one_at_a_time = proxy.reloading.lock().await;
     let current = proxy.topology.load_full();
     let config = proxy.config.load_full();
-    if let Some(next) = discover(&config, &current, false).await? {
+    let next = match config.upstream.kind {
+        UpstreamKind::Sentinel => sentinel::discover(&config, &current, false).await?,
+        _ => discover(&config, &current, false).await?,
+    };
+    if let Some(next) = next {
         proxy.topology.store(Arc::new(next));
     }
     Ok(())

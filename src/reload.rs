@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, UpstreamKind};
 use crate::refresh;
+use crate::sentinel;
 use crate::server::Proxy;
 use crate::tenant::TenantState;
 use crate::topology::Topology;
@@ -93,6 +94,10 @@ pub async fn apply(proxy: &Arc<Proxy>, mut config: Config) -> Result<String, Str
         UpstreamKind::Cluster => refresh::discover(&config, &current, true)
             .await
             .map_err(|e| format!("no node of the new cluster config answered: {e}"))?
+            .expect("forced discovery builds a topology"),
+        UpstreamKind::Sentinel => sentinel::discover(&config, &current, true)
+            .await
+            .map_err(|e| format!("no sentinel of the new config named a primary: {e}"))?
             .expect("forced discovery builds a topology"),
         _ => Topology::rebuild(&config, Some(&current)),
     };

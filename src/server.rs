@@ -23,6 +23,7 @@ use crate::config::{Config, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::refresh;
 use crate::reload;
+use crate::sentinel;
 use crate::session;
 use crate::tenant::TenantState;
 use crate::topology::Topology;
@@ -97,11 +98,12 @@ impl Server {
             config_seen: std::sync::Mutex::new(None),
             next_client_id: AtomicU64::new(1),
         });
-        if proxy.config.load().upstream.kind == UpstreamKind::Cluster {
-            // Learn the slot map before the first client arrives; if no node answers, start
-            // anyway (requests get -CLUSTERDOWN) and keep trying in the background.
+        let kind = proxy.config.load().upstream.kind;
+        if matches!(kind, UpstreamKind::Cluster | UpstreamKind::Sentinel) {
+            // Learn the slot map (the primary) before the first client arrives; if no node
+            // answers, start anyway (requests get an error) and keep trying in the background.
             if let Err(e) = refresh::refresh(&proxy).await {
-                warn!(error = %e, "cluster discovery failed; retrying in the background");
+                warn!(error = %e, kind = kind.name(), "discovery failed; retrying in the background");
                 proxy.refresh_soon();
             }
         }
@@ -148,6 +150,7 @@ impl Server {
         // Each checks the current config's kind, which a reload may change.
         tokio::spawn(refresh::run(proxy.clone(), shutdown.clone()));
         tokio::spawn(eject(proxy.clone(), shutdown.clone()));
+        tokio::spawn(sentinel::watch(proxy.clone(), shutdown.clone()));
         if proxy.config_path.get().is_some() {
             tokio::spawn(reload::watch(proxy.clone(), shutdown.clone()));
         }

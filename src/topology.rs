@@ -60,8 +60,12 @@ impl Topology {
             config.limits.max_reply_depth,
         ));
         let up = &config.upstream;
-        let backends: Vec<Arc<Backend>> = up
-            .servers
+        // A sentinel's servers are the sentinels: the primary is found by discovery.
+        let data_servers = match up.kind {
+            UpstreamKind::Sentinel => &[][..],
+            _ => &up.servers[..],
+        };
+        let backends: Vec<Arc<Backend>> = data_servers
             .iter()
             .map(|s| match previous {
                 Some(previous) => previous.reuse(&s.addr, &opts),
@@ -69,7 +73,7 @@ impl Topology {
             })
             .collect();
         let placement = match up.kind {
-            UpstreamKind::Standalone => Placement::Single,
+            UpstreamKind::Standalone | UpstreamKind::Sentinel => Placement::Single,
             UpstreamKind::Ketama => ring(config, &[]),
             UpstreamKind::Cluster => Placement::Slots(vec![UNASSIGNED; SLOTS].into_boxed_slice()),
         };
@@ -79,6 +83,22 @@ impl Topology {
             placement,
             shards: Vec::new(),
             epoch: previous.map_or(0, |p| p.epoch + 1),
+            ejected: Vec::new(),
+        }
+    }
+
+    /// The primary `addr` the sentinels named, keeping `previous`'s backend for it if it had it.
+    pub fn sentinel(addr: &str, previous: &Topology, config: &Config) -> Topology {
+        let opts = Arc::new(Options::new(
+            &config.upstream,
+            config.limits.max_reply_depth,
+        ));
+        Topology {
+            kind: UpstreamKind::Sentinel,
+            backends: vec![previous.reuse(addr, &opts)],
+            placement: Placement::Single,
+            shards: Vec::new(),
+            epoch: previous.epoch + 1,
             ejected: Vec::new(),
         }
     }
@@ -146,6 +166,7 @@ impl Topology {
     /// Where a key lives.
     pub fn target_of(&self, key: &[u8]) -> Result<Target, Error> {
         match &self.placement {
+            Placement::Single if self.backends.is_empty() => Err(Error::NoPrimary),
             Placement::Single => Ok(Target {
                 backend: 0,
                 slot: None,
@@ -177,7 +198,7 @@ impl Topology {
             Placement::Slots(map) => map.iter().all(|&b| b != UNASSIGNED),
             _ => true,
         };
-        mapped && self.backends.iter().all(|b| b.connections_up() > 0)
+        mapped && !self.backends.is_empty() && self.backends.iter().all(|b| b.connections_up() > 0)
     }
 }
 

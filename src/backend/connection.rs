@@ -253,11 +253,7 @@ pub struct Dedicated {
 }
 
 impl Dedicated {
-    pub(super) async fn open(
-        addr: &Arc<str>,
-        opts: &Options,
-        flavor: Flavor,
-    ) -> Result<Self, Error> {
+    pub async fn open(addr: &Arc<str>, opts: &Options, flavor: Flavor) -> Result<Self, Error> {
         let stream = connect(addr, opts, flavor)
             .await
             .map_err(|reason| Error::BackendDown {
@@ -294,6 +290,14 @@ impl Dedicated {
         self.read_frame()
             .await
             .map_err(|reason| lost(reason.to_string()))?
+    }
+
+    /// The next frame the server sends on its own (a subscription's messages).
+    pub async fn next_frame(&mut self) -> ReplyResult {
+        let addr = self.addr.clone();
+        self.read_frame()
+            .await
+            .map_err(|reason| Error::BackendLost { addr, reason })?
     }
 
     /// Read the next whole frame the server sends; an inner error for a reply too deep.

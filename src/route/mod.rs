@@ -69,6 +69,11 @@ fn split_kind(name: &str) -> Option<(usize, Merge)> {
 
 pub fn plan(cmd: &Command, topology: &Topology) -> Result<Plan, Error> {
     let spec = cmd.spec.expect("planned commands are known");
+    if topology.backends.is_empty() {
+        // A sentinel topology before any sentinel named the primary; a cluster before discovery
+        // has its seeds.
+        return Err(Error::NoPrimary);
+    }
     if let Placement::Single = topology.placement {
         return Ok(Plan::One(Target {
             backend: 0,

@@ -97,7 +97,7 @@ impl Session {
             ));
         }
         let topology = self.proxy.topology.load();
-        if topology.kind != UpstreamKind::Standalone {
+        if topology.kind.sharded() {
             return match db {
                 0 => Handled::ready(resp::simple("OK")),
                 _ => Err(Error::Invalid("SELECT is not allowed in cluster mode")),
@@ -109,7 +109,7 @@ impl Session {
         let verdict = Arc::new(AtomicU64::new(u64::MAX));
         self.pending_select = Some(verdict.clone());
         self.must_drain = true;
-        let backend = topology.backends[0].clone();
+        let backend = topology.backends.first().ok_or(Error::NoPrimary)?.clone();
         Ok(Handled::reply(Reply::Later(Box::pin(async move {
             let reply = backend.select(db).await;
             if &reply[..] == b"+OK\r\n" {

@@ -114,7 +114,10 @@ impl Session {
                 if !drained() {
                     return Ok(Outcome::Held(cmd, Fix::None));
                 }
-                let backend = &topology.backends[shard.unwrap_or(0)];
+                let backend = topology
+                    .backends
+                    .get(shard.unwrap_or(0))
+                    .ok_or(Error::NoPrimary)?;
                 self.sub = Some(Sub {
                     conn: backend.subscribe(self.flavor)?,
                     waiting: VecDeque::new(),

@@ -20,8 +20,11 @@ struct Sentinel {
 
 impl Sentinel {
     fn start(master: &Redis) -> Sentinel {
+        Sentinel::start_at(free_port(), master)
+    }
+
+    fn start_at(port: u16, master: &Redis) -> Sentinel {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
@@ -196,30 +199,11 @@ async fn no_sentinel_yet_means_a_clear_error_then_recovery() {
     let (status, _) = http_get(kg.admin, "/ready").await;
     assert_eq!(status, 503);
     // A sentinel on the configured port.
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n",
-            dir.path().display(),
-            primary.port
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("redis-server")
-        .arg(&conf)
-        .arg("--sentinel")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
+    let _sentinel = Sentinel::start_at(port, &primary);
     let deadline = Instant::now() + Duration::from_secs(10);
     while raw.call(&[b"SET", b"k", b"v"]).await != b"+OK\r\n" {
         assert!(Instant::now() < deadline, "never found the primary");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(redis_cli(primary.port, &["GET", "k"]).trim(), "v");
-    let _ = child.kill();
-    let _ = child.wait();
 }

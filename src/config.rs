@@ -80,6 +80,20 @@ pub struct Upstream {
     pub auto_eject_hosts: bool,
     /// sentinel: the name the sentinels know the primary by.
     pub master: Option<String>,
+    /// cluster, sentinel: where read-only commands go.
+    pub read_from: ReadFrom,
+}
+
+/// Where read-only commands (by the command table's `readonly` flag) go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The primary, like every other command.
+    Primary,
+    /// A healthy replica of the key's primary (spread by client); the primary when none is.
+    Replica,
+    /// As `Replica`, except that for a second after a client wrote, its reads go to the
+    /// primary, so it reads its own writes despite replication lag.
+    PreferReplica,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +251,7 @@ struct UpstreamFile {
     #[serde(default)]
     auto_eject_hosts: bool,
     master: Option<String>,
+    read_from: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -486,6 +501,28 @@ impl Config {
                 "only applies to kinds \"cluster\" and \"sentinel\"".into(),
             ));
         }
+        let read_from = match up.read_from.as_deref() {
+            None | Some("primary") => ReadFrom::Primary,
+            Some(mode @ ("replica" | "prefer_replica")) => {
+                if !matches!(kind, UpstreamKind::Cluster | UpstreamKind::Sentinel) {
+                    return Err(fail(
+                        "upstream.read_from",
+                        "only applies to kinds \"cluster\" and \"sentinel\"".into(),
+                    ));
+                }
+                if mode == "replica" {
+                    ReadFrom::Replica
+                } else {
+                    ReadFrom::PreferReplica
+                }
+            }
+            Some(other) => {
+                return Err(fail(
+                    "upstream.read_from",
+                    format!("unknown mode {other:?}; expected \"primary\", \"replica\" or \"prefer_replica\""),
+                ))
+            }
+        };
         match (&up.master, kind) {
             (None, UpstreamKind::Sentinel) => {
                 return Err(fail(
@@ -578,6 +615,7 @@ impl Config {
                 open_for: raw.upstream.open_for,
                 auto_eject_hosts: raw.upstream.auto_eject_hosts,
                 master: raw.upstream.master.clone(),
+                read_from,
             },
             admin,
             limits: Limits {

@@ -40,24 +40,31 @@ type Pending = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 /// How many times one request follows redirections or retries before giving up.
 const MAX_ATTEMPTS: u32 = 5;
 
+/// Run `plan`. `read`: the command only reads, and may go to a replica (`read_from`).
 pub fn run(
     proxy: &Arc<Proxy>,
     topology: &Arc<Topology>,
     caller: Caller,
     args: Vec<Bytes>,
     plan: Plan,
+    read: bool,
 ) -> Reply {
     let cluster = topology.kind == UpstreamKind::Cluster;
+    let node = |primary: usize| match read {
+        true => topology.reader(primary, caller.id),
+        false => &topology.backends[primary],
+    };
     match plan {
-        Plan::One(target) if !cluster => {
-            Reply::Backend(topology.backends[target.backend].send(caller, args))
-        }
-        Plan::One(target) => Reply::Later(send(proxy, topology, caller, target.backend, args)),
+        Plan::One(target) if !cluster => Reply::Backend(node(target.backend).send(caller, args)),
+        Plan::One(target) => Reply::Later(send(proxy, node(target.backend), caller, args)),
         Plan::Split { parts, merge } => {
             let layout: Vec<Vec<usize>> = parts.iter().map(|p| p.keys.clone()).collect();
             let sent: Vec<Pending> = parts
                 .into_iter()
-                .map(|part| send(proxy, topology, caller, part.target.backend, part.args))
+                .map(|part| match cluster {
+                    true => send(proxy, node(part.target.backend), caller, part.args),
+                    false => send_direct(node(part.target.backend), caller, part.args),
+                })
                 .collect();
             Reply::Later(Box::pin(async move {
                 let replies = join(sent).await;
@@ -112,18 +119,9 @@ fn send_direct(backend: &Backend, caller: Caller, args: Vec<Bytes>) -> Pending {
     Box::pin(async move { reply_bytes(rx.await) })
 }
 
-/// Send to one backend; in cluster mode, follow redirections.
-fn send(
-    proxy: &Arc<Proxy>,
-    topology: &Arc<Topology>,
-    caller: Caller,
-    backend: usize,
-    args: Vec<Bytes>,
-) -> Pending {
-    let backend = topology.backends[backend].clone();
-    if topology.kind != UpstreamKind::Cluster {
-        return send_direct(&backend, caller, args);
-    }
+/// Send to one node of a cluster, following redirections.
+fn send(proxy: &Arc<Proxy>, backend: &Arc<Backend>, caller: Caller, args: Vec<Bytes>) -> Pending {
+    let backend = backend.clone();
     // Sent now; the redirections, if any, are followed when the reply is awaited.
     let rx = backend.send(caller, args.clone());
     let proxy = proxy.clone();

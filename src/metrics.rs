@@ -165,7 +165,7 @@ impl Metrics {
             "# HELP keygate_backend_connections Backend connections established now, by server.\n\
              # TYPE keygate_backend_connections gauge"
         );
-        for backend in &topology.backends {
+        for backend in topology.all_backends() {
             let _ = writeln!(
                 out,
                 "keygate_backend_connections{{server=\"{}\"}} {}",
@@ -178,7 +178,7 @@ impl Metrics {
             "# HELP keygate_backend_breaker_state Circuit breaker per server: 0 closed, 1 open, 2 half-open (probing).\n\
              # TYPE keygate_backend_breaker_state gauge"
         );
-        for backend in &topology.backends {
+        for backend in topology.all_backends() {
             let _ = writeln!(
                 out,
                 "keygate_backend_breaker_state{{server=\"{}\"}} {}",
@@ -191,7 +191,7 @@ impl Metrics {
             "# HELP keygate_backend_breaker_opened_total Times each server's circuit breaker opened.\n\
              # TYPE keygate_backend_breaker_opened_total counter"
         );
-        for backend in &topology.backends {
+        for backend in topology.all_backends() {
             let _ = writeln!(
                 out,
                 "keygate_backend_breaker_opened_total{{server=\"{}\"}} {}",
@@ -204,7 +204,7 @@ impl Metrics {
             "# HELP keygate_backend_dedicated_connections Connections of one client's own in use now (blocking commands, subscribed clients), by server.\n\
              # TYPE keygate_backend_dedicated_connections gauge"
         );
-        for backend in &topology.backends {
+        for backend in topology.all_backends() {
             let (blocking, subscriber) = backend.dedicated_in_use();
             let _ = writeln!(
                 out,

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backend::{query_once, Dedicated, Flavor, Options};
-use crate::config::{Config, UpstreamKind};
+use crate::config::{Config, ReadFrom, UpstreamKind};
 use crate::resp::value::{self, Value};
 use crate::server::Proxy;
 use crate::topology::Topology;
@@ -31,8 +31,9 @@ fn sentinel_options(config: &Config) -> Options {
     opts
 }
 
-/// The primary's address, from the first sentinel whose answer checks out.
-pub async fn primary(config: &Config) -> Result<String, String> {
+/// The primary's address (and, when reads may go to replicas, its healthy replicas'), from the
+/// first sentinel whose answer checks out.
+pub async fn primary(config: &Config) -> Result<(String, Vec<String>), String> {
     let master = config.upstream.master.as_deref().unwrap_or_default();
     let sentinel_opts = sentinel_options(config);
     let data_opts = Options::new(&config.upstream, config.limits.max_reply_depth);
@@ -73,8 +74,13 @@ pub async fn primary(config: &Config) -> Result<String, String> {
         };
         match query_once(&addr, &data_opts, &[Bytes::from_static(b"ROLE")]).await {
             Ok(reply) => match value::parse(&reply) {
-                Some(Value::Array(Some(items))) if matches!(items.first(), Some(Value::Bulk(Some(r))) if &r[..] == b"master") => {
-                    return Ok(addr)
+                Some(Value::Array(Some(items))) if matches!(items.first(), Some(Value::Bulk(Some(r))) if &r[..] == b"master") =>
+                {
+                    let replicas = match config.upstream.read_from {
+                        ReadFrom::Primary => Vec::new(),
+                        _ => replicas(&sentinel.addr, &sentinel_opts, master).await,
+                    };
+                    return Ok((addr, replicas));
                 }
                 _ => errors.push(format!(
                     "{}: names {addr}, which is not a master (yet)",
@@ -87,20 +93,66 @@ pub async fn primary(config: &Config) -> Result<String, String> {
     Err(errors.join("; "))
 }
 
+/// The replicas a sentinel knows for `master` that are up and in sync with it, sorted; none if
+/// it cannot say.
+async fn replicas(sentinel: &str, opts: &Options, master: &str) -> Vec<String> {
+    let ask = [
+        Bytes::from_static(b"SENTINEL"),
+        Bytes::from_static(b"REPLICAS"),
+        Bytes::copy_from_slice(master.as_bytes()),
+    ];
+    let Ok(reply) = query_once(sentinel, opts, &ask).await else {
+        return Vec::new();
+    };
+    let Some(Value::Array(Some(entries))) = value::parse(&reply) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let Value::Array(Some(fields)) = entry else {
+            continue;
+        };
+        let field = |name: &str| {
+            fields.chunks(2).find_map(|pair| match pair {
+                [Value::Bulk(Some(k)), Value::Bulk(Some(v))] if &k[..] == name.as_bytes() => {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => None,
+            })
+        };
+        let flags = field("flags").unwrap_or_default();
+        let healthy = !flags
+            .split(',')
+            .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
+            && field("master-link-status").as_deref() == Some("ok");
+        if let (true, Some(ip), Some(port)) = (healthy, field("ip"), field("port")) {
+            found.push(format!("{ip}:{port}"));
+        }
+    }
+    found.sort();
+    found
+}
+
 /// The topology for the primary the sentinels name; `None` if it is `current`'s and not `force`.
 pub async fn discover(
     config: &Config,
     current: &Topology,
     force: bool,
 ) -> Result<Option<Topology>, String> {
-    let addr = primary(config).await?;
+    let (addr, replicas) = primary(config).await?;
+    let known_replicas: Vec<&str> = current
+        .replicas
+        .first()
+        .map(|r| r.iter().map(|b| &*b.addr).collect())
+        .unwrap_or_default();
     let same = current.kind == UpstreamKind::Sentinel
         && current.backends.len() == 1
-        && *current.backends[0].addr == *addr;
+        && *current.backends[0].addr == *addr
+        && known_replicas == replicas.iter().map(String::as_str).collect::<Vec<_>>();
     if same && !force {
         return Ok(None);
     }
-    let next = Topology::sentinel(&addr, current, config);
+    let next = Topology::sentinel(&addr, &replicas, current, config);
     if !same {
         info!(primary = %addr, epoch = next.epoch, "sentinel: primary is now {addr}");
     }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::backend::{Backend, Options};
-use crate::config::{Config, UpstreamKind};
+use crate::config::{Config, ReadFrom, UpstreamKind};
 use crate::error::Error;
 use crate::route::ketama::{Node, Ring};
 use crate::route::slots::{self, Shard, SLOTS};
@@ -42,6 +42,9 @@ pub struct Topology {
     pub epoch: u64,
     /// ketama with `auto_eject_hosts`: the backends left off the ring (breaker open).
     pub ejected: Vec<usize>,
+    /// cluster, sentinel: each backend's replicas (empty when reads stay on primaries).
+    pub replicas: Vec<Vec<Arc<Backend>>>,
+    pub read_from: ReadFrom,
 }
 
 impl Topology {
@@ -84,15 +87,26 @@ impl Topology {
             shards: Vec::new(),
             epoch: previous.map_or(0, |p| p.epoch + 1),
             ejected: Vec::new(),
+            replicas: Vec::new(),
+            read_from: config.upstream.read_from,
         }
     }
 
     /// The primary `addr` the sentinels named, keeping `previous`'s backend for it if it had it.
-    pub fn sentinel(addr: &str, previous: &Topology, config: &Config) -> Topology {
+    pub fn sentinel(
+        addr: &str,
+        replicas: &[String],
+        previous: &Topology,
+        config: &Config,
+    ) -> Topology {
         let opts = Arc::new(Options::new(
             &config.upstream,
             config.limits.max_reply_depth,
         ));
+        let replicas = match config.upstream.read_from {
+            ReadFrom::Primary => Vec::new(),
+            _ => vec![replicas.iter().map(|r| previous.reuse(r, &opts)).collect()],
+        };
         Topology {
             kind: UpstreamKind::Sentinel,
             backends: vec![previous.reuse(addr, &opts)],
@@ -100,12 +114,15 @@ impl Topology {
             shards: Vec::new(),
             epoch: previous.epoch + 1,
             ejected: Vec::new(),
+            replicas,
+            read_from: config.upstream.read_from,
         }
     }
 
     /// This topology's backend for `addr` if it is reached with `opts`, else a new one.
     fn reuse(&self, addr: &str, opts: &Arc<Options>) -> Arc<Backend> {
-        match self.backends.iter().find(|b| b.same_as(addr, opts)) {
+        let known = self.backends.iter().chain(self.replicas.iter().flatten());
+        match known.into_iter().find(|b| b.same_as(addr, opts)) {
             Some(backend) => backend.clone(),
             None => Arc::new(Backend::start(addr, opts.clone())),
         }
@@ -126,6 +143,8 @@ impl Topology {
             shards: Vec::new(),
             epoch: self.epoch + 1,
             ejected,
+            replicas: Vec::new(),
+            read_from: self.read_from,
         }
     }
 
@@ -135,11 +154,24 @@ impl Topology {
             &config.upstream,
             config.limits.max_reply_depth,
         ));
+        let replica_opts = Arc::new(Options {
+            readonly: true,
+            ..(*opts).clone()
+        });
         let mut map = vec![UNASSIGNED; SLOTS].into_boxed_slice();
         let mut backends = Vec::with_capacity(shards.len());
+        let mut replicas = Vec::with_capacity(shards.len());
         for (index, shard) in shards.iter().enumerate() {
             let backend = previous.reuse(&shard.primary, &opts);
             backends.push(backend);
+            replicas.push(match config.upstream.read_from {
+                ReadFrom::Primary => Vec::new(),
+                _ => shard
+                    .replicas
+                    .iter()
+                    .map(|r| previous.reuse(r, &replica_opts))
+                    .collect(),
+            });
             for &(start, end) in &shard.ranges {
                 for slot in start..=end {
                     map[slot as usize] = index as u16;
@@ -153,7 +185,34 @@ impl Topology {
             shards,
             epoch: previous.epoch + 1,
             ejected: Vec::new(),
+            replicas,
+            read_from: config.upstream.read_from,
         }
+    }
+
+    /// The backend a read-only command for `primary`'s keys goes to, per `read_from`: one of
+    /// its healthy replicas (breaker closed, connected), chosen by client so a client's reads
+    /// stay in order on one, or the primary itself when none is healthy.
+    pub fn reader(&self, primary: usize, client: u64) -> &Arc<Backend> {
+        let Some(replicas) = self.replicas.get(primary).filter(|r| !r.is_empty()) else {
+            return &self.backends[primary];
+        };
+        let healthy = |b: &&Arc<Backend>| b.breaker().allows() && b.connections_up() > 0;
+        let count = replicas.iter().filter(healthy).count();
+        if count == 0 {
+            return &self.backends[primary];
+        }
+        let pick = (client % count as u64) as usize;
+        replicas
+            .iter()
+            .filter(healthy)
+            .nth(pick)
+            .expect("counted above")
+    }
+
+    /// Every backend: primaries (or standalone servers), then replicas.
+    pub fn all_backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.backends.iter().chain(self.replicas.iter().flatten())
     }
 
     /// The ketama backends whose breakers are open now (what `ejected` should be).

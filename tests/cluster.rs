@@ -233,3 +233,102 @@ fn redis_slots_of(cluster: &Cluster, i: usize) -> u32 {
         })
         .sum()
 }
+
+/// GET calls a node has served (from INFO commandstats).
+fn gets_served(node: &Redis) -> u64 {
+    common::redis_cli(node.port, &["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `read_from = "replica"`: read-only commands go to the key's primary's replicas (READONLY
+/// connections), writes to primaries; with every replica down, reads fall back to the primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_replicas_and_fall_back_to_primaries() {
+    let mut cluster = Cluster::start_replicated(3, 1);
+    let seeds = format!("\"{}\"", cluster.nodes[0].addr());
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"cluster\"\nservers = [{seeds}]\n\
+         read_from = \"replica\"\nrefresh_interval = \"300ms\"\nconnect_timeout = \"200ms\"\nfailures_to_open = 2\nopen_for = \"60s\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+    .await;
+    // Until the replicas are in the slot map (they join after the cluster is created) and
+    // connected, reads fall back to primaries: wait for them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http_get(kg.admin, "/metrics").await;
+        let up = cluster
+            .nodes
+            .iter()
+            .filter(|n| {
+                metrics.contains(&format!(
+                    "keygate_backend_connections{{server=\"{}\"}} 1",
+                    n.addr()
+                ))
+            })
+            .count();
+        if up == cluster.nodes.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replicas never connected: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut con = kg.connection().await;
+    let keys: Vec<String> = (0..60).map(|i| format!("rk{i}")).collect();
+    for k in &keys {
+        let _: () = con.set(k, format!("v-{k}")).await.unwrap();
+    }
+    let is_replica = |node: &Redis| common::redis_cli(node.port, &["ROLE"]).starts_with("slave");
+    let before: Vec<u64> = cluster.nodes.iter().map(gets_served).collect();
+    // Replication is asynchronous: read until each value has arrived.
+    for k in &keys {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let v: Option<String> = con.get(k).await.unwrap();
+            if v.as_deref() == Some(format!("v-{k}").as_str()) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{k} never replicated");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut by_replicas = 0;
+    for (node, before) in cluster.nodes.iter().zip(&before) {
+        let served = gets_served(node) - before;
+        if is_replica(node) {
+            by_replicas += served;
+        } else {
+            assert_eq!(served, 0, "a primary served reads");
+        }
+    }
+    assert!(by_replicas >= keys.len() as u64, "{by_replicas}");
+    // Every replica down: reads fall back to the primaries.
+    let replicas: Vec<usize> = (0..cluster.nodes.len())
+        .filter(|&i| is_replica(&cluster.nodes[i]))
+        .collect();
+    for &i in &replicas {
+        cluster.nodes[i].kill();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for k in &keys {
+        loop {
+            let v: redis::RedisResult<Option<String>> = con.get(k).await;
+            if let Ok(Some(v)) = v {
+                assert_eq!(v, format!("v-{k}"));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no fallback for {k}: {v:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -207,3 +207,77 @@ async fn no_sentinel_yet_means_a_clear_error_then_recovery() {
     }
     assert_eq!(redis_cli(primary.port, &["GET", "k"]).trim(), "v");
 }
+
+fn gets_served(node: &Redis) -> u64 {
+    redis_cli(node.port, &["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// keygate over a sentinel-managed primary and replica, reading per `read_from`, once the
+/// replica is known (the sentinel learns of it from the primary) and connected.
+async fn reading_keygate(sentinel: &Sentinel, replica: &Redis, read_from: &str) -> Keygate {
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"sentinel\"\nmaster = \"mymaster\"\n\
+         servers = [\"{}\"]\nread_from = \"{read_from}\"\nrefresh_interval = \"300ms\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        sentinel.addr()
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = format!(
+        "keygate_backend_connections{{server=\"{}\"}} 1",
+        replica.addr()
+    );
+    loop {
+        let (_, metrics) = http_get(kg.admin, "/metrics").await;
+        if metrics.contains(&line) {
+            return kg;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica was never used: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `read_from = "replica"`: reads go to the replica the sentinels list as in sync; writes to
+/// the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_sentinels_replica() {
+    let (primary, replica) = primary_and_replica();
+    let sentinel = Sentinel::start(&primary);
+    let kg = reading_keygate(&sentinel, &replica, "replica").await;
+    let mut raw = kg.raw().await;
+    assert_eq!(raw.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    let before = (gets_served(&primary), gets_served(&replica));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while raw.call(&[b"GET", b"k"]).await != bulk("v") {
+        assert!(Instant::now() < deadline, "never replicated");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gets_served(&primary), before.0, "the primary served a read");
+    assert!(gets_served(&replica) > before.1);
+    assert_eq!(redis_cli(primary.port, &["GET", "k"]).trim(), "v");
+}
+
+/// `read_from = "prefer_replica"`: a client that just wrote reads from the primary (its own
+/// writes), and from the replica again a second later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_replica_reads_your_own_writes() {
+    let (primary, replica) = primary_and_replica();
+    let sentinel = Sentinel::start(&primary);
+    let kg = reading_keygate(&sentinel, &replica, "prefer_replica").await;
+    let mut raw = kg.raw().await;
+    assert_eq!(raw.call(&[b"SET", b"k", b"mine"]).await, b"+OK\r\n");
+    let before = (gets_served(&primary), gets_served(&replica));
+    assert_eq!(raw.call(&[b"GET", b"k"]).await, bulk("mine"));
+    assert_eq!(gets_served(&primary), before.0 + 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(raw.call(&[b"GET", b"k"]).await, bulk("mine"));
+    assert_eq!(gets_served(&replica), before.1 + 1);
+}

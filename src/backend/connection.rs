@@ -181,6 +181,16 @@ async fn connect(addr: &str, opts: &Options, flavor: Flavor) -> Result<TcpStream
                 .into());
             }
         }
+        if opts.readonly {
+            let reply = handshake(&mut stream, &[Bytes::from_static(b"READONLY")]).await?;
+            if &reply[..] != b"+OK\r\n" {
+                return Err(format!(
+                    "READONLY refused: {}",
+                    String::from_utf8_lossy(&reply).trim_end()
+                )
+                .into());
+            }
+        }
         if flavor.db != 0 {
             let db = Bytes::from(flavor.db.to_string());
             let reply = handshake(&mut stream, &[Bytes::from_static(b"SELECT"), db]).await?;

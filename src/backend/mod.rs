@@ -35,7 +35,7 @@ use crate::config::Upstream;
 use crate::error::Error;
 
 /// How connections to a server are made and used.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Options {
     pub username: Option<String>,
     pub password: Option<String>,
@@ -47,6 +47,8 @@ pub struct Options {
     pub subscriber_connections: usize,
     pub failures_to_open: u32,
     pub open_for: Duration,
+    /// A cluster replica serving reads: `READONLY` on every connection.
+    pub readonly: bool,
 }
 
 impl Options {
@@ -62,6 +64,7 @@ impl Options {
             subscriber_connections: upstream.subscriber_connections_per_server,
             failures_to_open: upstream.failures_to_open,
             open_for: upstream.open_for,
+            readonly: false,
         }
     }
 }

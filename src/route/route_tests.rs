@@ -32,14 +32,17 @@ fn cluster() -> Topology {
         Shard {
             primary: "127.0.0.1:1".into(),
             ranges: vec![(0, 5460)],
+            replicas: Vec::new(),
         },
         Shard {
             primary: "127.0.0.1:2".into(),
             ranges: vec![(5461, 10922)],
+            replicas: Vec::new(),
         },
         Shard {
             primary: "127.0.0.1:3".into(),
             ranges: vec![(10923, 16383)],
+            replicas: Vec::new(),
         },
     ];
     Topology::cluster(shards, &seed, &config)

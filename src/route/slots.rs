@@ -26,6 +26,8 @@ pub struct Shard {
     /// `host:port` of the primary.
     pub primary: String,
     pub ranges: Vec<(u16, u16)>,
+    /// `host:port` of its replicas, sorted.
+    pub replicas: Vec<String>,
 }
 
 /// Parse a `CLUSTER SLOTS` reply. `default_host` stands in for an empty host (a node that
@@ -47,31 +49,45 @@ pub fn parse_cluster_slots(reply: &Value, default_host: &str) -> Result<Vec<Shar
         if !(0..SLOTS as i64).contains(start) || !(*start..SLOTS as i64).contains(end) {
             return Err(format!("CLUSTER SLOTS: bad range {start}-{end}"));
         }
-        let (Some(Value::Bulk(Some(host))), Some(Value::Int(port))) = (node.first(), node.get(1))
-        else {
-            return Err("CLUSTER SLOTS: malformed node".into());
-        };
-        let host = match std::str::from_utf8(host) {
-            Ok("") => default_host,
-            Ok(h) => h,
-            Err(_) => return Err("CLUSTER SLOTS: host is not text".into()),
-        };
-        let primary = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        let primary = node_addr(node, default_host)?;
+        let mut replicas = Vec::new();
+        for replica in &fields[3..] {
+            let Value::Array(Some(replica)) = replica else {
+                return Err("CLUSTER SLOTS: malformed replica".into());
+            };
+            replicas.push(node_addr(replica, default_host)?);
+        }
+        replicas.sort();
         let range = (*start as u16, *end as u16);
         match shards.iter_mut().find(|s| s.primary == primary) {
             Some(shard) => shard.ranges.push(range),
             None => shards.push(Shard {
                 primary,
                 ranges: vec![range],
+                replicas,
             }),
         }
     }
     shards.sort_by(|a, b| a.primary.cmp(&b.primary));
     Ok(shards)
+}
+
+/// A node entry's `host:port` (`[host]:port` for IPv6).
+fn node_addr(node: &[Value], default_host: &str) -> Result<String, String> {
+    let (Some(Value::Bulk(Some(host))), Some(Value::Int(port))) = (node.first(), node.get(1))
+    else {
+        return Err("CLUSTER SLOTS: malformed node".into());
+    };
+    let host = match std::str::from_utf8(host) {
+        Ok("") => default_host,
+        Ok(h) => h,
+        Err(_) => return Err("CLUSTER SLOTS: host is not text".into()),
+    };
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
 }
 
 /// A redirection in a node's error reply.

@@ -31,14 +31,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::backend::{Caller, Event, Flavor, ReplyResult};
-use crate::command::{Command, CommandId, Policy, UNKNOWN};
+use crate::command::{flags, Command, CommandId, Policy, Spec, UNKNOWN};
+use crate::config::ReadFrom;
 use crate::dispatch::{self, Reply};
 use crate::error::Error;
 use crate::resp::request::{Decoder, Limits};
 use crate::route;
 use crate::server::Proxy;
 use crate::tenant::Seat;
+use crate::topology::Topology;
 use crate::write_queue::WriteQueue;
+
+/// `read_from = "prefer_replica"`: how long after a write a client's reads stay on the primary.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(1);
 
 /// Stop reading requests while this much output waits for the client.
 const OUTPUT_HIGH_WATER: usize = 1024 * 1024;
@@ -88,6 +93,8 @@ struct Session {
     pending_select: Option<Arc<AtomicU64>>,
     /// The subscriber connection, while the client subscribes (see session::pubsub).
     sub: Option<pubsub::Sub>,
+    /// `read_from = "prefer_replica"`: when this client last sent a write.
+    last_write: Option<Instant>,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
 }
@@ -140,6 +147,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         must_drain: false,
         pending_select: None,
         sub: None,
+        last_write: None,
         held: None,
     };
     let (mut rd, mut wr) = stream.split();
@@ -459,7 +467,9 @@ impl Session {
             Policy::Forward => {
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;
-                let reply = dispatch::run(&self.proxy, &topology, self.caller(), cmd.args, plan);
+                let read = self.replica_read(&topology, spec);
+                let reply =
+                    dispatch::run(&self.proxy, &topology, self.caller(), cmd.args, plan, read);
                 Ok(Handled::reply(self.unconfine(reply, fix)))
             }
             Policy::Blocking => {
@@ -487,6 +497,24 @@ impl Session {
             Policy::Close => unreachable!("handled in try_handle"),
         };
         handled.map(Outcome::Handled)
+    }
+
+    /// Whether this command may be served by a replica (`read_from`): read-only, and for
+    /// `prefer_replica` not within a second of this client's last write.
+    fn replica_read(&mut self, topology: &Topology, spec: &Spec) -> bool {
+        match topology.read_from {
+            ReadFrom::Primary => false,
+            ReadFrom::Replica => spec.has(flags::READONLY),
+            ReadFrom::PreferReplica => {
+                if spec.has(flags::WRITE) {
+                    self.last_write = Some(Instant::now());
+                }
+                spec.has(flags::READONLY)
+                    && self
+                        .last_write
+                        .is_none_or(|at| at.elapsed() >= READ_YOUR_WRITES)
+            }
+        }
     }
 
     /// Who sends this client's requests, for the backend pools.

@@ -44,7 +44,12 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(n: usize) -> Cluster {
-        let nodes: Vec<Redis> = (0..n)
+        Cluster::start_replicated(n, 0)
+    }
+
+    /// `primaries` primaries with `replicas` replicas each.
+    pub fn start_replicated(primaries: usize, replicas: usize) -> Cluster {
+        let nodes: Vec<Redis> = (0..primaries * (1 + replicas))
             .map(|_| {
                 Redis::start_at(
                     free_cluster_port(),
@@ -65,7 +70,7 @@ impl Cluster {
             create.arg(node.addr());
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli is missing: install redis-tools");
         assert!(

@@ -234,16 +234,6 @@ fn redis_slots_of(cluster: &Cluster, i: usize) -> u32 {
         .sum()
 }
 
-/// GET calls a node has served (from INFO commandstats).
-fn gets_served(node: &Redis) -> u64 {
-    common::redis_cli(node.port, &["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `read_from = "replica"`: read-only commands go to the key's primary's replicas (READONLY
 /// connections), writes to primaries; with every replica down, reads fall back to the primaries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +276,7 @@ async fn reads_go_to_replicas_and_fall_back_to_primaries() {
         let _: () = con.set(k, format!("v-{k}")).await.unwrap();
     }
     let is_replica = |node: &Redis| common::redis_cli(node.port, &["ROLE"]).starts_with("slave");
-    let before: Vec<u64> = cluster.nodes.iter().map(gets_served).collect();
+    let before: Vec<u64> = cluster.nodes.iter().map(common::gets_served).collect();
     // Replication is asynchronous: read until each value has arrived.
     for k in &keys {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -301,7 +291,7 @@ async fn reads_go_to_replicas_and_fall_back_to_primaries() {
     }
     let mut by_replicas = 0;
     for (node, before) in cluster.nodes.iter().zip(&before) {
-        let served = gets_served(node) - before;
+        let served = common::gets_served(node) - before;
         if is_replica(node) {
             by_replicas += served;
         } else {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bulk, free_port, http_get, redis_cli, wait_for_port, Keygate, Redis};
+use common::{bulk, free_port, gets_served, http_get, redis_cli, wait_for_port, Keygate, Redis};
 use tokio::time::Instant;
 
 /// A real Redis Sentinel (redis-server --sentinel) monitoring `master` as "mymaster".
@@ -206,15 +206,6 @@ async fn no_sentinel_yet_means_a_clear_error_then_recovery() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(redis_cli(primary.port, &["GET", "k"]).trim(), "v");
-}
-
-fn gets_served(node: &Redis) -> u64 {
-    redis_cli(node.port, &["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// keygate over a sentinel-managed primary and replica, reading per `read_from`, once the

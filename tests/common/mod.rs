@@ -110,6 +110,16 @@ impl Cluster {
     }
 }
 
+/// GET calls a server has served (from INFO commandstats).
+pub fn gets_served(node: &Redis) -> u64 {
+    redis_cli(node.port, &["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Run redis-cli against a port; its stdout.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")

@@ -23,15 +23,16 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   fi
 fi
 
-# redis-py, for tests/clients.rs (a client library in another language, as applications use it).
-if ! python3 -c 'import redis' >/dev/null 2>&1; then
+# redis-py, for tests/clients.rs (a client library in another language, as applications use
+# it), and prometheus_client, whose parser checks /metrics in tests/cli.rs.
+if ! python3 -c 'import redis, prometheus_client' >/dev/null 2>&1; then
   if ! command -v python3 >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
   fi
-  echo "test.sh: installing redis-py" >&2
-  python3 -m pip install --quiet redis 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages redis
+  echo "test.sh: installing redis-py and prometheus_client" >&2
+  python3 -m pip install --quiet redis prometheus_client 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages redis prometheus_client
 fi
 
 cargo fmt --all -- --check

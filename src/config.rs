@@ -32,6 +32,16 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     /// Commands refused to every tenant, lower case (`config`, `client|kill`).
     pub deny_commands: Vec<String>,
+    pub slowlog: Slowlog,
+}
+
+/// keygate's own slowlog (SLOWLOG through keygate).
+#[derive(Clone, Debug)]
+pub struct Slowlog {
+    /// Requests slower than this, end to end in keygate, are logged.
+    pub threshold: Duration,
+    /// Entries kept; 0 turns the slowlog off.
+    pub max_len: usize,
 }
 
 /// A tenant: who it is, how it proves it, and the private keyspace it gets.
@@ -198,6 +208,34 @@ struct File {
     tenants: Vec<TenantFile>,
     #[serde(default)]
     policy: PolicyFile,
+    #[serde(default)]
+    slowlog: SlowlogFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlowlogFile {
+    #[serde(default = "default_slow", deserialize_with = "duration")]
+    threshold: Duration,
+    #[serde(default = "default_slowlog_len")]
+    max_len: usize,
+}
+
+impl Default for SlowlogFile {
+    fn default() -> Self {
+        SlowlogFile {
+            threshold: default_slow(),
+            max_len: default_slowlog_len(),
+        }
+    }
+}
+
+fn default_slow() -> Duration {
+    Duration::from_millis(10)
+}
+
+fn default_slowlog_len() -> usize {
+    128
 }
 
 #[derive(Deserialize)]
@@ -633,6 +671,10 @@ impl Config {
             },
             tenants,
             deny_commands,
+            slowlog: Slowlog {
+                threshold: raw.slowlog.threshold,
+                max_len: raw.slowlog.max_len.min(100_000),
+            },
         })
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, Caller, ReplyResult};
+use crate::backend::{Backend, BreakerState, Caller, ReplyResult};
 use crate::config::UpstreamKind;
 use crate::error::Error;
 use crate::resp::{self, value};
@@ -75,7 +75,10 @@ pub fn run(
             let sent: Vec<Pending> = (0..topology.backends.len())
                 .map(|i| send_direct(&topology.backends[i], caller, args.clone()))
                 .collect();
-            let header = info_header(topology);
+            let header = match merge {
+                merge::Merge::Info if wants_keygate_section(&args) => info_header(proxy, topology),
+                _ => String::new(),
+            };
             Reply::Later(Box::pin(async move {
                 let replies = join(sent).await;
                 merge::combine(merge, &replies, &[], &header)
@@ -290,25 +293,51 @@ fn scan_reply(reply: Bytes, shard: usize, shards: usize, epoch: u64) -> Bytes {
     out.freeze()
 }
 
-/// keygate's own INFO section, in sharded modes.
-fn info_header(topology: &Topology) -> String {
-    let kind = topology.kind.name();
+/// INFO with no section, or asking for `keygate`, `default`, `all` or `everything`.
+fn wants_keygate_section(args: &[Bytes]) -> bool {
+    args.len() == 1
+        || args[1..].iter().any(|a| {
+            let a = a.to_ascii_lowercase();
+            matches!(&a[..], b"keygate" | b"default" | b"all" | b"everything")
+        })
+}
+
+/// keygate's own INFO section: version, uptime, clients, tenants, topology and every backend
+/// with its state.
+fn info_header(proxy: &Proxy, topology: &Topology) -> String {
     let up = topology
         .backends
         .iter()
         .filter(|b| b.connections_up() > 0)
         .count();
     let mut text = format!(
-        "# keygate\r\nkeygate_version:{}\r\nupstream_kind:{kind}\r\nshards:{}\r\nshards_connected:{up}\r\ntopology_epoch:{}\r\n",
+        "# keygate\r\nkeygate_version:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\ntenants:{}\r\nupstream_kind:{}\r\nshards:{}\r\nshards_connected:{up}\r\ntopology_epoch:{}\r\n",
         env!("CARGO_PKG_VERSION"),
+        proxy.started.elapsed().as_secs(),
+        proxy.metrics.clients_connected.load(Relaxed),
+        proxy.tenants.load().len(),
+        topology.kind.name(),
         topology.backends.len(),
         topology.epoch
     );
-    for (i, backend) in topology.backends.iter().enumerate() {
+    let replicas = topology.replicas.iter().flatten().map(|b| (b, "replica"));
+    let all = topology
+        .backends
+        .iter()
+        .map(|b| (b, "primary"))
+        .chain(replicas);
+    for (i, (backend, role)) in all.enumerate() {
+        let breaker = match backend.breaker().state() {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        };
         text.push_str(&format!(
-            "shard{i}:addr={},connections={}\r\n",
+            "backend{i}:addr={},role={role},connections={},breaker={breaker},in_flight={},pinned={}\r\n",
             backend.addr,
-            backend.connections_up()
+            backend.connections_up(),
+            backend.in_flight(),
+            backend.pinned(),
         ));
     }
     text

@@ -9,7 +9,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::backend::Backend;
 use crate::command::{self, CommandId, COMMANDS, UNKNOWN};
+use crate::histogram::Histogram;
 use crate::tenant::TenantState;
 use crate::topology::Topology;
 
@@ -17,6 +19,13 @@ pub struct Metrics {
     /// Per command id; the last slot is for unknown commands.
     requests: Box<[AtomicU64]>,
     errors: Box<[AtomicU64]>,
+    /// Per command id: time from a request's arrival to its reply's leaving, in keygate.
+    latency: Box<[Histogram]>,
+    /// All commands together (for the status page's p99).
+    pub latency_all: Histogram,
+    /// Bytes read from and written to clients.
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
     pub clients_connected: AtomicU64,
     pub clients_accepted: AtomicU64,
     pub clients_rejected: AtomicU64,
@@ -36,6 +45,10 @@ impl Default for Metrics {
         Metrics {
             requests: slots(),
             errors: slots(),
+            latency: (0..=COMMANDS.len()).map(|_| Histogram::default()).collect(),
+            latency_all: Histogram::default(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
             clients_connected: AtomicU64::new(0),
             clients_accepted: AtomicU64::new(0),
             clients_rejected: AtomicU64::new(0),
@@ -64,6 +77,17 @@ impl Metrics {
 
     pub fn error(&self, id: CommandId) {
         self.errors[slot(id)].fetch_add(1, Relaxed);
+    }
+
+    /// A reply left `took` after its request arrived.
+    pub fn took(&self, id: CommandId, took: std::time::Duration) {
+        self.latency[slot(id)].observe(took);
+        self.latency_all.observe(took);
+    }
+
+    /// Requests of every command so far.
+    pub fn requests_total(&self) -> u64 {
+        self.requests.iter().map(|r| r.load(Relaxed)).sum()
     }
 
     /// Requests counted for a command so far.
@@ -100,6 +124,20 @@ impl Metrics {
             "Error replies sent, by command (keygate's own and the backend's).",
             &self.errors,
         );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_request_duration_seconds Time from a request's arrival to its reply's leaving keygate, by command.\n\
+             # TYPE keygate_request_duration_seconds histogram"
+        );
+        for (i, histogram) in self.latency.iter().enumerate() {
+            let id = if i == COMMANDS.len() {
+                UNKNOWN
+            } else {
+                i as CommandId
+            };
+            let labels = format!("command=\"{}\"", command::name_of(id));
+            histogram.render(&mut out, "keygate_request_duration_seconds", &labels);
+        }
         let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(
                 out,
@@ -112,6 +150,20 @@ impl Metrics {
             "gauge",
             "Client connections open now.",
             self.clients_connected.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_client_read_bytes_total",
+            "counter",
+            "Bytes received from clients.",
+            self.bytes_in.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_client_written_bytes_total",
+            "counter",
+            "Bytes sent to clients.",
+            self.bytes_out.load(Relaxed),
         );
         gauge(
             &mut out,
@@ -160,43 +212,61 @@ impl Metrics {
             self.last_reload.load(Relaxed),
             topology.epoch,
         );
-        let _ = writeln!(
-            out,
-            "# HELP keygate_backend_connections Backend connections established now, by server.\n\
-             # TYPE keygate_backend_connections gauge"
-        );
-        for backend in topology.all_backends() {
-            let _ = writeln!(
-                out,
-                "keygate_backend_connections{{server=\"{}\"}} {}",
-                backend.addr,
-                backend.connections_up()
-            );
+        type PerBackend = fn(&Backend) -> u64;
+        let per_backend: [(&str, &str, &str, PerBackend); 5] = [
+            (
+                "keygate_backend_connections",
+                "gauge",
+                "Backend connections established now, by server.",
+                |b| b.connections_up() as u64,
+            ),
+            (
+                "keygate_backend_breaker_state",
+                "gauge",
+                "Circuit breaker per server: 0 closed, 1 open, 2 half-open (probing).",
+                |b| b.breaker().state() as u64,
+            ),
+            (
+                "keygate_backend_breaker_opened_total",
+                "counter",
+                "Times each server's circuit breaker opened.",
+                |b| b.breaker().times_opened(),
+            ),
+            (
+                "keygate_backend_requests_in_flight",
+                "gauge",
+                "Requests written to a server's pooled connections and not yet answered (how much waits on it).",
+                |b| b.in_flight() as u64,
+            ),
+            (
+                "keygate_backend_pinned_connections",
+                "gauge",
+                "Connections pinned to one client (transactions) now, by server.",
+                |b| b.pinned() as u64,
+            ),
+        ];
+        for (name, kind, help, read) in per_backend {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for backend in topology.all_backends() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{server=\"{}\"}} {}",
+                    backend.addr,
+                    read(backend)
+                );
+            }
         }
         let _ = writeln!(
             out,
-            "# HELP keygate_backend_breaker_state Circuit breaker per server: 0 closed, 1 open, 2 half-open (probing).\n\
-             # TYPE keygate_backend_breaker_state gauge"
+            "# HELP keygate_backend_request_duration_seconds Time from a request's being written to a backend connection to its reply's arrival, by server.\n\
+             # TYPE keygate_backend_request_duration_seconds histogram"
         );
         for backend in topology.all_backends() {
-            let _ = writeln!(
-                out,
-                "keygate_backend_breaker_state{{server=\"{}\"}} {}",
-                backend.addr,
-                backend.breaker().state() as u8
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP keygate_backend_breaker_opened_total Times each server's circuit breaker opened.\n\
-             # TYPE keygate_backend_breaker_opened_total counter"
-        );
-        for backend in topology.all_backends() {
-            let _ = writeln!(
-                out,
-                "keygate_backend_breaker_opened_total{{server=\"{}\"}} {}",
-                backend.addr,
-                backend.breaker().times_opened()
+            let labels = format!("server=\"{}\"", backend.addr);
+            backend.latency().render(
+                &mut out,
+                "keygate_backend_request_duration_seconds",
+                &labels,
             );
         }
         let _ = writeln!(
@@ -215,7 +285,7 @@ impl Metrics {
         }
         if !tenants.is_empty() {
             type Read = fn(&TenantState) -> u64;
-            let families: [(&str, &str, &str, Read); 3] = [
+            let families: [(&str, &str, &str, Read); 4] = [
                 (
                     "keygate_tenant_connections",
                     "gauge",
@@ -227,6 +297,12 @@ impl Metrics {
                     "counter",
                     "Requests from each tenant.",
                     |t| t.requests.load(Relaxed),
+                ),
+                (
+                    "keygate_tenant_request_errors_total",
+                    "counter",
+                    "Error replies sent to each tenant.",
+                    |t| t.errors.load(Relaxed),
                 ),
                 (
                     "keygate_tenant_rate_limited_total",

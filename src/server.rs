@@ -25,6 +25,7 @@ use crate::refresh;
 use crate::reload;
 use crate::sentinel;
 use crate::session;
+use crate::slowlog::Slowlog;
 use crate::tenant::TenantState;
 use crate::topology::Topology;
 
@@ -46,6 +47,9 @@ pub struct Proxy {
     pub reloading: tokio::sync::Mutex<()>,
     /// The config file's text as last read, so an unchanged file is not reloaded again.
     pub config_seen: std::sync::Mutex<Option<String>>,
+    pub slowlog: Slowlog,
+    /// When keygate started (INFO's uptime).
+    pub started: std::time::Instant,
     next_client_id: AtomicU64,
 }
 
@@ -86,6 +90,7 @@ impl Server {
             .cloned()
             .map(|t| Arc::new(TenantState::new(t)))
             .collect();
+        let slowlog_len = config.slowlog.max_len;
         let proxy = Arc::new(Proxy {
             tenancy: AtomicBool::new(!tenants.is_empty()),
             tenants: ArcSwap::from_pointee(tenants),
@@ -96,6 +101,8 @@ impl Server {
             config_path: OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
             config_seen: std::sync::Mutex::new(None),
+            slowlog: Slowlog::new(slowlog_len),
+            started: std::time::Instant::now(),
             next_client_id: AtomicU64::new(1),
         });
         let kind = proxy.config.load().upstream.kind;

@@ -167,14 +167,64 @@ async fn admin_endpoints() {
             "missing {line:?} in\n{metrics}"
         );
     }
-    // Every sample line has a TYPE line for its family.
+    // Every sample line has a TYPE line for its family (a histogram's samples are its
+    // family's _bucket, _sum and _count).
     for sample in metrics.lines().filter(|l| !l.starts_with('#')) {
-        let family = sample.split(['{', ' ']).next().unwrap();
+        let name = sample.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|f| metrics.contains(&format!("# TYPE {f} histogram")))
+            })
+            .unwrap_or(name);
         assert!(
             metrics.contains(&format!("# TYPE {family} ")),
             "no TYPE for {family}"
         );
     }
+    // And the reference parser (Prometheus's Python client) reads all of it.
+    let parsed = prometheus_families(&metrics);
+    for family in [
+        "keygate_requests",
+        "keygate_request_duration_seconds",
+        "keygate_backend_request_duration_seconds",
+        "keygate_client_read_bytes",
+        "keygate_backend_breaker_state",
+    ] {
+        assert!(
+            parsed.lines().any(|l| l == family),
+            "{family} not parsed: {parsed}"
+        );
+    }
+}
+
+/// The metric families Prometheus's own Python client parses out of `text`, one per line.
+fn prometheus_families(text: &str) -> String {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\n\
+             for f in text_string_to_metric_families(sys.stdin.read()): print(f.name)",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is missing (scripts/test.sh installs it with prometheus_client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// SIGHUP reloads the config file (here unchanged, so only SIGHUP can have reloaded it: the

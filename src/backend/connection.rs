@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{self, Instant};
 use tracing::{debug, error, info, warn};
 
-use super::{Breaker, Flavor, Options};
+use super::{Breaker, Flavor, Options, Stats};
 use crate::error::Error;
 use crate::resp::reply::Scanner;
 use crate::write_queue::WriteQueue;
@@ -65,6 +65,7 @@ pub(super) async fn supervise(
     addr: Arc<str>,
     opts: Arc<Options>,
     breaker: Arc<Breaker>,
+    stats: Arc<Stats>,
     flavor: Flavor,
     requests: mpsc::UnboundedReceiver<Request>,
     up: Arc<AtomicBool>,
@@ -75,6 +76,7 @@ pub(super) async fn supervise(
             addr.clone(),
             opts.clone(),
             breaker.clone(),
+            stats.clone(),
             flavor,
             requests.clone(),
             up.clone(),
@@ -96,6 +98,7 @@ async fn run(
     addr: Arc<str>,
     opts: Arc<Options>,
     breaker: Arc<Breaker>,
+    stats: Arc<Stats>,
     flavor: Flavor,
     requests: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
     up: Arc<AtomicBool>,
@@ -109,7 +112,7 @@ async fn run(
                 info!(backend = %addr, "backend connected");
                 up.store(true, Ordering::Release);
                 let since = Instant::now();
-                let closed = serve(stream, &addr, &opts, &breaker, requests).await;
+                let closed = serve(stream, &addr, &opts, &breaker, &stats, requests).await;
                 up.store(false, Ordering::Release);
                 // Only a connection that lasted earns a fast reconnect: a server that accepts
                 // and drops connections at once must not be reconnected to in a tight loop.
@@ -353,6 +356,7 @@ async fn serve(
     addr: &Arc<str>,
     opts: &Options,
     breaker: &Breaker,
+    stats: &Stats,
     requests: &mut mpsc::UnboundedReceiver<Request>,
 ) -> Closed {
     let (mut rd, mut wr) = stream.split();
@@ -386,7 +390,7 @@ async fn serve(
             read = rd.read_buf(&mut input) => match read {
                 Ok(0) => break Error::BackendLost { addr: addr.clone(), reason: "closed by server".into() },
                 Ok(_) => {
-                    if let Err(reason) = deliver(&mut input, &mut scanner, &mut inflight, opts) {
+                    if let Err(reason) = deliver(&mut input, &mut scanner, &mut inflight, opts, stats) {
                         break Error::BackendLost { addr: addr.clone(), reason };
                     }
                     breaker.success();
@@ -401,6 +405,7 @@ async fn serve(
             request = requests.recv(), if !unused && out.len() < WRITE_HIGH_WATER => match request {
                 Some(request) => {
                     let deadline = Instant::now() + opts.request_timeout;
+                    let before = inflight.len();
                     accept(request, deadline, &mut out, &mut inflight);
                     while out.len() < WRITE_HIGH_WATER {
                         match requests.try_recv() {
@@ -408,6 +413,7 @@ async fn serve(
                             Err(_) => break,
                         }
                     }
+                    stats.in_flight.fetch_add(inflight.len() - before, Ordering::Relaxed);
                 }
                 None => unused = true,
             },
@@ -418,6 +424,7 @@ async fn serve(
     };
     let reason: Arc<str> = broken.to_string().into();
     debug!(backend = %addr, in_flight = inflight.len(), %reason, "poisoning backend connection");
+    stats.in_flight.fetch_sub(inflight.len(), Ordering::Relaxed);
     for pending in inflight.drain(..) {
         if let Some(reply) = pending.reply {
             let _ = reply.send(Err(broken.clone()));
@@ -455,7 +462,10 @@ fn deliver(
     scanner: &mut Scanner,
     inflight: &mut VecDeque<InFlight>,
     opts: &Options,
+    stats: &Stats,
 ) -> Result<(), Arc<str>> {
+    // One clock reading for every reply in this read.
+    let now = Instant::now();
     loop {
         let frame = match scanner.scan(input) {
             Ok(Some(frame)) => frame,
@@ -466,6 +476,10 @@ fn deliver(
         let Some(pending) = inflight.pop_front() else {
             return Err("reply with no request in flight".into());
         };
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Every request of a batch has the same deadline: it was written at deadline - timeout.
+        let sent = pending.deadline - opts.request_timeout;
+        stats.latency.observe(now.saturating_duration_since(sent));
         let reply = if frame.too_deep {
             Err(Error::ReplyTooDeep {
                 depth: opts.max_reply_depth,

@@ -19,7 +19,7 @@ mod connection;
 mod subscriber;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ pub use subscriber::{Event, Subscriber};
 
 use crate::config::Upstream;
 use crate::error::Error;
+use crate::histogram::Histogram;
 
 /// How connections to a server are made and used.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +84,17 @@ pub struct Caller {
     pub flavor: Flavor,
 }
 
+/// What a server's connections measure, for /metrics.
+#[derive(Default)]
+pub struct Stats {
+    /// From a request's write to its reply, on the pooled connections.
+    pub latency: Histogram,
+    /// Requests written to pooled connections and not yet answered.
+    pub in_flight: AtomicUsize,
+    /// Pinned connections alive.
+    pub pinned: AtomicUsize,
+}
+
 /// A handle to one connection slot's task.
 struct Link {
     requests: mpsc::UnboundedSender<Request>,
@@ -103,6 +115,7 @@ pub struct Backend {
     flavored: Mutex<HashMap<Flavor, Arc<[Link]>>>,
     opts: Arc<Options>,
     breaker: Arc<Breaker>,
+    stats: Arc<Stats>,
     blocking: Arc<Semaphore>,
     subscribers: Arc<Semaphore>,
     idle: Mutex<Vec<Dedicated>>,
@@ -116,6 +129,13 @@ pub struct Backend {
 pub struct Pinned {
     pub addr: Arc<str>,
     link: Link,
+    stats: Arc<Stats>,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.stats.pinned.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pinned {
@@ -135,6 +155,7 @@ fn spawn_link(
     addr: &Arc<str>,
     opts: &Arc<Options>,
     breaker: &Arc<Breaker>,
+    stats: &Arc<Stats>,
     flavor: Flavor,
 ) -> Link {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -143,6 +164,7 @@ fn spawn_link(
         addr.clone(),
         opts.clone(),
         breaker.clone(),
+        stats.clone(),
         flavor,
         rx,
         up.clone(),
@@ -176,13 +198,15 @@ impl Backend {
     pub fn start(addr: &str, opts: Arc<Options>) -> Backend {
         let addr: Arc<str> = addr.into();
         let breaker = Breaker::new(addr.clone(), opts.clone());
+        let stats = Arc::new(Stats::default());
         let links = (0..opts.connections)
-            .map(|_| spawn_link(&addr, &opts, &breaker, Flavor::default()))
+            .map(|_| spawn_link(&addr, &opts, &breaker, &stats, Flavor::default()))
             .collect();
         Backend {
             addr,
             links,
             breaker,
+            stats,
             flavored: Mutex::new(HashMap::new()),
             blocking: Arc::new(Semaphore::new(opts.blocking_connections)),
             subscribers: Arc::new(Semaphore::new(opts.subscriber_connections)),
@@ -194,9 +218,11 @@ impl Backend {
 
     /// Open a connection of one client's own to this server.
     pub fn pin(&self, flavor: Flavor) -> Pinned {
+        self.stats.pinned.fetch_add(1, Ordering::Relaxed);
         Pinned {
             addr: self.addr.clone(),
-            link: spawn_link(&self.addr, &self.opts, &self.breaker, flavor),
+            link: spawn_link(&self.addr, &self.opts, &self.breaker, &self.stats, flavor),
+            stats: self.stats.clone(),
         }
     }
 
@@ -254,7 +280,7 @@ impl Backend {
             .entry(flavor)
             .or_insert_with(|| {
                 (0..self.opts.connections)
-                    .map(|_| spawn_link(&self.addr, &self.opts, &self.breaker, flavor))
+                    .map(|_| spawn_link(&self.addr, &self.opts, &self.breaker, &self.stats, flavor))
                     .collect()
             })
             .clone()
@@ -360,6 +386,18 @@ impl Backend {
             self.opts.blocking_connections - self.blocking.available_permits(),
             self.opts.subscriber_connections - self.subscribers.available_permits(),
         )
+    }
+
+    pub fn latency(&self) -> &Histogram {
+        &self.stats.latency
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.stats.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn pinned(&self) -> usize {
+        self.stats.pinned.load(Ordering::Relaxed)
     }
 
     /// How many of the default pool's connections are established right now.

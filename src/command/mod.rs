@@ -103,6 +103,9 @@ fn policy(spec: &Spec) -> Policy {
         // CLIENT acts on the connection: keygate answers it, refusing the subcommands that would
         // act on shared backend connections (see session::local).
         "client" => Policy::Local,
+        // keygate's own slowlog (see slowlog): the backend's would mix every client's commands.
+        "slowlog" => Policy::Local,
+        name if name.starts_with("slowlog|") => Policy::Local,
         name if name.starts_with("client|") => Policy::Local,
         "multi" | "exec" | "discard" | "watch" | "unwatch" => Policy::Transaction,
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe"

@@ -117,13 +117,22 @@ pub fn combine(merge: Merge, replies: &[Bytes], layout: &[Vec<usize>], info_head
                 .unwrap_or_else(|| resp::bulk(None))
         }
         Merge::Info => {
-            // db -> (keys, expires)
-            let mut dbs: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+            // The first shard's sections but its keyspace, then every shard's keyspace summed.
+            let mut texts = Vec::with_capacity(replies.len());
             for reply in replies {
                 let Some(value::Value::Bulk(Some(text))) = value::parse(reply) else {
                     return malformed();
                 };
-                for line in String::from_utf8_lossy(&text).lines() {
+                texts.push(String::from_utf8_lossy(&text).into_owned());
+            }
+            // db -> (keys, expires)
+            let mut dbs: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+            let mut keyspace = false;
+            for text in &texts {
+                for line in text.lines() {
+                    if line.starts_with("# Keyspace") {
+                        keyspace = true;
+                    }
                     let Some((db, fields)) = line.split_once(':') else {
                         continue;
                     };
@@ -141,11 +150,30 @@ pub fn combine(merge: Merge, replies: &[Bytes], layout: &[Vec<usize>], info_head
                 }
             }
             let mut text = String::from(info_header);
-            text.push_str("\r\n# Keyspace\r\n");
-            for (db, (keys, expires)) in dbs {
-                text.push_str(&format!(
-                    "db{db}:keys={keys},expires={expires},avg_ttl=0\r\n"
-                ));
+            let mut in_keyspace = false;
+            for line in texts.first().map_or("", String::as_str).lines() {
+                if line.starts_with('#') {
+                    in_keyspace = line.starts_with("# Keyspace");
+                }
+                if !in_keyspace {
+                    // Sections are separated by a blank line.
+                    if line.starts_with('#') && !text.is_empty() && !text.ends_with("\r\n\r\n") {
+                        text.push_str("\r\n");
+                    }
+                    text.push_str(line);
+                    text.push_str("\r\n");
+                }
+            }
+            if keyspace {
+                while text.ends_with("\r\n\r\n") {
+                    text.truncate(text.len() - 2);
+                }
+                text.push_str("\r\n# Keyspace\r\n");
+                for (db, (keys, expires)) in dbs {
+                    text.push_str(&format!(
+                        "db{db}:keys={keys},expires={expires},avg_ttl=0\r\n"
+                    ));
+                }
             }
             resp::bulk(Some(text.as_bytes()))
         }

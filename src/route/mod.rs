@@ -74,7 +74,8 @@ pub fn plan(cmd: &Command, topology: &Topology) -> Result<Plan, Error> {
         // has its seeds.
         return Err(Error::NoPrimary);
     }
-    if let Placement::Single = topology.placement {
+    // INFO gets keygate's own section in every mode.
+    if matches!(topology.placement, Placement::Single) && spec.name != "info" {
         return Ok(Plan::One(Target {
             backend: 0,
             slot: None,
@@ -140,10 +141,10 @@ fn keyspace_wide(cmd: &Command, topology: &Topology) -> Result<Option<Plan>, Err
         "script|load" => Merge::Same,
         "randomkey" => Merge::AnyValue,
         "info" => {
-            // keygate's own section, then the keyspace summed over the shards.
-            let args = vec![Bytes::from_static(b"INFO"), Bytes::from_static(b"keyspace")];
+            // keygate's own section, then the first shard's sections with the keyspace summed
+            // over the shards.
             return Ok(Some(Plan::All {
-                args,
+                args: cmd.args.clone(),
                 merge: Merge::Info,
             }));
         }

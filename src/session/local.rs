@@ -55,6 +55,7 @@ impl Session {
                 Handled::ready(resp::simple("RESET"))
             }
             "client" => self.client(cmd),
+            "slowlog" => self.slowlog(cmd),
             other => unreachable!("{other} has no local handler"),
         }
     }
@@ -270,12 +271,7 @@ impl Session {
                     "REPLY (ON|OFF|SKIP)", "    Control the replies sent to the current connection.",
                     "HELP", "    Print this help.",
                 ];
-                let mut out = BytesMut::new();
-                resp::put_header(&mut out, b'*', lines.len() as i64);
-                for line in lines {
-                    out.extend_from_slice(&resp::simple(line));
-                }
-                Handled::ready(out.freeze())
+                Handled::ready(help(&lines))
             }
             _ if cmd.spec.is_some_and(|s| s.name != "client") => Err(Error::Refused {
                 command: format!("CLIENT {}", sub.to_ascii_uppercase()),
@@ -284,6 +280,42 @@ impl Session {
             _ => Err(Error::UnknownSubcommand {
                 container: "client",
                 sub: args[1].clone(),
+            }),
+        }
+    }
+
+    /// SLOWLOG GET [count] / LEN / RESET / HELP, from keygate's own slowlog (a tenant's own
+    /// entries only).
+    fn slowlog(&mut self, cmd: &Command) -> Result<Handled, Error> {
+        let args = &cmd.args;
+        let tenant = self.tenant.as_ref().map(|s| s.tenant.config.name.clone());
+        let slowlog = &self.proxy.slowlog;
+        match cmd.sub_lower().as_deref() {
+            Some("get") => {
+                let count = match args.get(2) {
+                    None => None,
+                    Some(n) => Some(resp::parse_int(n).ok_or(Error::Invalid(NOT_INTEGER))?),
+                };
+                Handled::ready(slowlog.get(tenant.as_deref(), count))
+            }
+            Some("len") => Handled::ready(resp::integer(slowlog.len(tenant.as_deref()) as i64)),
+            Some("reset") => {
+                slowlog.reset(tenant.as_deref());
+                Handled::ready(resp::simple("OK"))
+            }
+            Some("help") => {
+                let lines = [
+                    "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. keygate's own slowlog (slowlog.threshold, end to end in keygate):",
+                    "GET [<count>]", "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+                    "LEN", "    Return the length of the slowlog.",
+                    "RESET", "    Reset the slowlog.",
+                    "HELP", "    Print this help.",
+                ];
+                Handled::ready(help(&lines))
+            }
+            _ => Err(Error::UnknownSubcommand {
+                container: "slowlog",
+                sub: args.get(1).cloned().unwrap_or_default(),
             }),
         }
     }
@@ -323,6 +355,16 @@ impl Handled {
             blocking: false,
         }
     }
+}
+
+/// A HELP reply: its lines as simple strings.
+fn help(lines: &[&str]) -> Bytes {
+    let mut out = BytesMut::new();
+    resp::put_header(&mut out, b'*', lines.len() as i64);
+    for line in lines {
+        out.extend_from_slice(&resp::simple(line));
+    }
+    out.freeze()
 }
 
 /// A connection name or library string as Redis accepts them: printable ASCII without spaces.

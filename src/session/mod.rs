@@ -57,6 +57,25 @@ struct Slot {
     silent: bool,
     /// A blocking command: if the client leaves, it is not waited for.
     blocking: bool,
+    origin: Origin,
+}
+
+/// Where a request came from, for its latency and the slowlog.
+struct Origin {
+    arrived: Instant,
+    /// The first argument as the client sent it, and how many followed it.
+    first_arg: Option<Bytes>,
+    more: usize,
+}
+
+impl Origin {
+    fn of(args: &[Bytes]) -> Origin {
+        Origin {
+            arrived: Instant::now(),
+            first_arg: args.get(1).cloned(),
+            more: args.len().saturating_sub(2),
+        }
+    }
 }
 
 /// The connection state keygate keeps for a client, in place of the backend's.
@@ -95,6 +114,8 @@ struct Session {
     sub: Option<pubsub::Sub>,
     /// `read_from = "prefer_replica"`: when this client last sent a write.
     last_write: Option<Instant>,
+    /// Requests slower than this go to the slowlog.
+    slow: Duration,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
 }
@@ -105,6 +126,7 @@ struct Held {
     fix: tenancy::Fix,
     command: CommandId,
     skipped: bool,
+    origin: Origin,
 }
 
 /// What became of a request.
@@ -148,6 +170,11 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         pending_select: None,
         sub: None,
         last_write: None,
+        slow: if config.slowlog.max_len == 0 {
+            Duration::MAX
+        } else {
+            config.slowlog.threshold
+        },
         held: None,
     };
     let (mut rd, mut wr) = stream.split();
@@ -221,11 +248,12 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         );
         tokio::select! {
             biased;
-            written = out.write_to(&mut wr), if !out.is_empty() => {
-                if written.is_err() {
-                    break;
+            written = out.write_to(&mut wr), if !out.is_empty() => match written {
+                Ok(n) => {
+                    proxy.metrics.bytes_out.fetch_add(n as u64, Relaxed);
                 }
-            }
+                Err(_) => break,
+            },
             reply = front_reply(&mut pending), if front_waits => {
                 let slot = pending.pop_front().expect("front exists");
                 session.emit(&slot, reply, &mut out);
@@ -242,7 +270,8 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
                         session.abort = true;
                     }
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    proxy.metrics.bytes_in.fetch_add(n as u64, Relaxed);
                     if let Some(timeout) = idle_timeout {
                         idle.as_mut().reset(Instant::now() + timeout);
                     }
@@ -336,6 +365,7 @@ impl Session {
                         command: UNKNOWN,
                         silent: false,
                         blocking: false,
+                        origin: Origin::of(&[]),
                     });
                     self.closing = true;
                 }
@@ -346,19 +376,20 @@ impl Session {
     /// Start one request; `None` if it is held (see `Held`). `drained`: no earlier reply of this
     /// client is still with a backend.
     fn handle(&mut self, args: Vec<Bytes>, drained: Drained) -> Option<Slot> {
+        let origin = Origin::of(&args);
         let cmd = Command::parse(args);
         self.proxy.metrics.request(cmd.id);
         let command = cmd.id;
         let skipped = std::mem::take(&mut self.skip_next);
         let outcome = self.try_handle(cmd, drained);
-        self.slot(outcome, command, skipped)
+        self.slot(outcome, command, skipped, origin)
     }
 
     /// Send the held request, now that the replies before it are in.
     fn resume(&mut self) -> Slot {
         let held = self.held.take().expect("a held request");
         let outcome = self.route(held.cmd, held.fix, &|| true);
-        self.slot(outcome, held.command, held.skipped)
+        self.slot(outcome, held.command, held.skipped, held.origin)
             .expect("a request is never held twice once drained")
     }
 
@@ -367,6 +398,7 @@ impl Session {
         outcome: Result<Outcome, Error>,
         command: CommandId,
         skipped: bool,
+        origin: Origin,
     ) -> Option<Slot> {
         let (reply, quiet, blocking) = match outcome {
             Ok(Outcome::Handled(Handled {
@@ -380,6 +412,7 @@ impl Session {
                     fix,
                     command,
                     skipped,
+                    origin,
                 });
                 return None;
             }
@@ -390,6 +423,7 @@ impl Session {
             command,
             silent: quiet || skipped || self.replies_off,
             blocking,
+            origin,
         })
     }
 
@@ -517,6 +551,21 @@ impl Session {
         }
     }
 
+    fn log_slow(&self, slot: &Slot, took: Duration) {
+        let tenant = self.tenant.as_ref().map(|s| s.tenant.config.name.clone());
+        self.proxy.slowlog.record(crate::slowlog::Entry {
+            id: 0,
+            at: 0,
+            took,
+            command: crate::command::name_of(slot.command),
+            first_arg: slot.origin.first_arg.clone(),
+            more: slot.origin.more,
+            client: self.peer.to_string(),
+            client_name: self.name.clone(),
+            tenant,
+        });
+    }
+
     /// Who sends this client's requests, for the backend pools.
     fn caller(&self) -> Caller {
         Caller {
@@ -535,8 +584,17 @@ impl Session {
 
     /// Queue a finished reply for the client, unless it was silenced.
     fn emit(&self, slot: &Slot, mut bytes: Bytes, out: &mut WriteQueue) {
+        let took = slot.origin.arrived.elapsed();
+        self.proxy.metrics.took(slot.command, took);
+        // Blocking commands are slow by design; Redis leaves them out of its slowlog too.
+        if took >= self.slow && !slot.blocking {
+            self.log_slow(slot, took);
+        }
         if bytes.first() == Some(&b'-') {
             self.proxy.metrics.error(slot.command);
+            if let Some(seat) = &self.tenant {
+                seat.tenant.errors.fetch_add(1, Relaxed);
+            }
             // Redis quotes key names in some errors ('acme:stream'): show the tenant its own.
             if let Some(seat) = &self.tenant {
                 bytes = tenancy::unquote_keys(bytes, seat.tenant.config.prefix.as_bytes());

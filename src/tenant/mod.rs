@@ -28,6 +28,8 @@ pub struct TenantState {
     /// Requests this tenant sent, and those refused for `max_ops_per_sec` (for /metrics).
     pub requests: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Error replies sent to this tenant's clients.
+    pub errors: AtomicU64,
     /// SHA1s (lower-case hex) of the scripts this tenant loaded or ran: EVALSHA and SCRIPT
     /// EXISTS see only these, so a tenant cannot run, or detect, another's scripts.
     scripts: Mutex<HashSet<Vec<u8>>>,
@@ -48,6 +50,7 @@ impl TenantState {
             connections: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             scripts: Mutex::new(HashSet::new()),
             bucket: Mutex::new(Bucket {
                 tokens,

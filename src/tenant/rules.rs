@@ -48,6 +48,9 @@ pub fn rule(name: &str) -> Option<Rule> {
         // Connection state keygate keeps per client.
         "auth" | "hello" | "quit" | "reset" | "select" | "ping" | "echo" | "client" => Local,
         name if name.starts_with("client|") => Local,
+        // keygate's own slowlog, which shows a tenant only its own entries.
+        "slowlog" => Local,
+        name if name.starts_with("slowlog|") => Local,
 
         // Keys at fixed positions.
         "append"
@@ -292,11 +295,6 @@ pub fn rule(name: &str) -> Option<Rule> {
         | "module|load"
         | "module|loadex"
         | "module|unload"
-        | "slowlog"
-        | "slowlog|get"
-        | "slowlog|help"
-        | "slowlog|len"
-        | "slowlog|reset"
         | "latency"
         | "latency|doctor"
         | "latency|graph"

@@ -3,9 +3,9 @@
 # processes, and a build check of the fuzz targets. This is what CI runs (.ci/run).
 #
 # Needs redis-server, redis-cli and nutcracker (Debian packages redis-server, redis-tools,
-# nutcracker), and python3 with redis-py; when one is missing they are installed (the Debian
-# packages when we are root, redis-py with pip). Tests start their own
-# servers on free loopback ports.
+# nutcracker), chromium, and python3 with redis-py and prometheus_client; when one is missing
+# it is installed (the Debian packages when we are root, the Python ones with pip). Tests start
+# their own servers on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,18 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools nutcracker >/dev/null
   else
     echo "test.sh: install redis-server, redis-tools and nutcracker (apt-get install ...)" >&2
+    exit 1
+  fi
+fi
+
+# Chromium, for tests/status_page.rs (the status page rendered by a real browser).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing chromium" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "test.sh: install chromium (apt-get install chromium)" >&2
     exit 1
   fi
 fi

@@ -1,6 +1,7 @@
 //! The admin HTTP port: `/health` (200 while the process runs), `/ready` (200 only while every
 //! backend has a live connection, else 503), `/metrics` (Prometheus text format), and
-//! `POST /reload` (reload the config file: 200 with what changed, or 400 with why not).
+//! `POST /reload` (reload the config file: 200 with what changed, or 400 with why not), and the
+//! status page: `/` and the `/status.json` it polls (see `status`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -84,6 +85,16 @@ fn respond(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
         );
     }
     match req.uri().path() {
+        "/" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::status::PAGE.into(),
+        ),
+        "/status.json" => reply(
+            StatusCode::OK,
+            "application/json",
+            crate::status::json(proxy),
+        ),
         "/health" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => {
             let topology = proxy.topology.load();

@@ -18,7 +18,7 @@
 //!   protocol and database in use), and connections of one client's own: pinned (transactions),
 //!   blocking, subscriber.
 //! - `write_queue`: batched, zero-copy socket writes for both sides.
-//! - `admin`, `metrics`: /health, /ready, /metrics.
+//! - `admin`, `metrics`, `status`: /health, /ready, /metrics, POST /reload, the status page.
 //! - `error`: the one error enum; every client-facing error text.
 //!
 //! Everything from `resp` to `route` does no I/O, so it is unit-tested, benchmarked and fuzzed
@@ -50,6 +50,7 @@ pub mod sentinel;
 pub mod server;
 pub mod session;
 pub mod slowlog;
+pub mod status;
 pub mod tenant;
 pub mod topology;
 pub mod write_queue;

@@ -50,6 +50,8 @@ pub struct Proxy {
     pub slowlog: Slowlog,
     /// When keygate started (INFO's uptime).
     pub started: std::time::Instant,
+    /// The status page's history (see `status`).
+    pub samples: crate::status::Shared,
     next_client_id: AtomicU64,
 }
 
@@ -103,6 +105,7 @@ impl Server {
             config_seen: std::sync::Mutex::new(None),
             slowlog: Slowlog::new(slowlog_len),
             started: std::time::Instant::now(),
+            samples: Default::default(),
             next_client_id: AtomicU64::new(1),
         });
         let kind = proxy.config.load().upstream.kind;
@@ -158,6 +161,7 @@ impl Server {
         tokio::spawn(refresh::run(proxy.clone(), shutdown.clone()));
         tokio::spawn(eject(proxy.clone(), shutdown.clone()));
         tokio::spawn(sentinel::watch(proxy.clone(), shutdown.clone()));
+        tokio::spawn(crate::status::sample(proxy.clone(), shutdown.clone()));
         if proxy.config_path.get().is_some() {
             tokio::spawn(reload::watch(proxy.clone(), shutdown.clone()));
         }

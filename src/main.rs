@@ -19,11 +19,14 @@ struct Cli {
     /// Validate the configuration and exit: 0 if it is valid, 2 with the reason if not.
     #[arg(long)]
     check: bool,
+    /// Log format, overriding the config's `log.format`.
+    #[arg(long, value_name = "text|json", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
+    let mut config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("keygate: invalid configuration: {e}");
@@ -33,6 +36,9 @@ fn main() -> ExitCode {
     if cli.check {
         println!("keygate: {}: configuration is valid", cli.config.display());
         return ExitCode::SUCCESS;
+    }
+    if let Some(format) = &cli.log_format {
+        config.log.json = format == "json";
     }
     init_logging(&config);
     let threads = match config.threads {

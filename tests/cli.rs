@@ -277,3 +277,73 @@ async fn sighup_reloads_the_config() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// `--log-format json`: one JSON object per line; events of a client carry its span (id,
+/// address, tenant); passwords never appear, even at debug level.
+#[tokio::test]
+async fn json_logs_carry_the_client_span_and_no_secrets() {
+    let backend = Redis::start();
+    let port = free_port();
+    let file = config_file(&format!(
+        "listen = \"127.0.0.1:{port}\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n\
+         [[tenants]]\nname = \"acme\"\npassword = \"s3cret-pw\"\nprefix = \"acme:\"\n",
+        backend.addr()
+    ));
+    let mut child = Command::new(KEYGATE)
+        .arg("--config")
+        .arg(file.path())
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut raw = Raw::connect(addr).await;
+    assert!(raw
+        .call(&[b"AUTH", b"acme", b"wrong-s3cret"])
+        .await
+        .starts_with(b"-"));
+    assert_eq!(
+        raw.call(&[b"AUTH", b"acme", b"s3cret-pw"]).await,
+        b"+OK\r\n"
+    );
+    // A protocol error is logged (debug) inside the client's span.
+    raw.send(b"*1\r\n$x\r\n").await;
+    let _ = raw.reply().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut text).unwrap();
+        child.wait().unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    assert!(
+        !out.contains("s3cret"),
+        "a password reached the log:\n{out}"
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not a JSON line: {line}"
+        );
+    }
+    let protocol = lines
+        .iter()
+        .find(|l| l.contains("protocol error"))
+        .unwrap_or_else(|| panic!("no protocol error event in:\n{out}"));
+    assert!(
+        protocol.contains("\"name\":\"client\"")
+            && protocol.contains("\"tenant\":\"acme\"")
+            && protocol.contains("\"peer\":\"127.0.0.1:"),
+        "{protocol}"
+    );
+}

@@ -136,8 +136,24 @@ enum Outcome {
 }
 
 /// Serve one client until it leaves, breaks the protocol, or `shutdown` is cancelled.
-pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: CancellationToken) {
-    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, id: u64, shutdown: CancellationToken) {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    // One span per client connection: every event it causes carries the client's id, address
+    // and, once it authenticated, its tenant.
+    let span = tracing::info_span!("client", id, peer = %peer, tenant = tracing::field::Empty);
+    tracing::Instrument::instrument(serve(proxy, stream, id, peer, shutdown), span).await
+}
+
+async fn serve(
+    proxy: Arc<Proxy>,
+    mut stream: TcpStream,
+    id: u64,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let Ok(local) = stream.local_addr() else {
         return;
     };
     let _ = stream.set_nodelay(true);

@@ -65,6 +65,7 @@ impl Session {
             tenant: tenant.config.name.clone(),
             max: tenant.config.max_connections.unwrap_or(0),
         })?;
+        tracing::Span::current().record("tenant", tenant.config.name.as_str());
         self.tenant = Some(seat);
         Ok(())
     }

@@ -46,7 +46,7 @@ pub type Shared = Mutex<Samples>;
 /// Take a sample every second until shutdown.
 pub async fn sample(proxy: Arc<Proxy>, shutdown: CancellationToken) {
     let mut last_requests = proxy.metrics.requests_total();
-    let mut last_latency = proxy.metrics.latency_all.snapshot();
+    let mut last_latency = proxy.metrics.latency_snapshot();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -55,7 +55,7 @@ pub async fn sample(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let requests = proxy.metrics.requests_total();
-        let latency = proxy.metrics.latency_all.snapshot();
+        let latency = proxy.metrics.latency_snapshot();
         let delta: [u64; BOUNDS_US.len() + 1] =
             std::array::from_fn(|i| latency[i].saturating_sub(last_latency[i]));
         let sample = Sample {

@@ -69,9 +69,9 @@ struct Origin {
 }
 
 impl Origin {
-    fn of(args: &[Bytes]) -> Origin {
+    fn of(args: &[Bytes], arrived: Instant) -> Origin {
         Origin {
-            arrived: Instant::now(),
+            arrived,
             first_arg: args.get(1).cloned(),
             more: args.len().saturating_sub(2),
         }
@@ -218,7 +218,9 @@ async fn serve(
         {
             session.process(&mut decoder, &mut input, &mut pending, max_pipeline);
         }
-        // Every reply that is ready at the front, in order, into the output.
+        // Every reply that is ready at the front, in order, into the output. One clock reading
+        // times the whole batch.
+        let now = Instant::now();
         while let Some(slot) = pending.front_mut() {
             let bytes = match &mut slot.reply {
                 Reply::Ready(bytes) => std::mem::take(bytes),
@@ -241,7 +243,7 @@ async fn serve(
                 }
             };
             let slot = pending.pop_front().expect("front exists");
-            session.emit(&slot, bytes, &mut out);
+            session.emit(&slot, bytes, &mut out, now);
         }
         // Replies just emitted may release a held request (the loop's top sends it).
         if session.held.is_some() && drained(&pending) && !session.abort {
@@ -272,7 +274,7 @@ async fn serve(
             },
             reply = front_reply(&mut pending), if front_waits => {
                 let slot = pending.pop_front().expect("front exists");
-                session.emit(&slot, reply, &mut out);
+                session.emit(&slot, reply, &mut out, Instant::now());
             }
             event = next_event(&mut session.sub), if session.sub.is_some() && out.len() < OUTPUT_HIGH_WATER => {
                 session.on_event(event, &mut out);
@@ -360,12 +362,14 @@ impl Session {
         pending: &mut VecDeque<Slot>,
         max_pipeline: usize,
     ) {
+        // Requests decoded from one read arrived together: one clock reading for all.
+        let now = Instant::now();
         while !self.closing && self.held.is_none() && pending.len() < max_pipeline {
             match decoder.decode(input) {
                 Ok(Some(args)) => {
                     // Asked only by the transaction paths, so ordinary requests never scan the queue.
                     let held_back = &*pending;
-                    if let Some(slot) = self.handle(args, &|| drained(held_back)) {
+                    if let Some(slot) = self.handle(args, &|| drained(held_back), now) {
                         pending.push_back(slot);
                     }
                 }
@@ -381,7 +385,7 @@ impl Session {
                         command: UNKNOWN,
                         silent: false,
                         blocking: false,
-                        origin: Origin::of(&[]),
+                        origin: Origin::of(&[], now),
                     });
                     self.closing = true;
                 }
@@ -391,8 +395,8 @@ impl Session {
 
     /// Start one request; `None` if it is held (see `Held`). `drained`: no earlier reply of this
     /// client is still with a backend.
-    fn handle(&mut self, args: Vec<Bytes>, drained: Drained) -> Option<Slot> {
-        let origin = Origin::of(&args);
+    fn handle(&mut self, args: Vec<Bytes>, drained: Drained, arrived: Instant) -> Option<Slot> {
+        let origin = Origin::of(&args, arrived);
         let cmd = Command::parse(args);
         self.proxy.metrics.request(cmd.id);
         let command = cmd.id;
@@ -599,8 +603,8 @@ impl Session {
     }
 
     /// Queue a finished reply for the client, unless it was silenced.
-    fn emit(&self, slot: &Slot, mut bytes: Bytes, out: &mut WriteQueue) {
-        let took = slot.origin.arrived.elapsed();
+    fn emit(&self, slot: &Slot, mut bytes: Bytes, out: &mut WriteQueue, now: Instant) {
+        let took = now.saturating_duration_since(slot.origin.arrived);
         self.proxy.metrics.took(slot.command, took);
         // Blocking commands are slow by design; Redis leaves them out of its slowlog too.
         if took >= self.slow && !slot.blocking {

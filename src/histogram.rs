@@ -75,6 +75,39 @@ impl Histogram {
     }
 }
 
+/// Observations gathered locally (no atomics), to add to a `Histogram` in one go.
+#[derive(Default)]
+pub struct Timings {
+    buckets: [u64; BOUNDS_US.len() + 1],
+    sum_us: u64,
+}
+
+impl Timings {
+    pub fn add(&mut self, took: Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.buckets[BOUNDS_US.partition_point(|&bound| bound < us)] += 1;
+        self.sum_us += us;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+impl Histogram {
+    /// Add locally gathered observations: one atomic add per bucket used.
+    pub fn merge(&self, timings: &Timings) {
+        for (bucket, &n) in self.buckets.iter().zip(&timings.buckets) {
+            if n > 0 {
+                bucket.fetch_add(n, Relaxed);
+            }
+        }
+        if timings.sum_us > 0 {
+            self.sum_us.fetch_add(timings.sum_us, Relaxed);
+        }
+    }
+}
+
 /// The upper bound (µs) of the bucket holding quantile `q` of the observations counted in
 /// `delta` (per-bucket counts over some interval); `None` if there were none. The last bucket's
 /// bound is reported as the largest finite one.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::command::{self, CommandId, COMMANDS, UNKNOWN};
-use crate::histogram::{Histogram, BOUNDS_US};
+use crate::histogram::{Histogram, Timings, BOUNDS_US};
 use crate::tenant::TenantState;
 use crate::topology::Topology;
 
@@ -76,9 +76,9 @@ impl Metrics {
         self.errors[slot(id)].fetch_add(1, Relaxed);
     }
 
-    /// A reply left `took` after its request arrived.
-    pub fn took(&self, id: CommandId, took: std::time::Duration) {
-        self.latency[slot(id)].observe(took);
+    /// Replies of command `id` left keygate `timings` after their requests arrived.
+    pub fn took(&self, id: CommandId, timings: &Timings) {
+        self.latency[slot(id)].merge(timings);
     }
 
     /// Every command's latency buckets added up (for the status page's p99).

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{Breaker, Flavor, Options, Stats};
 use crate::error::Error;
+use crate::histogram::Timings;
 use crate::resp::reply::Scanner;
 use crate::write_queue::WriteQueue;
 
@@ -464,22 +465,23 @@ fn deliver(
     opts: &Options,
     stats: &Stats,
 ) -> Result<(), Arc<str>> {
-    // One clock reading for every reply in this read.
+    // One clock reading for every reply in this read, and the figures added to the shared
+    // counters once per read, not once per reply.
     let now = Instant::now();
-    loop {
+    let mut timings = Timings::default();
+    let outcome = loop {
         let frame = match scanner.scan(input) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("protocol error in reply: {}", e.0).into()),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(format!("protocol error in reply: {}", e.0).into()),
         };
         let bytes = input.split_to(frame.len).freeze();
         let Some(pending) = inflight.pop_front() else {
-            return Err("reply with no request in flight".into());
+            break Err("reply with no request in flight".into());
         };
-        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         // Every request of a batch has the same deadline: it was written at deadline - timeout.
         let sent = pending.deadline - opts.request_timeout;
-        stats.latency.observe(now.saturating_duration_since(sent));
+        timings.add(now.saturating_duration_since(sent));
         let reply = if frame.too_deep {
             Err(Error::ReplyTooDeep {
                 depth: opts.max_reply_depth,
@@ -490,7 +492,10 @@ fn deliver(
         if let Some(sender) = pending.reply {
             let _ = sender.send(reply);
         }
-    }
+    };
+    stats.in_flight.fetch_sub(timings.count() as usize, Ordering::Relaxed);
+    stats.latency.merge(&timings);
+    outcome
 }
 
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to `max`.

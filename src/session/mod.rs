@@ -35,6 +35,7 @@ use crate::command::{flags, Command, CommandId, Policy, Spec, UNKNOWN};
 use crate::config::ReadFrom;
 use crate::dispatch::{self, Reply};
 use crate::error::Error;
+use crate::histogram::Timings;
 use crate::resp::request::{Decoder, Limits};
 use crate::route;
 use crate::server::Proxy;
@@ -63,16 +64,25 @@ struct Slot {
 /// Where a request came from, for its latency and the slowlog.
 struct Origin {
     arrived: Instant,
-    /// The first argument as the client sent it, and how many followed it.
-    first_arg: Option<Bytes>,
+    /// The first argument as the client sent it (its first `FIRST_ARG` bytes: copied, since
+    /// sharing the buffer costs two atomic operations per request), and how many followed it.
+    first_arg: Option<([u8; FIRST_ARG], u8)>,
     more: usize,
 }
+
+/// How much of a request's first argument the slowlog keeps.
+const FIRST_ARG: usize = 48;
 
 impl Origin {
     fn of(args: &[Bytes], arrived: Instant) -> Origin {
         Origin {
             arrived,
-            first_arg: args.get(1).cloned(),
+            first_arg: args.get(1).map(|arg| {
+                let mut head = [0u8; FIRST_ARG];
+                let len = arg.len().min(FIRST_ARG);
+                head[..len].copy_from_slice(&arg[..len]);
+                (head, len as u8)
+            }),
             more: args.len().saturating_sub(2),
         }
     }
@@ -116,6 +126,8 @@ struct Session {
     last_write: Option<Instant>,
     /// Requests slower than this go to the slowlog.
     slow: Duration,
+    /// Latencies of the replies emitted in this batch, not yet in the shared histogram.
+    timings: Option<(CommandId, Timings)>,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
 }
@@ -191,6 +203,7 @@ async fn serve(
         } else {
             config.slowlog.threshold
         },
+        timings: None,
         held: None,
     };
     let (mut rd, mut wr) = stream.split();
@@ -245,6 +258,7 @@ async fn serve(
             let slot = pending.pop_front().expect("front exists");
             session.emit(&slot, bytes, &mut out, now);
         }
+        session.flush_timings();
         // Replies just emitted may release a held request (the loop's top sends it).
         if session.held.is_some() && drained(&pending) && !session.abort {
             continue;
@@ -275,6 +289,7 @@ async fn serve(
             reply = front_reply(&mut pending), if front_waits => {
                 let slot = pending.pop_front().expect("front exists");
                 session.emit(&slot, reply, &mut out, Instant::now());
+                session.flush_timings();
             }
             event = next_event(&mut session.sub), if session.sub.is_some() && out.len() < OUTPUT_HIGH_WATER => {
                 session.on_event(event, &mut out);
@@ -578,7 +593,10 @@ impl Session {
             at: 0,
             took,
             command: crate::command::name_of(slot.command),
-            first_arg: slot.origin.first_arg.clone(),
+            first_arg: slot
+                .origin
+                .first_arg
+                .map(|(head, len)| Bytes::copy_from_slice(&head[..len as usize])),
             more: slot.origin.more,
             client: self.peer.to_string(),
             client_name: self.name.clone(),
@@ -603,9 +621,25 @@ impl Session {
     }
 
     /// Queue a finished reply for the client, unless it was silenced.
-    fn emit(&self, slot: &Slot, mut bytes: Bytes, out: &mut WriteQueue, now: Instant) {
+    /// Add the latencies gathered by `emit` to the shared histograms.
+    fn flush_timings(&mut self) {
+        if let Some((command, timings)) = self.timings.take() {
+            self.proxy.metrics.took(command, &timings);
+        }
+    }
+
+    fn emit(&mut self, slot: &Slot, mut bytes: Bytes, out: &mut WriteQueue, now: Instant) {
         let took = now.saturating_duration_since(slot.origin.arrived);
-        self.proxy.metrics.took(slot.command, took);
+        // Gathered per command over the batch, added to the shared histogram by flush_timings.
+        match &mut self.timings {
+            Some((command, timings)) if *command == slot.command => timings.add(took),
+            _ => {
+                self.flush_timings();
+                let mut timings = Timings::default();
+                timings.add(took);
+                self.timings = Some((slot.command, timings));
+            }
+        }
         // Blocking commands are slow by design; Redis leaves them out of its slowlog too.
         if took >= self.slow && !slot.blocking {
             self.log_slow(slot, took);

@@ -493,7 +493,9 @@ fn deliver(
             let _ = sender.send(reply);
         }
     };
-    stats.in_flight.fetch_sub(timings.count() as usize, Ordering::Relaxed);
+    stats
+        .in_flight
+        .fetch_sub(timings.count() as usize, Ordering::Relaxed);
     stats.latency.merge(&timings);
     outcome
 }

@@ -159,6 +159,15 @@ pub struct Limits {
     pub max_reply_depth: usize,
     /// Close client connections idle this long; `None`: never.
     pub client_idle_timeout: Option<Duration>,
+    /// Most reply bytes buffered for a client that does not read them; past it the client is
+    /// disconnected (as Redis does past its output buffer limits).
+    pub client_output_limit: usize,
+    /// A request must arrive whole within this long of its first byte (slowloris); `None`: no
+    /// limit.
+    pub frame_timeout: Option<Duration>,
+    /// With tenants, a connection that has not authenticated this long after connecting is
+    /// closed; `None`: no limit.
+    pub auth_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -309,6 +318,12 @@ struct LimitsFile {
     max_reply_depth: usize,
     #[serde(deserialize_with = "duration")]
     client_idle_timeout: Duration,
+    #[serde(deserialize_with = "size")]
+    client_output_limit: usize,
+    #[serde(deserialize_with = "duration")]
+    frame_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    auth_timeout: Duration,
 }
 
 impl Default for LimitsFile {
@@ -320,6 +335,9 @@ impl Default for LimitsFile {
             max_pipeline: 1024,
             max_reply_depth: 512,
             client_idle_timeout: Duration::ZERO,
+            client_output_limit: 1024 * 1024 * 1024,
+            frame_timeout: Duration::from_secs(60),
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -612,6 +630,8 @@ impl Config {
             .map_err(|r| fail("limits.max_request_args", r))?;
         positive(l.max_pipeline, 1_000_000).map_err(|r| fail("limits.max_pipeline", r))?;
         positive(l.max_reply_depth, 100_000).map_err(|r| fail("limits.max_reply_depth", r))?;
+        positive(l.client_output_limit, usize::MAX)
+            .map_err(|r| fail("limits.client_output_limit", r))?;
         let json = match raw.log.format.as_str() {
             "text" => false,
             "json" => true,
@@ -664,6 +684,9 @@ impl Config {
                 max_reply_depth: l.max_reply_depth,
                 client_idle_timeout: (!l.client_idle_timeout.is_zero())
                     .then_some(l.client_idle_timeout),
+                client_output_limit: l.client_output_limit,
+                frame_timeout: (!l.frame_timeout.is_zero()).then_some(l.frame_timeout),
+                auth_timeout: (!l.auth_timeout.is_zero()).then_some(l.auth_timeout),
             },
             log: Log {
                 level: raw.log.level,

@@ -360,3 +360,108 @@ async fn idle_clients_are_closed() {
     assert_eq!(raw.call(&[b"PING"]).await, b"+PONG\r\n");
     raw.expect_closed().await;
 }
+
+/// A client that pipelines reads of a large value and never reads the replies: keygate buffers
+/// at most `client_output_limit` for it, then disconnects it; others carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_at_the_output_limit() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        "[limits]\nclient_output_limit = \"1MiB\"\n",
+    )
+    .await;
+    let mut bystander = kg.raw().await;
+    let value = vec![b'v'; 200 * 1024];
+    let mut set = bytes::BytesMut::new();
+    keygate::resp::encode_request(
+        &[
+            bytes::Bytes::from_static(b"SET"),
+            bytes::Bytes::from_static(b"big"),
+            bytes::Bytes::from(value),
+        ],
+        &mut set,
+    );
+    bystander.send(&set).await;
+    assert_eq!(bystander.reply().await.unwrap(), b"+OK\r\n");
+    let mut greedy = kg.raw().await;
+    greedy.send(&b"GET big\r\n".repeat(200)).await;
+    // 40 MB of replies were asked for; the socket buffers hold a few, keygate at most 1 MiB more.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut got = 0usize;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            match greedy.reply().await {
+                Some(reply) => got += reply.len(),
+                None => return got,
+            }
+        }
+    })
+    .await
+    .expect("the client was never disconnected");
+    assert!(
+        closed < 200 * 200 * 1024,
+        "all {closed} bytes were delivered"
+    );
+    assert_eq!(bystander.call(&[b"STRLEN", b"big"]).await, b":204800\r\n");
+}
+
+/// Slowloris: a request sent a byte at a time does not hold a connection forever; a long
+/// pipeline streamed in pieces that split requests is not mistaken for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_must_arrive_whole_within_the_frame_timeout() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), "[limits]\nframe_timeout = \"400ms\"\n").await;
+    let mut slow = kg.raw().await;
+    let started = std::time::Instant::now();
+    // Six bytes of a request over 360 ms, then nothing more.
+    for byte in b"*2\r\n$3" {
+        slow.send(&[*byte]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    assert_eq!(
+        slow.reply().await.unwrap(),
+        b"-ERR keygate: the request did not arrive whole in time (limits.frame_timeout)\r\n"
+    );
+    slow.expect_closed().await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // 3 000 requests streamed for about 1.5 s in 7-byte pieces: every one answered.
+    let mut stream = kg.raw().await;
+    let pipeline = b"INCR n\r\n".repeat(3000);
+    for piece in pipeline.chunks(7 * 50) {
+        for small in piece.chunks(7) {
+            stream.send(small).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let mut last = Vec::new();
+    for _ in 0..3000 {
+        last = stream.reply().await.expect("a reply, not a close");
+    }
+    assert_eq!(last, b":3000\r\n");
+}
+
+/// With tenants, a connection that never authenticates is closed after `auth_timeout`.
+#[tokio::test]
+async fn unauthenticated_connections_are_closed_after_the_auth_timeout() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        "[limits]\nauth_timeout = \"300ms\"\n\
+         [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n",
+    )
+    .await;
+    let mut idle = kg.raw().await;
+    let mut authed = kg.raw().await;
+    assert_eq!(
+        authed.call(&[b"AUTH", b"acme", b"acme-pw"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        idle.reply().await.unwrap(),
+        b"-ERR keygate: no AUTH in time (limits.auth_timeout)\r\n"
+    );
+    idle.expect_closed().await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(authed.call(&[b"PING"]).await, b"+PONG\r\n");
+}

@@ -111,6 +111,11 @@ impl Decoder {
 
     /// How many more bytes the current argument needs, when that is known: a hint for sizing
     /// the read buffer so that a large value is not reallocated at every read.
+    /// A request has begun and is not complete: part of it is in this decoder or in `buf`.
+    pub fn mid_request(&self, buf: &BytesMut) -> bool {
+        self.remaining != 0 || !buf.is_empty()
+    }
+
     pub fn missing(&self, buf: &BytesMut) -> usize {
         match self.bulk {
             Some(len) => (len + 2).saturating_sub(buf.len()),

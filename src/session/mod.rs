@@ -128,6 +128,8 @@ struct Session {
     slow: Duration,
     /// Latencies of the replies emitted in this batch, not yet in the shared histogram.
     timings: Option<(CommandId, Timings)>,
+    /// Requests decoded so far (the frame deadline restarts with each).
+    decoded: u64,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
 }
@@ -204,6 +206,7 @@ async fn serve(
             config.slowlog.threshold
         },
         timings: None,
+        decoded: 0,
         held: None,
     };
     let (mut rd, mut wr) = stream.split();
@@ -212,6 +215,21 @@ async fn serve(
     let mut out = WriteQueue::new();
     let idle = time::sleep(idle_timeout.unwrap_or(Duration::from_secs(86400 * 365)));
     tokio::pin!(idle);
+    // Slowloris: a request must arrive whole within `frame_timeout` of its first byte.
+    let frame_timeout = config.limits.frame_timeout;
+    let frame_deadline = time::sleep(Duration::from_secs(86400 * 365));
+    tokio::pin!(frame_deadline);
+    // (when the incomplete request was first seen, and how many requests were decoded by then)
+    let mut frame_started: Option<(Instant, u64)> = None;
+    // With tenants: authenticate within `auth_timeout` of connecting.
+    let auth_deadline = time::sleep(
+        config
+            .limits
+            .auth_timeout
+            .unwrap_or(Duration::from_secs(86400 * 365)),
+    );
+    tokio::pin!(auth_deadline);
+    let output_limit = config.limits.client_output_limit;
     // Created once: a fresh `cancelled()` per loop turn would register with the token's waiter
     // list and leave it again on every request.
     let stop = shutdown.cancelled();
@@ -259,6 +277,14 @@ async fn serve(
             session.emit(&slot, bytes, &mut out, now);
         }
         session.flush_timings();
+        if out.len() > output_limit {
+            tracing::warn!(
+                buffered = out.len(),
+                limit = output_limit,
+                "client does not read its replies: over client_output_limit, disconnecting"
+            );
+            break;
+        }
         // Replies just emitted may release a held request (the loop's top sends it).
         if session.held.is_some() && drained(&pending) && !session.abort {
             continue;
@@ -268,6 +294,24 @@ async fn serve(
         }
         let can_read =
             !session.closing && pending.len() < max_pipeline && out.len() < OUTPUT_HIGH_WATER;
+        // Bytes left in `input` while requests could be taken are the start of an incomplete one.
+        let partial = decoder.mid_request(&input)
+            && !session.closing
+            && session.held.is_none()
+            && pending.len() < max_pipeline;
+        match (partial, frame_started, frame_timeout) {
+            // A new incomplete request (none yet, or the one timed has been decoded since).
+            (true, started, Some(timeout))
+                if started.is_none_or(|(_, mark)| mark != session.decoded) =>
+            {
+                let now = Instant::now();
+                frame_started = Some((now, session.decoded));
+                frame_deadline.as_mut().reset(now + timeout);
+            }
+            (false, Some(_), _) => frame_started = None,
+            _ => {}
+        }
+        let unauthenticated = session.tenant.is_none() && session.tenancy();
         if can_read && input.capacity() - input.len() < READ_CHUNK / 2 {
             input.reserve(READ_CHUNK.max(doubling_hint(&decoder, &input)));
         }
@@ -312,6 +356,14 @@ async fn serve(
                 }
             },
             _ = &mut stop, if !session.closing => session.closing = true,
+            _ = &mut frame_deadline, if frame_started.is_some() && !session.closing => {
+                tracing::warn!("a request did not arrive whole within frame_timeout: closing");
+                session.refuse_and_close(&mut pending, "keygate: the request did not arrive whole in time (limits.frame_timeout)");
+            }
+            _ = &mut auth_deadline, if unauthenticated && config.limits.auth_timeout.is_some() && !session.closing => {
+                debug!("no AUTH within auth_timeout: closing");
+                session.refuse_and_close(&mut pending, "keygate: no AUTH in time (limits.auth_timeout)");
+            }
             _ = &mut idle, if idle_timeout.is_some() && !session.closing => {
                 // As Redis, never for a client waiting on a blocked command or subscribed.
                 if pending.is_empty() && session.sub.is_none() {
@@ -322,6 +374,20 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+impl Session {
+    /// Answer one last error (after the replies already due) and close.
+    fn refuse_and_close(&mut self, pending: &mut VecDeque<Slot>, why: &'static str) {
+        pending.push_back(Slot {
+            reply: Reply::Ready(Error::Invalid(why).to_reply()),
+            command: UNKNOWN,
+            silent: false,
+            blocking: false,
+            origin: Origin::of(&[], Instant::now()),
+        });
+        self.closing = true;
     }
 }
 
@@ -382,6 +448,7 @@ impl Session {
         while !self.closing && self.held.is_none() && pending.len() < max_pipeline {
             match decoder.decode(input) {
                 Ok(Some(args)) => {
+                    self.decoded += 1;
                     // Asked only by the transaction paths, so ordinary requests never scan the queue.
                     let held_back = &*pending;
                     if let Some(slot) = self.handle(args, &|| drained(held_back), now) {

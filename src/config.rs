@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use sha2::{Digest, Sha256};
 
+use crate::access::Cidr;
 use crate::route::ketama::Hash;
 
 /// A validated configuration.
@@ -33,6 +34,18 @@ pub struct Config {
     /// Commands refused to every tenant, lower case (`config`, `client|kill`).
     pub deny_commands: Vec<String>,
     pub slowlog: Slowlog,
+    pub access: Access,
+}
+
+/// Who may connect (see access).
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// When not empty, only these addresses may connect.
+    pub allow: Vec<Cidr>,
+    /// These may not.
+    pub deny: Vec<Cidr>,
+    /// Failed AUTH attempts per address and minute before its AUTHs are refused unchecked.
+    pub max_auth_failures: u32,
 }
 
 /// keygate's own slowlog (SLOWLOG through keygate).
@@ -58,6 +71,8 @@ pub struct Tenant {
     pub max_connections: Option<usize>,
     pub max_ops_per_sec: Option<u32>,
     pub allow_scripts: bool,
+    /// When not empty, AUTH as this tenant only from these addresses.
+    pub allow_from: Vec<Cidr>,
 }
 
 #[derive(Clone, Debug)]
@@ -219,6 +234,8 @@ struct File {
     policy: PolicyFile,
     #[serde(default)]
     slowlog: SlowlogFile,
+    #[serde(default)]
+    access: AccessFile,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +278,40 @@ struct TenantFile {
     max_ops_per_sec: Option<u32>,
     #[serde(default)]
     allow_scripts: bool,
+    #[serde(default)]
+    allow_from: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessFile {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default = "default_auth_failures")]
+    max_auth_failures: u32,
+}
+
+impl Default for AccessFile {
+    fn default() -> Self {
+        AccessFile {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_auth_failures: default_auth_failures(),
+        }
+    }
+}
+
+fn default_auth_failures() -> u32 {
+    10
+}
+
+fn cidrs(list: &[String], key: &str) -> Result<Vec<Cidr>, (String, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(i, text)| Cidr::parse(text).map_err(|r| (format!("{key}[{i}]"), r)))
+        .collect()
 }
 
 #[derive(Deserialize, Default)]
@@ -698,6 +749,11 @@ impl Config {
                 threshold: raw.slowlog.threshold,
                 max_len: raw.slowlog.max_len.min(100_000),
             },
+            access: Access {
+                allow: cidrs(&raw.access.allow, "access.allow").map_err(|(k, r)| fail(&k, r))?,
+                deny: cidrs(&raw.access.deny, "access.deny").map_err(|(k, r)| fail(&k, r))?,
+                max_auth_failures: raw.access.max_auth_failures,
+            },
         })
     }
 }
@@ -803,6 +859,7 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             max_connections: t.max_connections,
             max_ops_per_sec: t.max_ops_per_sec,
             allow_scripts: t.allow_scripts,
+            allow_from: cidrs(&t.allow_from, &at("allow_from"))?,
         });
     }
     Ok(out)

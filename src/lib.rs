@@ -34,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod command;

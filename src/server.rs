@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::access;
 use crate::admin;
 use crate::config::{Config, UpstreamKind};
 use crate::metrics::Metrics;
@@ -52,6 +53,8 @@ pub struct Proxy {
     pub started: std::time::Instant,
     /// The status page's history (see `status`).
     pub samples: crate::status::Shared,
+    /// Failed AUTH attempts per client address.
+    pub auth_failures: crate::access::AuthFailures,
     next_client_id: AtomicU64,
 }
 
@@ -106,6 +109,7 @@ impl Server {
             slowlog: Slowlog::new(slowlog_len),
             started: std::time::Instant::now(),
             samples: Default::default(),
+            auth_failures: Default::default(),
             next_client_id: AtomicU64::new(1),
         });
         let kind = proxy.config.load().upstream.kind;
@@ -179,9 +183,21 @@ impl Server {
                     }
                 },
             };
-            if sessions.len() >= proxy.config.load().limits.max_clients {
+            let config = proxy.config.load();
+            if let Ok(peer) = stream.peer_addr() {
+                if !access::permitted(peer.ip(), &config.access.allow, &config.access.deny) {
+                    proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
+                    info!(%peer, "connection refused by access.allow/access.deny");
+                    tokio::spawn(reject(
+                        stream,
+                        "-ERR keygate: connections from this address are not allowed\r\n",
+                    ));
+                    continue;
+                }
+            }
+            if sessions.len() >= config.limits.max_clients {
                 proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
-                tokio::spawn(reject(stream));
+                tokio::spawn(reject(stream, "-ERR max number of clients reached\r\n"));
                 continue;
             }
             let id = proxy.next_client_id.fetch_add(1, Relaxed);
@@ -238,9 +254,7 @@ async fn eject(proxy: Arc<Proxy>, shutdown: CancellationToken) {
 
 const EJECT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Tell a client over `max_clients` why, as Redis does, and close.
-async fn reject(mut stream: TcpStream) {
-    let _ = stream
-        .write_all(b"-ERR max number of clients reached\r\n")
-        .await;
+/// Tell a refused client why (over `max_clients`, as Redis does; or not allowed), and close.
+async fn reject(mut stream: TcpStream, why: &'static str) {
+    let _ = stream.write_all(why.as_bytes()).await;
 }

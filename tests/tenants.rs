@@ -709,3 +709,48 @@ async fn tenant_blocking_pops_wait_on_their_own_keys() {
     );
     assert_eq!(globex.call(&[b"LLEN", b"jobs"]).await, b":1\r\n");
 }
+
+/// Address lists (CIDR), global at connect and per tenant at AUTH, and a per-address limit on
+/// failed AUTH attempts.
+#[tokio::test]
+async fn access_lists_and_failed_auth_limits() {
+    let backend = Redis::start();
+    // Loopback denied outright: refused with a reason, then closed.
+    for access in [
+        "[access]\ndeny = [\"127.0.0.0/8\"]\n",
+        "[access]\nallow = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+    ] {
+        let kg = Keygate::start_with(&backend.addr(), access).await;
+        let mut raw = kg.raw().await;
+        assert_eq!(
+            raw.reply().await.unwrap(),
+            b"-ERR keygate: connections from this address are not allowed\r\n"
+        );
+        raw.expect_closed().await;
+    }
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        "[access]\nallow = [\"127.0.0.1\"]\nmax_auth_failures = 3\n\
+         [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nallow_from = [\"127.0.0.0/8\"]\n\
+         [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\nallow_from = [\"10.0.0.0/8\"]\n",
+    )
+    .await;
+    let mut raw = kg.raw().await;
+    // globex may only AUTH from 10/8: from here its right password is "wrong".
+    assert_eq!(
+        raw.call(&[b"AUTH", b"globex", b"globex-pw"]).await,
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(raw.call(&[b"AUTH", b"acme", b"acme-pw"]).await, b"+OK\r\n");
+    // Two more failures make three: this address's AUTHs are refused unchecked for a minute.
+    for _ in 0..2 {
+        assert!(text(raw.call(&[b"AUTH", b"acme", b"guess"]).await).starts_with("-WRONGPASS"));
+    }
+    let mut other = kg.raw().await;
+    assert_eq!(
+        text(other.call(&[b"AUTH", b"acme", b"acme-pw"]).await),
+        "-ERR keygate: too many failed AUTH attempts from this address; try again in a minute\r\n"
+    );
+    // The authenticated client keeps working.
+    assert_eq!(raw.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+}

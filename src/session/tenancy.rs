@@ -48,12 +48,28 @@ impl Session {
         user: Option<&Bytes>,
         password: &Bytes,
     ) -> Result<(), Error> {
+        let ip = self.peer.ip();
+        let max_failures = self.proxy.config.load().access.max_auth_failures;
+        if max_failures > 0 && self.proxy.auth_failures.blocked(ip, max_failures) {
+            return Err(Error::Coded(
+                "ERR keygate: too many failed AUTH attempts from this address; try again in a minute",
+            ));
+        }
+        let wrong = || {
+            self.proxy.auth_failures.failed(ip);
+            tracing::info!("failed AUTH");
+            Error::Coded("WRONGPASS invalid username-password pair or user is disabled.")
+        };
         let tenant =
             tenancy::authenticate(&self.proxy.tenants.load(), user.map(|u| &u[..]), password)
-                .ok_or(Error::Coded(
-                    "WRONGPASS invalid username-password pair or user is disabled.",
-                ))?
+                .ok_or_else(wrong)?
                 .clone();
+        // A tenant limited to some addresses: from any other, as if the password were wrong
+        // (so a stolen password reveals nothing from elsewhere).
+        let from = &tenant.config.allow_from;
+        if !from.is_empty() && !from.iter().any(|net| net.contains(ip)) {
+            return Err(wrong());
+        }
         if self
             .tenant
             .as_ref()

@@ -178,6 +178,7 @@ mod tests {
             max_connections,
             max_ops_per_sec: max_ops,
             allow_scripts: false,
+            allow_from: Vec::new(),
         }))
     }
 

@@ -30,6 +30,13 @@ pub struct Limits {
     pub max_args: usize,
 }
 
+/// What Redis allows a client that has not authenticated yet (when a password is required):
+/// 10 arguments of at most 16 KiB, with its own error texts.
+pub const UNAUTHENTICATED: Limits = Limits {
+    max_bulk: 16 * 1024,
+    max_args: 10,
+};
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -91,6 +98,9 @@ impl Decoder {
                     };
                     let count = match parse_int(&line[1..]) {
                         Some(n) if n <= self.limits.max_args as i64 => n,
+                        Some(_) if self.unauthenticated() => {
+                            return Err(ProtocolError::new("unauthenticated multibulk length"))
+                        }
                         _ => return Err(ProtocolError::new("invalid multibulk length")),
                     };
                     // Redis silently skips `*0` and negative counts; so do we.
@@ -111,6 +121,17 @@ impl Decoder {
 
     /// How many more bytes the current argument needs, when that is known: a hint for sizing
     /// the read buffer so that a large value is not reallocated at every read.
+    /// Apply other limits from the next request on (a client that authenticated gets the
+    /// configured ones instead of `UNAUTHENTICATED`).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    fn unauthenticated(&self) -> bool {
+        self.limits.max_args == UNAUTHENTICATED.max_args
+            && self.limits.max_bulk == UNAUTHENTICATED.max_bulk
+    }
+
     /// A request has begun and is not complete: part of it is in this decoder or in `buf`.
     pub fn mid_request(&self, buf: &BytesMut) -> bool {
         self.remaining != 0 || !buf.is_empty()
@@ -141,6 +162,9 @@ impl Decoder {
                     }
                     let len = match parse_int(&line[1..]) {
                         Some(n) if n >= 0 && n as u64 <= self.limits.max_bulk as u64 => n as usize,
+                        Some(n) if n >= 0 && self.unauthenticated() => {
+                            return Err(ProtocolError::new("unauthenticated bulk length"))
+                        }
                         _ => return Err(ProtocolError::new("invalid bulk length")),
                     };
                     self.bulk = Some(len);

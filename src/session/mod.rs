@@ -36,7 +36,7 @@ use crate::config::ReadFrom;
 use crate::dispatch::{self, Reply};
 use crate::error::Error;
 use crate::histogram::Timings;
-use crate::resp::request::{Decoder, Limits};
+use crate::resp::request::{Decoder, Limits, UNAUTHENTICATED};
 use crate::route;
 use crate::server::Proxy;
 use crate::tenant::Seat;
@@ -130,6 +130,8 @@ struct Session {
     timings: Option<(CommandId, Timings)>,
     /// Requests decoded so far (the frame deadline restarts with each).
     decoded: u64,
+    /// The configured request limits (see `process`).
+    limits: Limits,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
 }
@@ -176,10 +178,11 @@ async fn serve(
     let limits = &config.limits;
     let max_pipeline = limits.max_pipeline;
     let idle_timeout = limits.client_idle_timeout;
-    let mut decoder = Decoder::new(Limits {
+    let configured = Limits {
         max_bulk: limits.max_request_bytes,
         max_args: limits.max_request_args,
-    });
+    };
+    let mut decoder = Decoder::new(configured);
     let mut session = Session {
         proxy: proxy.clone(),
         id,
@@ -207,6 +210,7 @@ async fn serve(
         },
         timings: None,
         decoded: 0,
+        limits: configured,
         held: None,
     };
     let (mut rd, mut wr) = stream.split();
@@ -446,6 +450,14 @@ impl Session {
         // Requests decoded from one read arrived together: one clock reading for all.
         let now = Instant::now();
         while !self.closing && self.held.is_none() && pending.len() < max_pipeline {
+            // Until a client authenticates (with tenants), Redis's limits for unauthenticated
+            // clients apply to what it may send; from the request after its AUTH, the
+            // configured ones.
+            decoder.set_limits(if self.tenant.is_none() && self.tenancy() {
+                UNAUTHENTICATED
+            } else {
+                self.limits
+            });
             match decoder.decode(input) {
                 Ok(Some(args)) => {
                     self.decoded += 1;

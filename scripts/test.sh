@@ -52,3 +52,5 @@ cargo clippy --all-targets -- -D warnings
 cargo test
 # The fuzz targets are their own crate (built by cargo-fuzz); make sure they still compile.
 cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
+# And each runs for a short, bounded time (issue: fuzzing in CI).
+scripts/fuzz-smoke.sh

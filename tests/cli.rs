@@ -347,3 +347,59 @@ async fn json_logs_carry_the_client_span_and_no_secrets() {
         "{protocol}"
     );
 }
+
+/// The resident memory of a process, in KiB (from /proc).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 10 000 connected clients (each having sent a request) cost keygate a bounded, small amount
+/// of memory each, and it keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_clients_in_bounded_memory() {
+    const CLIENTS: usize = 10_000;
+    let backend = Redis::start();
+    let port = free_port();
+    let file = config_file(&format!(
+        "listen = \"127.0.0.1:{port}\"\nthreads = 1\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n\
+         [limits]\nmax_clients = 20000\n",
+        backend.addr()
+    ));
+    let mut child = Command::new(KEYGATE)
+        .arg("--config")
+        .arg(file.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut first = Raw::connect(addr).await;
+    assert_eq!(first.call(&[b"PING"]).await, b"+PONG\r\n");
+    let before = rss_kib(child.id());
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut raw = Raw::connect(addr).await;
+        let key = format!("k{i}");
+        assert_eq!(raw.call(&[b"SET", key.as_bytes(), b"v"]).await, b"+OK\r\n");
+        clients.push(raw);
+    }
+    let after = rss_kib(child.id());
+    let per_client = (after.saturating_sub(before)) * 1024 / CLIENTS as u64;
+    println!(
+        "keygate RSS: {before} KiB with 1 client, {after} KiB with {} ({per_client} bytes per client)",
+        CLIENTS + 1
+    );
+    assert!(per_client < 24 * 1024, "{per_client} bytes per idle client");
+    // Everyone is still served.
+    for (i, raw) in clients.iter_mut().enumerate().step_by(997) {
+        let key = format!("k{i}");
+        assert_eq!(raw.call(&[b"GET", key.as_bytes()]).await, b"$1\r\nv\r\n");
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -35,6 +35,27 @@ pub struct Config {
     pub deny_commands: Vec<String>,
     pub slowlog: Slowlog,
     pub access: Access,
+    /// Client-side TLS: a second listening address speaking TLS (see tls).
+    pub tls: Option<Tls>,
+}
+
+/// `[tls]`: certificates are read and checked when the config loads (so `--check` and reloads
+/// catch bad ones), and reload with it.
+#[derive(Clone)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    pub server: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    /// Clients must present a certificate signed by `client_ca`.
+    pub mutual: bool,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("listen", &self.listen)
+            .field("mutual", &self.mutual)
+            .finish()
+    }
 }
 
 /// Who may connect (see access).
@@ -236,6 +257,16 @@ struct File {
     slowlog: SlowlogFile,
     #[serde(default)]
     access: AccessFile,
+    tls: Option<TlsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    listen: String,
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -748,6 +779,15 @@ impl Config {
             slowlog: Slowlog {
                 threshold: raw.slowlog.threshold,
                 max_len: raw.slowlog.max_len.min(100_000),
+            },
+            tls: match &raw.tls {
+                Some(t) => Some(Tls {
+                    listen: socket_addr(&t.listen).map_err(|r| fail("tls.listen", r))?,
+                    server: crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
+                        .map_err(|(key, r)| fail(&format!("tls.{key}"), r))?,
+                    mutual: t.client_ca.is_some(),
+                }),
+                None => None,
             },
             access: Access {
                 allow: cidrs(&raw.access.allow, "access.allow").map_err(|(k, r)| fail(&k, r))?,

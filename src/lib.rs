@@ -53,5 +53,6 @@ pub mod session;
 pub mod slowlog;
 pub mod status;
 pub mod tenant;
+pub mod tls;
 pub mod topology;
 pub mod write_queue;

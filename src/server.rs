@@ -68,6 +68,8 @@ impl Proxy {
 /// A bound, not yet running proxy.
 pub struct Server {
     listener: TcpListener,
+    /// `[tls] listen`: clients speaking TLS.
+    tls: Option<TcpListener>,
     admin: Option<TcpListener>,
     proxy: Arc<Proxy>,
 }
@@ -121,11 +123,26 @@ impl Server {
                 proxy.refresh_soon();
             }
         }
+        let tls = match &proxy.config.load().tls {
+            Some(t) => Some(TcpListener::bind(t.listen).await.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {} (tls): {e}", t.listen),
+                )
+            })?),
+            None => None,
+        };
         Ok(Server {
             listener,
+            tls,
             admin,
             proxy,
         })
+    }
+
+    /// The TLS address, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address clients connect to (useful when `listen` asked for port 0).
@@ -154,6 +171,7 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let Server {
             listener,
+            tls,
             admin,
             proxy,
         } = self;
@@ -170,6 +188,14 @@ impl Server {
             tokio::spawn(reload::watch(proxy.clone(), shutdown.clone()));
         }
         let sessions = TaskTracker::new();
+        if let Some(tls) = tls {
+            tokio::spawn(serve_tls(
+                tls,
+                proxy.clone(),
+                sessions.clone(),
+                shutdown.clone(),
+            ));
+        }
         loop {
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -183,23 +209,9 @@ impl Server {
                     }
                 },
             };
-            let config = proxy.config.load();
-            if let Ok(peer) = stream.peer_addr() {
-                if !access::permitted(peer.ip(), &config.access.allow, &config.access.deny) {
-                    proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
-                    info!(%peer, "connection refused by access.allow/access.deny");
-                    tokio::spawn(reject(
-                        stream,
-                        "-ERR keygate: connections from this address are not allowed\r\n",
-                    ));
-                    continue;
-                }
-            }
-            if sessions.len() >= config.limits.max_clients {
-                proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
-                tokio::spawn(reject(stream, "-ERR max number of clients reached\r\n"));
+            let Some(stream) = admit(&proxy, &sessions, stream) else {
                 continue;
-            }
+            };
             let id = proxy.next_client_id.fetch_add(1, Relaxed);
             let proxy = proxy.clone();
             let shutdown = shutdown.clone();
@@ -253,6 +265,80 @@ async fn eject(proxy: Arc<Proxy>, shutdown: CancellationToken) {
 }
 
 const EJECT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Accept TLS clients until shutdown: the same admission as plain ones, then the handshake
+/// (with the certificates of the config in force now, so reloads renew them), then a session.
+async fn serve_tls(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "accept failed (tls)");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(stream) = admit(&proxy, &sessions, stream) else {
+            continue;
+        };
+        let Some(tls) = proxy.config.load().tls.clone() else {
+            continue;
+        };
+        let id = proxy.next_client_id.fetch_add(1, Relaxed);
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    info!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    info!("TLS handshake timed out");
+                    return;
+                }
+            };
+            proxy.metrics.clients_accepted.fetch_add(1, Relaxed);
+            proxy.metrics.clients_connected.fetch_add(1, Relaxed);
+            session::run_tls(proxy.clone(), stream, id, shutdown).await;
+            proxy.metrics.clients_connected.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+/// Admit a new connection, or refuse it (address lists, `max_clients`) with a reason.
+fn admit(proxy: &Proxy, sessions: &TaskTracker, stream: TcpStream) -> Option<TcpStream> {
+    let config = proxy.config.load();
+    if let Ok(peer) = stream.peer_addr() {
+        if !access::permitted(peer.ip(), &config.access.allow, &config.access.deny) {
+            proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
+            info!(%peer, "connection refused by access.allow/access.deny");
+            tokio::spawn(reject(
+                stream,
+                "-ERR keygate: connections from this address are not allowed\r\n",
+            ));
+            return None;
+        }
+    }
+    if sessions.len() >= config.limits.max_clients {
+        proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
+        tokio::spawn(reject(stream, "-ERR max number of clients reached\r\n"));
+        return None;
+    }
+    Some(stream)
+}
 
 /// Tell a refused client why (over `max_clients`, as Redis does; or not allowed), and close.
 async fn reject(mut stream: TcpStream, why: &'static str) {

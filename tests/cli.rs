@@ -48,6 +48,11 @@ fn check_accepts_a_valid_config_and_the_example() {
 fn check_names_file_key_and_reason() {
     let cases = [
         (
+            VALID.to_string()
+                + "[tls]\nlisten = \"127.0.0.1:6390\"\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n",
+            "FILE: tls.cert: cannot read /nonexistent.pem",
+        ),
+        (
             VALID.replace("\"500ms\"", "\"500\""),
             "FILE: upstream.connect_timeout: invalid duration \"500\"",
         ),

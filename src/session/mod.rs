@@ -152,27 +152,56 @@ enum Outcome {
 }
 
 /// Serve one client until it leaves, breaks the protocol, or `shutdown` is cancelled.
-pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, id: u64, shutdown: CancellationToken) {
-    let Ok(peer) = stream.peer_addr() else {
-        return;
-    };
-    // One span per client connection: every event it causes carries the client's id, address
-    // and, once it authenticated, its tenant.
-    let span = tracing::info_span!("client", id, peer = %peer, tenant = tracing::field::Empty);
-    tracing::Instrument::instrument(serve(proxy, stream, id, peer, shutdown), span).await
-}
-
-async fn serve(
-    proxy: Arc<Proxy>,
-    mut stream: TcpStream,
-    id: u64,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-) {
-    let Ok(local) = stream.local_addr() else {
+pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: CancellationToken) {
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
     let _ = stream.set_nodelay(true);
+    // One span per client connection: every event it causes carries the client's id, address
+    // and, once it authenticated, its tenant.
+    let span = tracing::info_span!("client", id, peer = %peer, tenant = tracing::field::Empty);
+    let (rd, wr) = stream.split();
+    let ends = Ends { peer, local };
+    tracing::Instrument::instrument(serve(proxy, rd, wr, id, ends, shutdown), span).await
+}
+
+/// Serve one client over TLS (see tls), once the handshake is done.
+pub async fn run_tls(
+    proxy: Arc<Proxy>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    id: u64,
+    shutdown: CancellationToken,
+) {
+    let tcp = stream.get_ref().0;
+    let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
+        return;
+    };
+    let _ = tcp.set_nodelay(true);
+    let span =
+        tracing::info_span!("client", id, peer = %peer, tenant = tracing::field::Empty, tls = true);
+    let (rd, wr) = tokio::io::split(stream);
+    let ends = Ends { peer, local };
+    tracing::Instrument::instrument(serve(proxy, rd, wr, id, ends, shutdown), span).await
+}
+
+/// The two addresses of a client connection.
+struct Ends {
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+async fn serve<R, W>(
+    proxy: Arc<Proxy>,
+    mut rd: R,
+    mut wr: W,
+    id: u64,
+    ends: Ends,
+    shutdown: CancellationToken,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let Ends { peer, local } = ends;
     // Limits as configured when the client connected (a reload applies to later clients).
     let config = proxy.config.load_full();
     let limits = &config.limits;
@@ -213,7 +242,6 @@ async fn serve(
         limits: configured,
         held: None,
     };
-    let (mut rd, mut wr) = stream.split();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut pending: VecDeque<Slot> = VecDeque::new();
     let mut out = WriteQueue::new();

@@ -196,19 +196,7 @@ impl Server {
                 shutdown.clone(),
             ));
         }
-        loop {
-            let stream = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a little, keep serving.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some(stream) = accept(&listener, &shutdown, "clients").await {
             let Some(stream) = admit(&proxy, &sessions, stream) else {
                 continue;
             };
@@ -274,18 +262,7 @@ async fn serve_tls(
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!(error = %e, "accept failed (tls)");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = accept(&listener, &shutdown, "tls clients").await {
         let Some(stream) = admit(&proxy, &sessions, stream) else {
             continue;
         };
@@ -315,6 +292,27 @@ async fn serve_tls(
             session::run_tls(proxy.clone(), stream, id, shutdown).await;
             proxy.metrics.clients_connected.fetch_sub(1, Relaxed);
         });
+    }
+}
+
+/// The next connection on `listener`, or `None` once `shutdown` is cancelled. Accept errors (out
+/// of file descriptors and the like) are logged and waited out: the listener keeps serving.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }
 

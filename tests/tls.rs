@@ -24,6 +24,11 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
 fn certificates(dir: &Path) {
+    certificates_named(dir, "keygate test CA");
+}
+
+fn certificates_named(dir: &Path, ca_name: &str) {
+    let ca_subject = format!("/CN={ca_name}");
     std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
     std::fs::write(
         dir.join("client.ext"),
@@ -46,7 +51,7 @@ fn certificates(dir: &Path) {
             "-days",
             days,
             "-subj",
-            "/CN=keygate test CA",
+            &ca_subject,
         ],
     );
     for (name, subject) in [("server", "/CN=127.0.0.1"), ("client", "/CN=acme")] {
@@ -151,5 +156,52 @@ async fn redis_cli_over_tls_and_mutual_tls() {
     assert_eq!(
         redis_cli_tls(dir.path(), tls_port, &client, &["PING"]).trim(),
         "PONG"
+    );
+}
+
+/// Certificates reload with the config: new files, then POST /reload, and new TLS clients get
+/// the new certificate (trusting only the old CA no longer works).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_with_the_config() {
+    let live = tempfile::tempdir().unwrap();
+    let old = tempfile::tempdir().unwrap();
+    certificates_named(old.path(), "old CA");
+    for name in ["server.pem", "server.key"] {
+        std::fs::copy(old.path().join(name), live.path().join(name)).unwrap();
+    }
+    let backend = Redis::start();
+    let tls_port = free_port();
+    let config = live.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            backend.addr(),
+            live.path().join("server.pem").display(),
+            live.path().join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let kg = Keygate::start_file(&config).await;
+    assert_eq!(
+        redis_cli_tls(old.path(), tls_port, &[], &["PING"]).trim(),
+        "PONG"
+    );
+    let new = tempfile::tempdir().unwrap();
+    certificates_named(new.path(), "new CA");
+    for name in ["server.pem", "server.key"] {
+        std::fs::copy(new.path().join(name), live.path().join(name)).unwrap();
+    }
+    let (status, body) = common::http(kg.admin, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        redis_cli_tls(new.path(), tls_port, &[], &["PING"]).trim(),
+        "PONG"
+    );
+    let stale = redis_cli_tls(old.path(), tls_port, &[], &["PING"]);
+    assert!(
+        !stale.contains("PONG"),
+        "the old certificate is still served: {stale}"
     );
 }

@@ -61,6 +61,8 @@ impl ProtocolError {
 #[derive(Debug)]
 pub struct Decoder {
     limits: Limits,
+    /// The client has not authenticated yet: `UNAUTHENTICATED` applies, with its texts.
+    unauthenticated: bool,
     /// Arguments of the multibulk being read still to come; 0 between requests.
     remaining: usize,
     /// Arguments of the multibulk being read received so far.
@@ -76,6 +78,7 @@ impl Decoder {
     pub fn new(limits: Limits) -> Self {
         Decoder {
             limits,
+            unauthenticated: false,
             remaining: 0,
             args: Vec::new(),
             bulk: None,
@@ -97,8 +100,8 @@ impl Decoder {
                         return Ok(None);
                     };
                     let count = match parse_int(&line[1..]) {
-                        Some(n) if n <= self.limits.max_args as i64 => n,
-                        Some(_) if self.unauthenticated() => {
+                        Some(n) if n <= self.limits().max_args as i64 => n,
+                        Some(_) if self.unauthenticated => {
                             return Err(ProtocolError::new("unauthenticated multibulk length"))
                         }
                         _ => return Err(ProtocolError::new("invalid multibulk length")),
@@ -121,15 +124,18 @@ impl Decoder {
 
     /// How many more bytes the current argument needs, when that is known: a hint for sizing
     /// the read buffer so that a large value is not reallocated at every read.
-    /// Apply other limits from the next request on (a client that authenticated gets the
-    /// configured ones instead of `UNAUTHENTICATED`).
-    pub fn set_limits(&mut self, limits: Limits) {
-        self.limits = limits;
+    /// Whether the client still has to authenticate: `UNAUTHENTICATED`'s limits apply instead
+    /// of the configured ones, from the next request on.
+    pub fn set_unauthenticated(&mut self, unauthenticated: bool) {
+        self.unauthenticated = unauthenticated;
     }
 
-    fn unauthenticated(&self) -> bool {
-        self.limits.max_args == UNAUTHENTICATED.max_args
-            && self.limits.max_bulk == UNAUTHENTICATED.max_bulk
+    fn limits(&self) -> Limits {
+        if self.unauthenticated {
+            UNAUTHENTICATED
+        } else {
+            self.limits
+        }
     }
 
     /// A request has begun and is not complete: part of it is in this decoder or in `buf`.
@@ -161,8 +167,10 @@ impl Decoder {
                         )));
                     }
                     let len = match parse_int(&line[1..]) {
-                        Some(n) if n >= 0 && n as u64 <= self.limits.max_bulk as u64 => n as usize,
-                        Some(n) if n >= 0 && self.unauthenticated() => {
+                        Some(n) if n >= 0 && n as u64 <= self.limits().max_bulk as u64 => {
+                            n as usize
+                        }
+                        Some(n) if n >= 0 && self.unauthenticated => {
                             return Err(ProtocolError::new("unauthenticated bulk length"))
                         }
                         _ => return Err(ProtocolError::new("invalid bulk length")),

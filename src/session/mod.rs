@@ -36,7 +36,7 @@ use crate::config::ReadFrom;
 use crate::dispatch::{self, Reply};
 use crate::error::Error;
 use crate::histogram::Timings;
-use crate::resp::request::{Decoder, Limits, UNAUTHENTICATED};
+use crate::resp::request::{Decoder, Limits};
 use crate::route;
 use crate::server::Proxy;
 use crate::tenant::Seat;
@@ -130,8 +130,6 @@ struct Session {
     timings: Option<(CommandId, Timings)>,
     /// Requests decoded so far (the frame deadline restarts with each).
     decoded: u64,
-    /// The configured request limits (see `process`).
-    limits: Limits,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
 }
@@ -239,7 +237,6 @@ async fn serve<R, W>(
         },
         timings: None,
         decoded: 0,
-        limits: configured,
         held: None,
     };
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -481,11 +478,7 @@ impl Session {
             // Until a client authenticates (with tenants), Redis's limits for unauthenticated
             // clients apply to what it may send; from the request after its AUTH, the
             // configured ones.
-            decoder.set_limits(if self.tenant.is_none() && self.tenancy() {
-                UNAUTHENTICATED
-            } else {
-                self.limits
-            });
+            decoder.set_unauthenticated(self.tenant.is_none() && self.tenancy());
             match decoder.decode(input) {
                 Ok(Some(args)) => {
                     self.decoded += 1;

@@ -16,6 +16,21 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
     file
 }
 
+/// Run the keygate binary on a config file, with `configure` adding flags, environment and
+/// stderr handling, and wait for it to listen on `port`.
+fn spawn_keygate(
+    config: &std::path::Path,
+    port: u16,
+    configure: impl FnOnce(&mut Command),
+) -> std::process::Child {
+    let mut command = Command::new(KEYGATE);
+    command.arg("--config").arg(config);
+    configure(&mut command);
+    let child = command.spawn().unwrap();
+    wait_for_port(port);
+    child
+}
+
 fn check(text: &str) -> (bool, String) {
     let file = config_file(text);
     let out = Command::new(KEYGATE)
@@ -102,13 +117,9 @@ async fn signals_drain_in_flight_requests_and_exit_cleanly() {
             "listen = \"127.0.0.1:{port}\"\ndrain_timeout = \"5s\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n",
             backend.addr()
         ));
-        let mut child = Command::new(KEYGATE)
-            .arg("--config")
-            .arg(file.path())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_port(port);
+        let mut child = spawn_keygate(file.path(), port, |c| {
+            c.stderr(Stdio::piped());
+        });
         let mut raw = Raw::connect(format!("127.0.0.1:{port}").parse().unwrap()).await;
         assert_eq!(raw.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
         raw.send(
@@ -244,13 +255,9 @@ async fn sighup_reloads_the_config() {
         backend.addr()
     );
     let file = config_file(&text);
-    let mut child = Command::new(KEYGATE)
-        .arg("--config")
-        .arg(file.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
+    let mut child = spawn_keygate(file.path(), port, |c| {
+        c.stderr(Stdio::null());
+    });
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let reloads = |metrics: &str, result: &str| {
         let prefix = format!("keygate_config_reloads_total{{result=\"{result}\"}} ");
@@ -294,15 +301,11 @@ async fn json_logs_carry_the_client_span_and_no_secrets() {
          [[tenants]]\nname = \"acme\"\npassword = \"s3cret-pw\"\nprefix = \"acme:\"\n",
         backend.addr()
     ));
-    let mut child = Command::new(KEYGATE)
-        .arg("--config")
-        .arg(file.path())
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
+    let mut child = spawn_keygate(file.path(), port, |c| {
+        c.args(["--log-format", "json"]);
+        c.env("RUST_LOG", "debug");
+        c.stderr(Stdio::piped());
+    });
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut raw = Raw::connect(addr).await;
     assert!(raw
@@ -375,13 +378,9 @@ async fn ten_thousand_clients_in_bounded_memory() {
          [limits]\nmax_clients = 20000\n",
         backend.addr()
     ));
-    let mut child = Command::new(KEYGATE)
-        .arg("--config")
-        .arg(file.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
+    let mut child = spawn_keygate(file.path(), port, |c| {
+        c.stderr(Stdio::null());
+    });
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut first = Raw::connect(addr).await;
     assert_eq!(first.call(&[b"PING"]).await, b"+PONG\r\n");

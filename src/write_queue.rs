@@ -4,6 +4,10 @@
 //! Small pieces are copied into one contiguous tail buffer (a syscall per batch, not per piece);
 //! large ones (a 100 MiB value) are queued as the `Bytes` they already are and written from there,
 //! never copied.
+//!
+//! A writer may keep part of what it accepted (TLS holds encrypted records the socket did not
+//! take yet), so the queue flushes once it is empty, and counts as having something to write
+//! until that flush is done.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -26,6 +30,8 @@ pub struct WriteQueue {
     tail: BytesMut,
     /// Bytes in `chunks`.
     chunk_bytes: usize,
+    /// Written since the writer was last flushed.
+    unflushed: bool,
 }
 
 impl WriteQueue {
@@ -40,6 +46,11 @@ impl WriteQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Is there anything to write or to flush? (`write_to` has work to do.)
+    pub fn wants_write(&self) -> bool {
+        self.unflushed || !self.is_empty()
     }
 
     pub fn push(&mut self, bytes: Bytes) {
@@ -74,8 +85,15 @@ impl WriteQueue {
         self.chunks.push_back(bytes);
     }
 
-    /// Write as much as one `writev` takes; returns the number of bytes written.
+    /// Write as much as one `writev` takes, and flush the writer once everything is written;
+    /// returns the number of bytes written. Cancel-safe: nothing written is written twice, and
+    /// a flush cut short is done again by the next call.
     pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<usize> {
+        if self.is_empty() {
+            w.flush().await?;
+            self.unflushed = false;
+            return Ok(0);
+        }
         let written = {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut n = 0;
@@ -93,6 +111,12 @@ impl WriteQueue {
             return Err(io::ErrorKind::WriteZero.into());
         }
         self.consume(written);
+        self.unflushed = true;
+        if self.is_empty() {
+            // Ready at once for TCP; for TLS, it pushes out the records still held.
+            w.flush().await?;
+            self.unflushed = false;
+        }
         Ok(written)
     }
 
@@ -141,5 +165,19 @@ mod tests {
         }
         assert_eq!(out, want);
         assert_eq!(q.len(), 0);
+    }
+
+    /// A writer that keeps what it accepted until flushed (as TLS keeps encrypted records the
+    /// socket did not take): the queue is not done until it has flushed it.
+    #[tokio::test]
+    async fn flushes_what_the_writer_holds() {
+        let mut q = WriteQueue::new();
+        let mut w = tokio::io::BufWriter::new(Vec::new());
+        q.push(Bytes::from_static(b"+OK\r\n"));
+        assert!(q.wants_write());
+        while q.wants_write() {
+            q.write_to(&mut w).await.unwrap();
+        }
+        assert_eq!(w.get_ref(), b"+OK\r\n");
     }
 }

@@ -82,8 +82,12 @@ pub struct Slowlog {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tenant {
     pub name: String,
-    /// SHA-256 of the password; compared in constant time, never logged.
-    pub password_sha256: [u8; 32],
+    /// SHA-256 of the password; compared in constant time, never logged. `None`: no AUTH
+    /// with a password selects this tenant (only its client certificate does).
+    pub password_sha256: Option<[u8; 32]>,
+    /// Mutual TLS: a verified client certificate whose subject has this common name (CN)
+    /// is this tenant's, without AUTH.
+    pub client_cert_cn: Option<String>,
     /// Prepended to every key and channel of this tenant.
     pub prefix: String,
     /// If set, only these commands (lower case, `name` or `name|sub`).
@@ -128,6 +132,8 @@ pub struct Upstream {
     pub master: Option<String>,
     /// cluster, sentinel: where read-only commands go.
     pub read_from: ReadFrom,
+    /// TLS to every server of this upstream (`tls = true`), sentinels included.
+    pub tls: Option<crate::tls::Upstream>,
 }
 
 /// Where read-only commands (by the command table's `readonly` flag) go.
@@ -311,6 +317,7 @@ struct TenantFile {
     allow_scripts: bool,
     #[serde(default)]
     allow_from: Vec<String>,
+    client_cert_cn: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -381,6 +388,12 @@ struct UpstreamFile {
     auto_eject_hosts: bool,
     master: Option<String>,
     read_from: Option<String>,
+    #[serde(default)]
+    tls: bool,
+    tls_ca: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_server_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -699,6 +712,31 @@ impl Config {
                 ));
             }
         }
+        let upstream_tls = if up.tls {
+            Some(
+                crate::tls::upstream_config(
+                    up.tls_ca.as_deref(),
+                    up.tls_cert.as_deref(),
+                    up.tls_key.as_deref(),
+                    up.tls_server_name.as_deref(),
+                )
+                .map_err(|(key, r)| fail(&format!("upstream.{key}"), r))?,
+            )
+        } else {
+            let stray = [
+                ("tls_ca", &up.tls_ca),
+                ("tls_cert", &up.tls_cert),
+                ("tls_key", &up.tls_key),
+                ("tls_server_name", &up.tls_server_name),
+            ];
+            if let Some((key, _)) = stray.iter().find(|(_, v)| v.is_some()) {
+                return Err(fail(
+                    &format!("upstream.{key}"),
+                    "only applies with upstream.tls = true".into(),
+                ));
+            }
+            None
+        };
         let admin = match raw.admin {
             Some(a) => Some(Admin {
                 listen: socket_addr(&a.listen).map_err(|r| fail("admin.listen", r))?,
@@ -727,6 +765,16 @@ impl Config {
         let deny_commands =
             command_list(&raw.policy.deny_commands).map_err(|r| fail("policy.deny_commands", r))?;
         let tenants = tenants(&raw.tenants).map_err(|(key, r)| fail(&key, r))?;
+        let mutual_tls = raw.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if let Some(i) = tenants.iter().position(|t| t.client_cert_cn.is_some()) {
+            if !mutual_tls {
+                return Err(fail(
+                    &format!("tenants[{i}].client_cert_cn"),
+                    "needs mutual TLS: set [tls] client_ca, so client certificates are verified"
+                        .into(),
+                ));
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&raw.log.level).map_err(|e| {
             fail(
                 "log.level",
@@ -756,6 +804,7 @@ impl Config {
                 auto_eject_hosts: raw.upstream.auto_eject_hosts,
                 master: raw.upstream.master.clone(),
                 read_from,
+                tls: upstream_tls,
             },
             admin,
             limits: Limits {
@@ -831,13 +880,14 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             return Err((at("name"), format!("{:?} is used twice", t.name)));
         }
         let password_sha256 = match (&t.password, &t.password_sha256) {
-            (Some(p), None) if !p.is_empty() => Sha256::digest(p.as_bytes()).into(),
-            (None, Some(hex)) => parse_sha256(hex).ok_or_else(|| {
+            (Some(p), None) if !p.is_empty() => Some(Sha256::digest(p.as_bytes()).into()),
+            (None, Some(hex)) => Some(parse_sha256(hex).ok_or_else(|| {
                 (
                     at("password_sha256"),
                     "must be 64 hexadecimal digits".to_string(),
                 )
-            })?,
+            })?),
+            (None, None) if t.client_cert_cn.is_some() => None,
             (Some(_), Some(_)) => {
                 return Err((
                     at("password"),
@@ -847,7 +897,8 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             _ => {
                 return Err((
                     at("password"),
-                    "a non-empty password or password_sha256 is required".into(),
+                    "a non-empty password or password_sha256 (or a client_cert_cn) is required"
+                        .into(),
                 ))
             }
         };
@@ -890,9 +941,21 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
                 "must be at least 1 (omit it for no limit)".into(),
             ));
         }
+        if let Some(cn) = &t.client_cert_cn {
+            if cn.is_empty() {
+                return Err((at("client_cert_cn"), "must not be empty".into()));
+            }
+            if let Some(other) = out.iter().find(|o| o.client_cert_cn.as_ref() == Some(cn)) {
+                return Err((
+                    at("client_cert_cn"),
+                    format!("{cn:?} is tenant {:?}'s too", other.name),
+                ));
+            }
+        }
         out.push(Tenant {
             name: t.name.clone(),
             password_sha256,
+            client_cert_cn: t.client_cert_cn.clone(),
             prefix: t.prefix.clone(),
             allow_commands,
             deny_commands,

@@ -163,12 +163,12 @@ fn tenants_load_and_validate() {
     assert_eq!(c.deny_commands, vec!["config", "client|kill"]);
     assert_eq!(
         c.tenants[0].password_sha256,
-        <[u8; 32]>::from(Sha256::digest(b"s3cret"))
+        Some(<[u8; 32]>::from(Sha256::digest(b"s3cret")))
     );
     // sha256("secret")
     assert_eq!(
         c.tenants[1].password_sha256,
-        <[u8; 32]>::from(Sha256::digest(b"secret"))
+        Some(<[u8; 32]>::from(Sha256::digest(b"secret")))
     );
     assert_eq!(
         c.tenants[1].allow_commands.as_deref(),
@@ -220,4 +220,32 @@ fn tenants_load_and_validate() {
         let e = error_of(&TENANTS.replace(from, to));
         assert!(e.contains(want), "{to}: {e}");
     }
+}
+
+#[test]
+fn tls_settings_are_checked_where_they_apply() {
+    let upstream =
+        |extra: &str| GOOD.replace("connect_timeout", &format!("{extra}\nconnect_timeout"));
+    let e = error_of(&upstream("tls_ca = \"ca.pem\""));
+    assert!(
+        e.contains("upstream.tls_ca: only applies with upstream.tls = true"),
+        "{e}"
+    );
+    let e = error_of(&upstream("tls = true\ntls_ca = \"/nonexistent/ca.pem\""));
+    assert!(
+        e.contains("upstream.tls_ca: cannot read /nonexistent/ca.pem"),
+        "{e}"
+    );
+    let e = error_of(&upstream("tls = true\ntls_key = \"k.pem\""));
+    assert!(
+        e.contains("upstream.tls_cert: required with tls_key"),
+        "{e}"
+    );
+    let tenant =
+        format!("{GOOD}\n[[tenants]]\nname = \"a\"\nprefix = \"a:\"\nclient_cert_cn = \"app-a\"\n");
+    let e = error_of(&tenant);
+    assert!(
+        e.contains("tenants[0].client_cert_cn: needs mutual TLS: set [tls] client_ca"),
+        "{e}"
+    );
 }

@@ -20,10 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{self, Instant};
+use tokio_rustls::client::TlsStream;
 use tracing::{debug, error, info, warn};
 
 use super::{Breaker, Flavor, Options, Stats};
@@ -149,16 +150,99 @@ async fn run(
     }
 }
 
+/// A connection to a server: plain TCP, or TLS over it (`upstream.tls`).
+pub(super) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connect to `addr`, and do the TLS handshake when the upstream asks for TLS.
+async fn open_stream(addr: &str, opts: &Options) -> Result<Stream, Arc<str>> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| Arc::<str>::from(e.to_string()))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| Arc::<str>::from(e.to_string()))?;
+    let Some(tls) = &opts.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let name = tls.name_for(addr)?;
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Arc::<str>::from(format!("TLS handshake failed: {e}")))?;
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
 /// Open a connection, authenticate it and set it up for `flavor`, within `connect_timeout`.
-async fn connect(addr: &str, opts: &Options, flavor: Flavor) -> Result<TcpStream, Arc<str>> {
+async fn connect(addr: &str, opts: &Options, flavor: Flavor) -> Result<Stream, Arc<str>> {
     let attempt = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| Arc::<str>::from(e.to_string()))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| Arc::<str>::from(e.to_string()))?;
-        let mut stream = stream;
+        let mut stream = open_stream(addr, opts).await?;
         if let Some(password) = &opts.password {
             let mut args = vec![Bytes::from_static(b"AUTH")];
             if let Some(user) = &opts.username {
@@ -230,11 +314,15 @@ pub async fn query_once(addr: &str, opts: &Options, args: &[Bytes]) -> Result<By
 }
 
 /// Send one request on a fresh connection and read its reply.
-async fn handshake(stream: &mut TcpStream, args: &[Bytes]) -> Result<Bytes, Arc<str>> {
+async fn handshake(stream: &mut Stream, args: &[Bytes]) -> Result<Bytes, Arc<str>> {
     let mut out = BytesMut::new();
     crate::resp::encode_request(args, &mut out);
     stream
         .write_all(&out)
+        .await
+        .map_err(|e| Arc::<str>::from(e.to_string()))?;
+    stream
+        .flush()
         .await
         .map_err(|e| Arc::<str>::from(e.to_string()))?;
     let mut buf = BytesMut::with_capacity(512);
@@ -259,7 +347,7 @@ async fn handshake(stream: &mut TcpStream, args: &[Bytes]) -> Result<Bytes, Arc<
 /// A connection of one client's own, used one request at a time (blocking commands) or handed
 /// to a subscriber task. Dropping it closes it: whatever the server still sends is never read.
 pub struct Dedicated {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     pub(super) input: BytesMut,
     pub(super) scanner: Scanner,
     pub(super) addr: Arc<str>,
@@ -295,15 +383,18 @@ impl Dedicated {
             addr: addr.clone(),
             reason: reason.into(),
         };
-        let mut out = BytesMut::new();
-        crate::resp::encode_request(args, &mut out);
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| lost(e.to_string()))?;
+        self.send(args).await.map_err(|e| lost(e.to_string()))?;
         self.read_frame()
             .await
             .map_err(|reason| lost(reason.to_string()))?
+    }
+
+    /// Write one request, whole (flushed: TLS may hold what it encrypted).
+    pub(super) async fn send(&mut self, args: &[Bytes]) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        crate::resp::encode_request(args, &mut out);
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await
     }
 
     /// The next frame the server sends on its own (a subscription's messages).
@@ -353,14 +444,39 @@ struct InFlight {
 
 /// Pipe requests to the server and replies back until the connection breaks.
 async fn serve(
-    mut stream: TcpStream,
+    stream: Stream,
     addr: &Arc<str>,
     opts: &Options,
     breaker: &Breaker,
     stats: &Stats,
     requests: &mut mpsc::UnboundedReceiver<Request>,
 ) -> Closed {
-    let (mut rd, mut wr) = stream.split();
+    // Plain TCP splits into borrowed halves for free; TLS needs tokio's shared split.
+    match stream {
+        Stream::Plain(mut tcp) => {
+            let (rd, wr) = tcp.split();
+            pipe(rd, wr, addr, opts, breaker, stats, requests).await
+        }
+        Stream::Tls(tls) => {
+            let (rd, wr) = tokio::io::split(*tls);
+            pipe(rd, wr, addr, opts, breaker, stats, requests).await
+        }
+    }
+}
+
+async fn pipe<R, W>(
+    mut rd: R,
+    mut wr: W,
+    addr: &Arc<str>,
+    opts: &Options,
+    breaker: &Breaker,
+    stats: &Stats,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+) -> Closed
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut out = WriteQueue::new();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -372,7 +488,7 @@ async fn serve(
     let mut armed_for: Option<Instant> = None;
 
     let broken = loop {
-        if unused && inflight.is_empty() && out.is_empty() {
+        if unused && inflight.is_empty() && !out.wants_write() {
             return Closed::Unused;
         }
         match inflight.front() {
@@ -398,7 +514,7 @@ async fn serve(
                 }
                 Err(e) => break Error::BackendLost { addr: addr.clone(), reason: e.to_string().into() },
             },
-            written = out.write_to(&mut wr), if !out.is_empty() => {
+            written = out.write_to(&mut wr), if out.wants_write() => {
                 if let Err(e) = written {
                     break Error::BackendLost { addr: addr.clone(), reason: e.to_string().into() };
                 }

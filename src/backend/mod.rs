@@ -50,6 +50,8 @@ pub struct Options {
     pub open_for: Duration,
     /// A cluster replica serving reads: `READONLY` on every connection.
     pub readonly: bool,
+    /// Connect over TLS.
+    pub tls: Option<crate::tls::Upstream>,
 }
 
 impl Options {
@@ -66,6 +68,7 @@ impl Options {
             failures_to_open: upstream.failures_to_open,
             open_for: upstream.open_for,
             readonly: false,
+            tls: upstream.tls.clone(),
         }
     }
 }

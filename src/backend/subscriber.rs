@@ -16,7 +16,6 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -222,9 +221,7 @@ async fn serve(
         let frame = tokio::select! {
             request = requests.recv() => {
                 let Some(args) = request else { return Ok(()) };
-                let mut out = bytes::BytesMut::new();
-                crate::resp::encode_request(&args, &mut out);
-                conn.stream.write_all(&out).await.map_err(|e| e.to_string())?;
+                conn.send(&args).await.map_err(|e| e.to_string())?;
                 waiting.push_back(expect(&args));
                 continue;
             }

@@ -159,7 +159,11 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
     // and, once it authenticated, its tenant.
     let span = tracing::info_span!("client", id, peer = %peer, tenant = tracing::field::Empty);
     let (rd, wr) = stream.split();
-    let ends = Ends { peer, local };
+    let ends = Ends {
+        peer,
+        local,
+        cert_cn: None,
+    };
     tracing::Instrument::instrument(serve(proxy, rd, wr, id, ends, shutdown), span).await
 }
 
@@ -170,22 +174,33 @@ pub async fn run_tls(
     id: u64,
     shutdown: CancellationToken,
 ) {
-    let tcp = stream.get_ref().0;
+    let (tcp, tls) = stream.get_ref();
     let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
     };
+    // Only present when it was verified against `[tls] client_ca`.
+    let cert_cn = tls
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(crate::tls::common_name);
     let _ = tcp.set_nodelay(true);
     let span =
         tracing::info_span!("client", id, peer = %peer, tenant = tracing::field::Empty, tls = true);
     let (rd, wr) = tokio::io::split(stream);
-    let ends = Ends { peer, local };
+    let ends = Ends {
+        peer,
+        local,
+        cert_cn,
+    };
     tracing::Instrument::instrument(serve(proxy, rd, wr, id, ends, shutdown), span).await
 }
 
-/// The two addresses of a client connection.
+/// The two addresses of a client connection, and the common name of its verified TLS client
+/// certificate.
 struct Ends {
     peer: SocketAddr,
     local: SocketAddr,
+    cert_cn: Option<String>,
 }
 
 async fn serve<R, W>(
@@ -199,7 +214,11 @@ async fn serve<R, W>(
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let Ends { peer, local } = ends;
+    let Ends {
+        peer,
+        local,
+        cert_cn,
+    } = ends;
     // Limits as configured when the client connected (a reload applies to later clients).
     let config = proxy.config.load_full();
     let limits = &config.limits;
@@ -242,6 +261,12 @@ async fn serve<R, W>(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut pending: VecDeque<Slot> = VecDeque::new();
     let mut out = WriteQueue::new();
+    if let Some(cn) = cert_cn.filter(|_| session.tenancy()) {
+        if let Err(refused) = session.certificate_auth(&cn) {
+            out.push(refused.to_reply());
+            session.closing = true;
+        }
+    }
     let idle = time::sleep(idle_timeout.unwrap_or(Duration::from_secs(86400 * 365)));
     tokio::pin!(idle);
     // Slowloris: a request must arrive whole within `frame_timeout` of its first byte.
@@ -318,7 +343,7 @@ async fn serve<R, W>(
         if session.held.is_some() && drained(&pending) && !session.abort {
             continue;
         }
-        if session.abort || (session.closing && pending.is_empty() && out.is_empty()) {
+        if session.abort || (session.closing && pending.is_empty() && !out.wants_write()) {
             break;
         }
         let can_read =
@@ -353,7 +378,7 @@ async fn serve<R, W>(
         );
         tokio::select! {
             biased;
-            written = out.write_to(&mut wr), if !out.is_empty() => match written {
+            written = out.write_to(&mut wr), if out.wants_write() => match written {
                 Ok(n) => {
                     proxy.metrics.bytes_out.fetch_add(n as u64, Relaxed);
                 }

@@ -66,8 +66,7 @@ impl Session {
                 .clone();
         // A tenant limited to some addresses: from any other, as if the password were wrong
         // (so a stolen password reveals nothing from elsewhere).
-        let from = &tenant.config.allow_from;
-        if !from.is_empty() && !from.iter().any(|net| net.contains(ip)) {
+        if !self.allowed_from(&tenant) {
             return Err(wrong());
         }
         if self
@@ -77,13 +76,47 @@ impl Session {
         {
             return Ok(());
         }
-        let seat = Seat::take(&tenant).ok_or_else(|| Error::TenantFull {
+        self.become_tenant(&tenant)
+    }
+
+    /// May this client's address be `tenant`'s (its `allow_from`)?
+    fn allowed_from(&self, tenant: &TenantState) -> bool {
+        let from = &tenant.config.allow_from;
+        from.is_empty() || from.iter().any(|net| net.contains(self.peer.ip()))
+    }
+
+    /// Take one of `tenant`'s connection seats (leaving any other tenant's) and act as it.
+    fn become_tenant(&mut self, tenant: &Arc<TenantState>) -> Result<(), Error> {
+        let seat = Seat::take(tenant).ok_or_else(|| Error::TenantFull {
             tenant: tenant.config.name.clone(),
             max: tenant.config.max_connections.unwrap_or(0),
         })?;
         tracing::Span::current().record("tenant", tenant.config.name.as_str());
         self.tenant = Some(seat);
         Ok(())
+    }
+
+    /// Mutual TLS: a verified client certificate whose subject's CN is a tenant's
+    /// `client_cert_cn` makes the connection that tenant's, as AUTH would. No tenant of that
+    /// name, or an address outside its `allow_from`: the client must AUTH as usual. An error
+    /// when the tenant is at its `max_connections` (sent, and the connection closed).
+    pub(super) fn certificate_auth(&mut self, cn: &str) -> Result<(), Error> {
+        let tenants = self.proxy.tenants.load();
+        let Some(tenant) = tenants
+            .iter()
+            .find(|t| t.config.client_cert_cn.as_deref() == Some(cn))
+        else {
+            tracing::info!(cn, "client certificate names no tenant; AUTH required");
+            return Ok(());
+        };
+        if !self.allowed_from(tenant) {
+            tracing::info!(
+                cn,
+                "client certificate's tenant is not allowed from this address"
+            );
+            return Ok(());
+        }
+        self.become_tenant(tenant)
     }
 
     /// Check that the tenant may run `cmd` and confine it to the tenant's keyspace.

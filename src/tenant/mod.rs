@@ -60,11 +60,15 @@ impl TenantState {
     }
 
     /// Does `password` match, compared in constant time (on digests, so length leaks nothing)?
+    /// Never for a tenant without a password (one chosen by its client certificate).
     pub fn password_matches(&self, password: &[u8]) -> bool {
         let digest: [u8; 32] = Sha256::digest(password).into();
+        let Some(expected) = &self.config.password_sha256 else {
+            return false;
+        };
         digest
             .iter()
-            .zip(&self.config.password_sha256)
+            .zip(expected)
             .fold(0u8, |diff, (a, b)| diff | (a ^ b))
             == 0
     }
@@ -171,7 +175,8 @@ mod tests {
     fn tenant(max_ops: Option<u32>, max_connections: Option<usize>) -> Arc<TenantState> {
         Arc::new(TenantState::new(Tenant {
             name: "acme".into(),
-            password_sha256: Sha256::digest(b"pw").into(),
+            password_sha256: Some(Sha256::digest(b"pw").into()),
+            client_cert_cn: None,
             prefix: "acme:".into(),
             allow_commands: None,
             deny_commands: Vec::new(),

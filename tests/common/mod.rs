@@ -343,22 +343,29 @@ impl Drop for Keygate {
     }
 }
 
-/// A raw RESP connection: send bytes, read whole replies.
-pub struct Raw {
-    pub stream: TcpStream,
+/// A raw RESP connection: send bytes, read whole replies. Over TCP, or any stream (TLS).
+pub struct Raw<S = TcpStream> {
+    pub stream: S,
     buf: BytesMut,
 }
 
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
+        Raw::over(TcpStream::connect(addr).await.expect("connect"))
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Raw<S> {
+    pub fn over(stream: S) -> Raw<S> {
         Raw {
-            stream: TcpStream::connect(addr).await.expect("connect"),
+            stream,
             buf: BytesMut::new(),
         }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send");
+        self.stream.flush().await.expect("send");
     }
 
     /// Read one complete reply (any RESP type), within 10 s; `None` on EOF.

@@ -607,3 +607,140 @@ async fn cluster_over_tls() {
         );
     }
 }
+
+/// A server's certificate renewed under a new CA: keygate's existing TLS connections carry on;
+/// new ones are refused until keygate's `tls_ca` is renewed too and the config reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_certificates_reload_with_the_config() {
+    let old = tempfile::tempdir().unwrap();
+    certificates_named(old.path(), "old CA");
+    let live = tempfile::tempdir().unwrap();
+    std::fs::copy(old.path().join("ca.pem"), live.path().join("ca.pem")).unwrap();
+    let (redis, tls_port) = tls_redis(old.path(), "server", false);
+    let file = live.path().join("keygate.toml");
+    std::fs::write(
+        &file,
+        config(
+            tls_port,
+            &format!(
+                "tls = true\ntls_ca = \"{}\"",
+                live.path().join("ca.pem").display()
+            ),
+            "",
+        ),
+    )
+    .unwrap();
+    let kg = Keygate::start_file(&file).await;
+    let mut client = kg.raw().await;
+    assert_eq!(client.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+
+    // The server moves to a certificate from a new CA.
+    let new = tempfile::tempdir().unwrap();
+    certificates_named(new.path(), "new CA");
+    let path = |name: &str| new.path().join(name).display().to_string();
+    assert_eq!(
+        redis_cli(
+            redis.port,
+            &[
+                "CONFIG",
+                "SET",
+                "tls-cert-file",
+                &path("server.pem"),
+                "tls-key-file",
+                &path("server.key"),
+                "tls-ca-cert-file",
+                &path("ca.pem"),
+            ],
+        )
+        .trim(),
+        "OK"
+    );
+    assert_eq!(client.call(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
+    // Its connections cut: keygate, trusting only the old CA, cannot reconnect.
+    redis_cli(
+        redis.port,
+        &["CLIENT", "KILL", "LADDR", &format!("127.0.0.1:{tls_port}")],
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let reply = String::from_utf8(client.call(&[b"GET", b"k"]).await).unwrap();
+    assert!(reply.contains("invalid peer certificate"), "{reply}");
+
+    // keygate's CA file renewed and the config reloaded: connected again, same client.
+    std::fs::copy(new.path().join("ca.pem"), live.path().join("ca.pem")).unwrap();
+    let (status, body) = common::http(kg.admin, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let reply = client.call(&[b"GET", b"k"]).await;
+        if reply == b"$1\r\nv\r\n" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// kind = "sentinel" over TLS: the sentinel is asked over TLS, names its primary's TLS port,
+/// and keygate reaches the primary and watches the sentinel (+switch-master) over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (primary, primary_tls) = tls_redis(dir.path(), "server", false);
+    let sentinel_port = free_port();
+    let sentinel_tls = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\ndir {}\ntls-port {sentinel_tls}\n\
+             tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\n\
+             tls-replication yes\nsentinel monitor mymaster 127.0.0.1 {primary_tls} 1\n",
+            dir.path().display(),
+            path("server.pem"),
+            path("server.key"),
+            path("ca.pem"),
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is missing");
+    common::wait_for_port(sentinel_port);
+
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"sentinel\"\nmaster = \"mymaster\"\n\
+         servers = [\"127.0.0.1:{sentinel_tls}\"]\ntls = true\ntls_ca = \"{}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        path("ca.pem")
+    ))
+    .await;
+    let mut client = kg.raw().await;
+    assert_eq!(client.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(redis_cli(primary.port, &["GET", "k"]).trim(), "v");
+    assert!(connections_on(&primary, primary_tls) >= 1);
+    // keygate's +switch-master watch, on the sentinel's TLS port.
+    let laddr = format!("laddr=127.0.0.1:{sentinel_tls} ");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !redis_cli(sentinel_port, &["CLIENT", "LIST"])
+        .lines()
+        .any(|line| line.contains(&laddr) && line.contains("sub=1"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no subscription on the sentinel's TLS port: {}",
+            redis_cli(sentinel_port, &["CLIENT", "LIST"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+}

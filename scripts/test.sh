@@ -3,8 +3,9 @@
 # processes, and a build check of the fuzz targets. This is what CI runs (.ci/run).
 #
 # Needs redis-server, redis-cli and nutcracker (Debian packages redis-server, redis-tools,
-# nutcracker), chromium, and python3 with redis-py and prometheus_client; when one is missing
-# it is installed (the Debian packages when we are root, the Python ones with pip). Tests start
+# nutcracker), chromium, openssl, python3 with redis-py and prometheus_client, and Node.js with
+# node-redis and ioredis; when one is missing it is installed (the Debian packages when we are
+# root, the Python ones with pip, the Node.js ones with npm ci). Tests start
 # their own servers on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +52,23 @@ if ! python3 -c 'import redis, prometheus_client' >/dev/null 2>&1; then
   echo "test.sh: installing redis-py and prometheus_client" >&2
   python3 -m pip install --quiet redis prometheus_client 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages redis prometheus_client
+fi
+
+# Node.js with node-redis and ioredis, for tests/clients.rs (versions pinned by
+# tests/clients/package-lock.json).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing nodejs and npm" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    echo "test.sh: install Node.js and npm (apt-get install nodejs npm)" >&2
+    exit 1
+  fi
+fi
+if [ ! -d tests/clients/node_modules/redis ] || [ ! -d tests/clients/node_modules/ioredis ]; then
+  echo "test.sh: installing node-redis and ioredis (npm ci)" >&2
+  npm ci --prefix tests/clients --no-audit --no-fund --silent
 fi
 
 cargo fmt --all -- --check

@@ -108,3 +108,118 @@ async fn node_redis_and_ioredis_over_a_cluster() {
     .await;
     node_clients(kg.addr.port(), None).await;
 }
+
+/// redis-rs 1.x's own handshake (CLIENT SETINFO; HELLO 3 when asked for RESP3), then data
+/// through its multiplexed connection, in both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rs_handshake_in_both_protocols() {
+    use redis::AsyncCommands;
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    for (query, resp) in [("", "2"), ("?protocol=resp3", "3")] {
+        let client = redis::Client::open(format!("redis://{}/{query}", kg.addr)).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("CLIENT")
+            .arg("INFO")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(info.contains("lib-name=redis-rs"), "{info}");
+        assert!(info.contains(&format!("resp={resp}")), "{info}");
+        let _: () = con.hset_multiple("h", &[("a", 1), ("b", 2)]).await.unwrap();
+        let map: std::collections::HashMap<String, i64> = con.hgetall("h").await.unwrap();
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["b"], 2);
+    }
+}
+
+/// fred (a Rust client built on redis-protocol): its handshake (HELLO 3 for RESP3, CLIENT
+/// SETNAME, CLIENT ID), data, a pipeline, a transaction, pub/sub on a client of its own and a
+/// blocking pop, in both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fred_in_both_protocols() {
+    use fred::prelude::*;
+    use fred::types::RespVersion;
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    for version in [RespVersion::RESP2, RespVersion::RESP3] {
+        let p = format!("{version:?}:");
+        let config = Config {
+            version: version.clone(),
+            ..Config::from_url(&format!("redis://{}", kg.addr)).unwrap()
+        };
+        let client = Builder::from_config(config.clone())
+            .build()
+            .expect("fred client");
+        client.init().await.expect("fred connects through keygate");
+        let id: i64 = client.client_id().await.unwrap();
+        assert!(id > 0);
+        let _: () = client
+            .set(format!("{p}k"), "v", None, None, false)
+            .await
+            .unwrap();
+        let v: String = client.get(format!("{p}k")).await.unwrap();
+        assert_eq!(v, "v");
+        let _: () = client
+            .hset(format!("{p}h"), [("a", 1), ("b", 2)])
+            .await
+            .unwrap();
+        let map: std::collections::HashMap<String, i64> =
+            client.hgetall(format!("{p}h")).await.unwrap();
+        assert_eq!(map.len(), 2);
+
+        let pipeline = client.pipeline();
+        for _ in 0..100 {
+            let _: () = pipeline.incr(format!("{p}n")).await.unwrap();
+        }
+        let counts: Vec<i64> = pipeline.all().await.unwrap();
+        assert_eq!(counts.last(), Some(&100));
+
+        let tx = client.multi();
+        let _: () = tx.set(format!("{p}t"), 1, None, None, false).await.unwrap();
+        let _: () = tx.incr(format!("{p}t")).await.unwrap();
+        let (set, incr): (String, i64) = tx.exec(true).await.unwrap();
+        assert_eq!((set.as_str(), incr), ("OK", 2));
+
+        let subscriber = Builder::from_config(config.clone()).build().unwrap();
+        subscriber.init().await.unwrap();
+        let mut messages = subscriber.message_rx();
+        subscriber.subscribe(format!("{p}ch")).await.unwrap();
+        // fred's subscribe() returns once SUBSCRIBE is written, not when Redis confirms it, and
+        // keygate opens the subscriber's backend connection at its first SUBSCRIBE: wait until
+        // the subscription is live, as Redis's own semantics require before relying on it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (_, n): (String, i64) = client.pubsub_numsub(format!("{p}ch")).await.unwrap();
+            if n == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never subscribed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let receivers: i64 = client.publish(format!("{p}ch"), "hello").await.unwrap();
+        assert_eq!(receivers, 1);
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), messages.recv())
+            .await
+            .expect("a message within 5 s")
+            .unwrap();
+        assert_eq!(message.value.as_string().as_deref(), Some("hello"));
+
+        let blocked = client.clone_new();
+        blocked.init().await.unwrap();
+        let pop = tokio::spawn({
+            let blocked = blocked.clone();
+            let key = format!("{p}q");
+            async move {
+                let got: (String, String) = blocked.blpop(key, 0.0).await.unwrap();
+                got
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let _: () = client.rpush(format!("{p}q"), "x").await.unwrap();
+        assert_eq!(pop.await.unwrap(), (format!("{p}q"), "x".to_string()));
+        for c in [client, subscriber, blocked] {
+            let _: () = c.quit().await.unwrap();
+        }
+    }
+}

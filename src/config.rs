@@ -130,6 +130,10 @@ pub struct Upstream {
     pub auto_eject_hosts: bool,
     /// sentinel: the name the sentinels know the primary by.
     pub master: Option<String>,
+    /// sentinel: AUTH for the sentinels themselves (`username`/`password` are the data
+    /// servers').
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
     /// cluster, sentinel: where read-only commands go.
     pub read_from: ReadFrom,
     /// TLS to every server of this upstream (`tls = true`), sentinels included.
@@ -387,6 +391,8 @@ struct UpstreamFile {
     #[serde(default)]
     auto_eject_hosts: bool,
     master: Option<String>,
+    sentinel_username: Option<String>,
+    sentinel_password: Option<String>,
     read_from: Option<String>,
     #[serde(default)]
     tls: bool,
@@ -684,6 +690,19 @@ impl Config {
             (Some(_), UpstreamKind::Sentinel) | (None, _) => {}
             (Some(_), _) => only_for("upstream.master", "sentinel", UpstreamKind::Sentinel)?,
         }
+        if up.sentinel_username.is_some() || up.sentinel_password.is_some() {
+            only_for(
+                "upstream.sentinel_password",
+                "sentinel",
+                UpstreamKind::Sentinel,
+            )?;
+            if up.sentinel_password.is_none() {
+                return Err(fail(
+                    "upstream.sentinel_username",
+                    "a username needs a password".into(),
+                ));
+            }
+        }
         let refresh_interval = up.refresh_interval.unwrap_or(Duration::from_secs(10));
         nonzero_duration(refresh_interval).map_err(|r| fail("upstream.refresh_interval", r))?;
         if raw.upstream.username.is_some() && raw.upstream.password.is_none() {
@@ -803,6 +822,8 @@ impl Config {
                 open_for: raw.upstream.open_for,
                 auto_eject_hosts: raw.upstream.auto_eject_hosts,
                 master: raw.upstream.master.clone(),
+                sentinel_username: raw.upstream.sentinel_username.clone(),
+                sentinel_password: raw.upstream.sentinel_password.clone(),
                 read_from,
                 tls: upstream_tls,
             },

@@ -236,6 +236,11 @@ fn tls_settings_are_checked_where_they_apply() {
         e.contains("upstream.tls_ca: cannot read /nonexistent/ca.pem"),
         "{e}"
     );
+    let e = error_of(&upstream("sentinel_password = \"pw\""));
+    assert!(
+        e.contains("upstream.sentinel_password: only applies to kind \"sentinel\""),
+        "{e}"
+    );
     let e = error_of(&upstream("tls = true\ntls_key = \"k.pem\""));
     assert!(
         e.contains("upstream.tls_cert: required with tls_key"),

@@ -22,12 +22,12 @@ use crate::resp::value::{self, Value};
 use crate::server::Proxy;
 use crate::topology::Topology;
 
-/// Options for talking to the sentinels themselves: keygate's backend credentials are the data
-/// servers', not theirs.
+/// Options for talking to the sentinels themselves: their own credentials
+/// (`sentinel_username`, `sentinel_password`), not the data servers'.
 fn sentinel_options(config: &Config) -> Options {
     let mut opts = Options::new(&config.upstream, config.limits.max_reply_depth);
-    opts.username = None;
-    opts.password = None;
+    opts.username = config.upstream.sentinel_username.clone();
+    opts.password = config.upstream.sentinel_password.clone();
     opts
 }
 

@@ -24,6 +24,11 @@ impl Sentinel {
     }
 
     fn start_at(port: u16, master: &Redis) -> Sentinel {
+        Sentinel::start_configured(port, master, "")
+    }
+
+    /// With `extra` lines in its sentinel.conf.
+    fn start_configured(port: u16, master: &Redis, extra: &str) -> Sentinel {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
@@ -32,7 +37,7 @@ impl Sentinel {
                 "port {port}\nbind 127.0.0.1\ndir {}\n\
                  sentinel monitor mymaster 127.0.0.1 {} 1\n\
                  sentinel down-after-milliseconds mymaster 1000\n\
-                 sentinel failover-timeout mymaster 3000\n",
+                 sentinel failover-timeout mymaster 3000\n{extra}",
                 dir.path().display(),
                 master.port
             ),
@@ -205,6 +210,31 @@ async fn no_sentinel_yet_means_a_clear_error_then_recovery() {
         assert!(Instant::now() < deadline, "never found the primary");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(redis_cli(primary.port, &["GET", "k"]).trim(), "v");
+}
+
+/// Sentinels that require a password (`requirepass` in sentinel.conf): without
+/// `sentinel_password` keygate says why on every request; with it, it finds the primary (which
+/// has no password: the sentinels' credentials are theirs alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_with_a_password() {
+    let primary = Redis::start();
+    let sentinel = Sentinel::start_configured(free_port(), &primary, "requirepass sentinel-pw\n");
+    let config = |auth: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"sentinel\"\nmaster = \"mymaster\"\n\
+             servers = [\"{}\"]\n{auth}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            sentinel.addr()
+        )
+    };
+    let kg = Keygate::start_unready(&config("")).await;
+    assert_eq!(
+        kg.raw().await.call(&[b"GET", b"k"]).await,
+        b"-ERR keygate: no primary is known yet: no sentinel has named one (see the log)\r\n"
+    );
+    drop(kg);
+    let kg = Keygate::start_config(&config("sentinel_password = \"sentinel-pw\"")).await;
+    assert_eq!(kg.raw().await.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
     assert_eq!(redis_cli(primary.port, &["GET", "k"]).trim(), "v");
 }
 

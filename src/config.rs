@@ -47,6 +47,8 @@ pub struct Tls {
     pub server: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
     /// Clients must present a certificate signed by `client_ca`.
     pub mutual: bool,
+    /// A TLS handshake not done within this long is dropped.
+    pub handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for Tls {
@@ -54,6 +56,7 @@ impl std::fmt::Debug for Tls {
         f.debug_struct("Tls")
             .field("listen", &self.listen)
             .field("mutual", &self.mutual)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish()
     }
 }
@@ -277,6 +280,12 @@ struct TlsFile {
     cert: String,
     key: String,
     client_ca: Option<String>,
+    #[serde(default = "default_handshake", deserialize_with = "duration")]
+    handshake_timeout: Duration,
+}
+
+fn default_handshake() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Deserialize)]
@@ -856,6 +865,9 @@ impl Config {
                     server: crate::tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
                         .map_err(|(key, r)| fail(&format!("tls.{key}"), r))?,
                     mutual: t.client_ca.is_some(),
+                    handshake_timeout: nonzero_duration(t.handshake_timeout)
+                        .map(|()| t.handshake_timeout)
+                        .map_err(|r| fail("tls.handshake_timeout", r))?,
                 }),
                 None => None,
             },

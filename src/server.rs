@@ -274,8 +274,7 @@ async fn serve_tls(
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+            let handshake = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {

@@ -744,3 +744,67 @@ async fn sentinel_over_tls() {
     let _ = sentinel.kill();
     let _ = sentinel.wait();
 }
+
+/// Hostile clients on the TLS port: plaintext RESP, HTTP, silence, and a handshake that stops
+/// after its first byte are each closed (the last two at `handshake_timeout`), while a TLS
+/// client connected before and after is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_on_the_tls_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let backend = Redis::start();
+    let tls_port = free_port();
+    let _kg = Keygate::start_config(&config(
+        backend.port,
+        "",
+        &format!(
+            "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\nhandshake_timeout = \"300ms\"\n",
+            path("server.pem"),
+            path("server.key")
+        ),
+    ))
+    .await;
+    let mut bystander = tls_raw(dir.path(), tls_port, None).await;
+    assert_eq!(bystander.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+
+    let cases: [(&str, &[u8]); 5] = [
+        ("plaintext RESP", b"*1\r\n$4\r\nPING\r\n"),
+        ("an inline command", b"PING\r\n"),
+        ("HTTP", b"GET / HTTP/1.1\r\nHost: keygate\r\n\r\n"),
+        ("silence", b""),
+        ("the first byte of a ClientHello", b"\x16"),
+    ];
+    for (what, bytes) in cases {
+        let started = std::time::Instant::now();
+        let mut stream = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut got),
+        )
+        .await;
+        assert!(read.is_ok(), "{what}: still open after 5 s");
+        assert!(
+            !String::from_utf8_lossy(&got).contains("PONG"),
+            "{what}: answered in plaintext"
+        );
+        if bytes.len() <= 1 {
+            // Nothing to refuse yet: closed by the handshake deadline, not before.
+            assert!(
+                started.elapsed() >= std::time::Duration::from_millis(250),
+                "{what}: closed after {:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(
+            bystander.call(&[b"GET", b"k"]).await,
+            b"$1\r\nv\r\n",
+            "after {what}"
+        );
+    }
+    let mut later = tls_raw(dir.path(), tls_port, None).await;
+    assert_eq!(later.call(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
+}

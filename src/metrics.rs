@@ -329,6 +329,17 @@ impl Metrics {
                     );
                 }
             }
+            let _ = writeln!(
+                out,
+                "# HELP keygate_tenant_request_duration_seconds Time from a tenant's request's arrival to its reply's leaving keygate.\n\
+                 # TYPE keygate_tenant_request_duration_seconds histogram"
+            );
+            for tenant in tenants {
+                let labels = format!("tenant=\"{}\"", tenant.config.name);
+                tenant
+                    .latency
+                    .render(&mut out, "keygate_tenant_request_duration_seconds", &labels);
+            }
         }
         out
     }

@@ -200,16 +200,46 @@ async fn admin_endpoints() {
         );
     }
     // And the reference parser (Prometheus's Python client) reads all of it.
-    let parsed = prometheus_families(&metrics);
-    for family in [
-        "keygate_requests",
-        "keygate_request_duration_seconds",
-        "keygate_backend_request_duration_seconds",
-        "keygate_client_read_bytes",
-        "keygate_backend_breaker_state",
-    ] {
+    assert_parsed(
+        &metrics,
+        &[
+            "keygate_requests",
+            "keygate_request_duration_seconds",
+            "keygate_backend_request_duration_seconds",
+            "keygate_client_read_bytes",
+            "keygate_backend_breaker_state",
+        ],
+    );
+}
+
+/// The per-tenant families, latency histogram included, parse too.
+#[tokio::test]
+async fn tenant_metrics_parse() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        "[[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n",
+    )
+    .await;
+    let mut acme = common::as_tenant(&kg, "acme").await;
+    acme.call(&[b"SET", b"k", b"v"]).await;
+    let (_, metrics) = http_get(kg.admin, "/metrics").await;
+    assert_parsed(
+        &metrics,
+        &[
+            "keygate_tenant_connections",
+            "keygate_tenant_requests",
+            "keygate_tenant_request_duration_seconds",
+        ],
+    );
+}
+
+/// Prometheus's own parser reads `metrics`, and finds each of `families` in it.
+fn assert_parsed(metrics: &str, families: &[&str]) {
+    let parsed = prometheus_families(metrics);
+    for family in families {
         assert!(
-            parsed.lines().any(|l| l == family),
+            parsed.lines().any(|l| l == *family),
             "{family} not parsed: {parsed}"
         );
     }

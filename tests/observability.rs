@@ -134,7 +134,14 @@ async fn tenants_see_their_own_slowlog_and_errors() {
             "keygate_tenant_request_errors_total{tenant=\"acme\"} "
         ),
         Some(0.0)
-    );
+    ); // Each tenant's requests in its own latency histogram (AUTH, SLOWLOG and data commands).
+    for tenant in ["acme", "globex"] {
+        let count = sample(
+            &metrics,
+            &format!("keygate_tenant_request_duration_seconds_count{{tenant=\"{tenant}\"}} "),
+        );
+        assert!(count.is_some_and(|n| n >= 3.0), "{tenant}: {count:?}");
+    }
 }
 
 #[tokio::test]

@@ -750,6 +750,9 @@ impl Session {
     fn flush_timings(&mut self) {
         if let Some((command, timings)) = self.timings.take() {
             self.proxy.metrics.took(command, &timings);
+            if let Some(seat) = &self.tenant {
+                seat.tenant.latency.merge(&timings);
+            }
         }
     }
 

@@ -19,6 +19,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::config::Tenant;
+use crate::histogram::Histogram;
 
 /// A tenant at run time: its config, and the state its limits keep.
 pub struct TenantState {
@@ -30,6 +31,8 @@ pub struct TenantState {
     pub rate_limited: AtomicU64,
     /// Error replies sent to this tenant's clients.
     pub errors: AtomicU64,
+    /// Its requests' end-to-end latency in keygate (arrival to reply leaving).
+    pub latency: Histogram,
     /// SHA1s (lower-case hex) of the scripts this tenant loaded or ran: EVALSHA and SCRIPT
     /// EXISTS see only these, so a tenant cannot run, or detect, another's scripts.
     scripts: Mutex<HashSet<Vec<u8>>>,
@@ -51,6 +54,7 @@ impl TenantState {
             requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            latency: Histogram::default(),
             scripts: Mutex::new(HashSet::new()),
             bucket: Mutex::new(Bucket {
                 tokens,

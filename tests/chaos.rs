@@ -140,9 +140,13 @@ async fn under_chaos(kg: &Keygate, faults: impl std::future::Future<Output = ()>
 }
 
 fn ketama_config(servers: &[&Redis]) -> String {
+    ketama_config_of(&servers.iter().map(|s| s.addr()).collect::<Vec<_>>())
+}
+
+fn ketama_config_of(servers: &[String]) -> String {
     let list = servers
         .iter()
-        .map(|s| format!("\"{}\"", s.addr()))
+        .map(|addr| format!("\"{addr}\""))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
@@ -153,38 +157,63 @@ fn ketama_config(servers: &[&Redis]) -> String {
 }
 
 /// Sharded standalone servers: one killed and restarted, one stopped then resumed (slow),
-/// and two reloads with a changed server list.
+/// and two reloads with a changed server list. Which server is killed and which stopped is
+/// chosen from where the clients' keys landed (ketama places them by the servers' random
+/// ports), so the faults always hit clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ketama_backends_die_stall_and_change_under_load() {
-    let mut a = Redis::start();
-    let b = Redis::start();
-    let c = Redis::start();
+    let mut servers = vec![Redis::start(), Redis::start(), Redis::start()];
     let d = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keygate.toml");
-    std::fs::write(&path, ketama_config(&[&a, &b, &c])).unwrap();
+    let all: Vec<&Redis> = servers.iter().collect();
+    std::fs::write(&path, ketama_config(&all)).unwrap();
     let kg = Keygate::start_file(&path).await;
-    let reload = |servers: Vec<&Redis>| {
-        std::fs::write(&path, ketama_config(&servers)).unwrap();
+    // Each client's keys share its hash tag: find each tag's server, busiest first.
+    let mut probe = kg.raw().await;
+    for id in 0..CLIENTS {
+        let key = format!("{{c{id}}}:probe");
+        assert_eq!(
+            probe.call(&[b"SET", key.as_bytes(), b"1"]).await,
+            b"+OK\r\n"
+        );
+    }
+    let mut order: Vec<(usize, usize)> = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        order.push((common::dbsize(server).await, i));
+    }
+    order.sort_unstable_by(|x, y| y.cmp(x));
+    let (killed, stalled, kept) = match order[1].0 {
+        // Everything on one server: fault that one twice.
+        0 => (order[0].1, order[0].1, order[1].1),
+        _ => (order[0].1, order[1].1, order[2].1),
+    };
+    println!("clients per server: {order:?}; killed {killed}, stalled {stalled}");
+    let reload = |servers: Vec<String>| {
+        let text = ketama_config_of(&servers);
+        std::fs::write(&path, text).unwrap();
         let admin = kg.admin;
         async move {
             let (status, body) = common::http(admin, "POST", "/reload").await;
             assert_eq!(status, 200, "{body}");
         }
     };
+    let addr = |i: usize| servers[i].addr();
+    let four = vec![addr(killed), addr(stalled), addr(kept), d.addr()];
+    let three = vec![addr(killed), addr(kept), d.addr()];
     let (ok, errors) = under_chaos(&kg, async {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        a.kill();
+        servers[killed].kill();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        a.restart();
+        servers[killed].restart();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        b.signal("STOP");
+        servers[stalled].signal("STOP");
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        b.signal("CONT");
+        servers[stalled].signal("CONT");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        reload(vec![&a, &b, &c, &d]).await;
+        reload(four).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        reload(vec![&a, &c, &d]).await;
+        reload(three).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
     })
     .await;

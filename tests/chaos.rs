@@ -162,7 +162,7 @@ fn ketama_config_of(servers: &[String]) -> String {
 /// ports), so the faults always hit clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ketama_backends_die_stall_and_change_under_load() {
-    let mut servers = vec![Redis::start(), Redis::start(), Redis::start()];
+    let mut servers = [Redis::start(), Redis::start(), Redis::start()];
     let d = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keygate.toml");

@@ -199,7 +199,7 @@ async fn ketama_backends_die_stall_and_change_under_load() {
         }
     };
     let addr = |i: usize| servers[i].addr();
-    let four = vec![addr(killed), addr(stalled), addr(kept), d.addr()];
+    let four = vec![addr(0), addr(1), addr(2), d.addr()];
     let three = vec![addr(killed), addr(kept), d.addr()];
     let (ok, errors) = under_chaos(&kg, async {
         tokio::time::sleep(Duration::from_millis(800)).await;

@@ -55,6 +55,8 @@ pub struct Proxy {
     pub samples: crate::status::Shared,
     /// Failed AUTH attempts per client address.
     pub auth_failures: crate::access::AuthFailures,
+    /// Every connected client (CLIENT LIST, CLIENT KILL).
+    pub clients: Arc<crate::clients::Clients>,
     next_client_id: AtomicU64,
 }
 
@@ -112,6 +114,7 @@ impl Server {
             started: std::time::Instant::now(),
             samples: Default::default(),
             auth_failures: Default::default(),
+            clients: Default::default(),
             next_client_id: AtomicU64::new(1),
         });
         let kind = proxy.config.load().upstream.kind;

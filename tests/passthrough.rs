@@ -489,7 +489,7 @@ async fn connection_state_is_kept_per_client_and_never_leaks() {
     // Commands that would take over a shared connection are refused cleanly, and the
     // connection stays usable.
     for cmd in [
-        &[&b"CLIENT"[..], b"KILL", b"ID", b"1"][..],
+        &[&b"CLIENT"[..], b"PAUSE", b"10"][..],
         &[b"CLIENT", b"TRACKING", b"on"],
         &[b"MONITOR"],
         &[b"READONLY"],
@@ -507,4 +507,136 @@ async fn connection_state_is_kept_per_client_and_never_leaks() {
     assert_eq!(a.call(&[b"QUIT"]).await, b"+OK\r\n");
     a.expect_closed().await;
     assert_eq!(b.call(&[b"PING"]).await, b"+PONG\r\n");
+}
+
+/// A client's id, from CLIENT ID.
+async fn id_of(raw: &mut Raw) -> String {
+    let reply = String::from_utf8(raw.call(&[b"CLIENT", b"ID"]).await).unwrap();
+    reply.trim_start_matches(':').trim_end().to_string()
+}
+
+/// CLIENT LIST shows keygate's own clients (name, protocol, database, subscriber flag, last
+/// command); CLIENT KILL closes them by id, address or type, a blocked one included, with
+/// Redis's replies and errors.
+#[tokio::test]
+async fn client_list_and_kill_act_on_keygates_clients() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut a = kg.raw().await;
+    let mut b = kg.raw().await;
+    let mut c = kg.raw().await;
+    let mut blocked = kg.raw().await;
+    let (a_id, b_id, blocked_id) = (
+        id_of(&mut a).await,
+        id_of(&mut b).await,
+        id_of(&mut blocked).await,
+    );
+    assert_eq!(a.call(&[b"CLIENT", b"SETNAME", b"alice"]).await, b"+OK\r\n");
+    assert!(b.call(&[b"HELLO", b"3"]).await.starts_with(b"%"));
+    assert_eq!(b.call(&[b"SELECT", b"2"]).await, b"+OK\r\n");
+    assert_eq!(b.call(&[b"GET", b"k"]).await, b"_\r\n");
+    assert!(c.call(&[b"SUBSCRIBE", b"ch"]).await.starts_with(b"*3"));
+    blocked
+        .send(b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let list = String::from_utf8(a.call(&[b"CLIENT", b"LIST"]).await).unwrap();
+    let lines: Vec<&str> = list.lines().skip(1).filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 4, "{list}");
+    let line_of = |id: &str| {
+        *lines
+            .iter()
+            .find(|l| l.starts_with(&format!("id={id} ")))
+            .unwrap_or_else(|| panic!("no client {id} in {list}"))
+    };
+    let mine = line_of(&a_id);
+    assert!(
+        mine.contains(" name=alice ") && mine.contains(" cmd=client|list "),
+        "{mine}"
+    );
+    let theirs = line_of(&b_id);
+    assert!(
+        theirs.contains(" resp=3") && theirs.contains(" db=2 ") && theirs.contains(" cmd=get "),
+        "{theirs}"
+    );
+    assert!(line_of(&blocked_id).contains(" cmd=blpop "), "{list}");
+    let pubsub =
+        String::from_utf8(a.call(&[b"CLIENT", b"LIST", b"TYPE", b"pubsub"]).await).unwrap();
+    assert_eq!(
+        pubsub.lines().filter(|l| l.contains("flags=P")).count(),
+        1,
+        "{pubsub}"
+    );
+    let one =
+        String::from_utf8(a.call(&[b"CLIENT", b"LIST", b"ID", b_id.as_bytes()]).await).unwrap();
+    assert!(
+        one.contains(&format!("id={b_id} ")) && one.matches("id=").count() == 1,
+        "{one}"
+    );
+    assert_eq!(
+        a.call(&[b"CLIENT", b"LIST", b"TYPE", b"bogus"]).await,
+        b"-ERR Unknown client type 'bogus'\r\n"
+    );
+
+    // Errors as Redis words them; nothing killed.
+    for (args, want) in [
+        (
+            &[&b"CLIENT"[..], b"KILL", b"ID", b"0"][..],
+            &b"-ERR client-id should be greater than 0\r\n"[..],
+        ),
+        (
+            &[b"CLIENT", b"KILL", b"10.9.8.7:6"],
+            b"-ERR No such client\r\n",
+        ),
+        (
+            &[b"CLIENT", b"KILL", b"USER", b"nobody"],
+            b"-ERR No such user 'nobody'\r\n",
+        ),
+        (
+            &[b"CLIENT", b"KILL", b"ID", b"5", b"TYPE"],
+            b"-ERR syntax error\r\n",
+        ),
+        (&[b"CLIENT", b"KILL", b"ID"], b"-ERR No such client\r\n"),
+        (
+            &[b"CLIENT", b"LIST", b"ID", b"abc"],
+            b"-ERR Invalid client ID\r\n",
+        ),
+        (&[b"CLIENT", b"LIST", b"ID", b"0"], b"$0\r\n\r\n"),
+        (&[b"CLIENT", b"LIST", b"FOO"], b"-ERR syntax error\r\n"),
+        (&[b"CLIENT", b"KILL", b"ADDR", b"10.9.8.7:6"], b":0\r\n"),
+    ] {
+        assert_eq!(a.call(args).await, want, "{args:?}");
+    }
+    // By id, by the old address form, a blocked client, and by type.
+    assert_eq!(
+        a.call(&[b"CLIENT", b"KILL", b"ID", b_id.as_bytes()]).await,
+        b":1\r\n"
+    );
+    b.expect_closed().await;
+    let c_addr = c.stream.local_addr().unwrap().to_string();
+    assert_eq!(
+        a.call(&[b"CLIENT", b"KILL", c_addr.as_bytes()]).await,
+        b"+OK\r\n"
+    );
+    c.expect_closed().await;
+    assert_eq!(
+        a.call(&[b"CLIENT", b"KILL", b"ID", blocked_id.as_bytes()])
+            .await,
+        b":1\r\n"
+    );
+    blocked.expect_closed().await;
+    // SKIPME (default yes) spares the caller; with SKIPME no it goes too, after its reply.
+    assert_eq!(
+        a.call(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]).await,
+        b":0\r\n"
+    );
+    assert_eq!(
+        a.call(&[b"CLIENT", b"KILL", b"TYPE", b"normal", b"SKIPME", b"no"])
+            .await,
+        b":1\r\n"
+    );
+    a.expect_closed().await;
+    let list = String::from_utf8(kg.raw().await.call(&[b"CLIENT", b"LIST"]).await).unwrap();
+    assert_eq!(list.matches("id=").count(), 1, "{list}");
 }

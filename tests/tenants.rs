@@ -355,7 +355,6 @@ async fn escape_attempts_are_contained() {
         (&[b"CONFIG", b"GET", b"*"], None),
         (&[b"DEBUG", b"OBJECT", b"globex:secret"], None),
         (&[b"MONITOR"], None),
-        (&[b"CLIENT", b"LIST"], None),
         (&[b"SWAPDB", b"0", b"1"], None),
         (&[b"SELECT", b"1"], None),
         (&[b"MOVE", b"mine", b"1"], None),
@@ -753,4 +752,46 @@ async fn access_lists_and_failed_auth_limits() {
     );
     // The authenticated client keeps working.
     assert_eq!(raw.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+}
+
+/// CLIENT LIST and CLIENT KILL see a tenant's own clients only: another tenant's cannot be
+/// listed, counted or killed, whatever the filter.
+#[tokio::test]
+async fn client_list_and_kill_stay_within_the_tenant() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    let mut acme2 = as_tenant(&kg, "acme").await;
+    let mut globex = as_tenant(&kg, "globex").await;
+    let id = |reply: Vec<u8>| {
+        String::from_utf8(reply)
+            .unwrap()
+            .trim_matches([':', '\r', '\n'])
+            .to_string()
+    };
+    let acme2_id = id(acme2.call(&[b"CLIENT", b"ID"]).await);
+    let globex_id = id(globex.call(&[b"CLIENT", b"ID"]).await);
+    let list = String::from_utf8(acme.call(&[b"CLIENT", b"LIST"]).await).unwrap();
+    assert_eq!(list.matches("id=").count(), 2, "{list}");
+    assert_eq!(list.matches(" user=acme ").count(), 2, "{list}");
+    assert!(!list.contains("globex"), "{list}");
+    let by_id = acme
+        .call(&[b"CLIENT", b"LIST", b"ID", globex_id.as_bytes()])
+        .await;
+    assert_eq!(by_id, b"$0\r\n\r\n");
+    for args in [
+        &[&b"CLIENT"[..], b"KILL", b"USER", b"globex"][..],
+        &[b"CLIENT", b"KILL", b"ID", globex_id.as_bytes()],
+        &[b"CLIENT", b"KILL", b"TYPE", b"normal", b"USER", b"globex"],
+    ] {
+        assert_eq!(acme.call(args).await, b":0\r\n", "{args:?}");
+    }
+    assert_eq!(globex.call(&[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(
+        acme.call(&[b"CLIENT", b"KILL", b"ID", acme2_id.as_bytes()])
+            .await,
+        b":1\r\n"
+    );
+    acme2.expect_closed().await;
+    assert_eq!(globex.call(&[b"PING"]).await, b"+PONG\r\n");
 }

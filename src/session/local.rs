@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{Handled, Session};
 use crate::backend::Flavor;
+use crate::clients::Client;
 use crate::command::{self, Command};
 use crate::config::UpstreamKind;
 use crate::dispatch::Reply;
@@ -235,7 +236,12 @@ impl Session {
                 }
                 Handled::ready(resp::simple("OK"))
             }
-            "info" => Handled::ready(resp::bulk(Some(self.info_line().as_bytes()))),
+            "info" => {
+                let line = self.me.client.line(Some("client|info"));
+                Handled::ready(resp::bulk(Some(line.as_bytes())))
+            }
+            "list" => self.client_list(&args[2..]),
+            "kill" => self.client_kill(&args[2..]),
             // keygate never evicts a client for its memory; the flag has nothing to change.
             "no-evict" => {
                 arity(3, "client|no-evict")?;
@@ -268,6 +274,9 @@ impl Session {
                     "SETNAME <connection-name>", "    Assign the name <connection-name> to the current connection.",
                     "SETINFO <LIB-NAME|LIB-VER> <value>", "    Set client library name or version.",
                     "INFO", "    Return information about the current client connection.",
+                    "LIST [TYPE (NORMAL|PUBSUB)] [ID <id> [<id> ...]]", "    Return information about keygate's client connections (a tenant's own only).",
+                    "KILL <ip:port>", "    Kill the client connected from <ip:port>.",
+                    "KILL <option> <value> [<option> <value> [...]]", "    Kill clients by ID, TYPE, USER (tenant), ADDR, LADDR, SKIPME (default yes); returns how many.",
                     "REPLY (ON|OFF|SKIP)", "    Control the replies sent to the current connection.",
                     "HELP", "    Print this help.",
                 ];
@@ -320,29 +329,188 @@ impl Session {
         }
     }
 
-    /// This connection in CLIENT INFO's format, with keygate's view of it.
-    fn info_line(&self) -> String {
-        let show = |b: &Option<Bytes>| {
-            b.as_deref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default()
+    /// The clients this one may see and kill: with tenants, those of its own tenant only.
+    fn visible(&self, client: &Client) -> bool {
+        match &self.tenant {
+            Some(seat) => client.shown().tenant.as_deref() == Some(&seat.tenant.config.name),
+            None => !self.tenancy(),
+        }
+    }
+
+    /// CLIENT LIST [TYPE type] [ID id ...], over keygate's own clients.
+    fn client_list(&mut self, args: &[Bytes]) -> Result<Handled, Error> {
+        let mut kind = None;
+        let mut ids: Option<Vec<i64>> = None;
+        match args {
+            [] => {}
+            [option, value] if option.eq_ignore_ascii_case(b"type") => {
+                kind = Some(client_type(value)?);
+            }
+            [option, list @ ..] if option.eq_ignore_ascii_case(b"id") && !list.is_empty() => {
+                let parsed = list
+                    .iter()
+                    .map(|id| resp::parse_int(id))
+                    .collect::<Option<Vec<i64>>>()
+                    .ok_or(Error::Invalid("Invalid client ID"))?;
+                ids = Some(parsed);
+            }
+            _ => return Err(Error::Invalid("syntax error")),
+        }
+        let mut text = String::new();
+        for client in self.proxy.clients.matching(|c| {
+            self.visible(c)
+                && kind.is_none_or(|k| k == ClientType::of(c))
+                && ids.as_ref().is_none_or(|ids| ids.contains(&(c.id as i64)))
+        }) {
+            let current = (client.id == self.id).then_some("client|list");
+            text.push_str(&client.line(current));
+        }
+        Handled::ready(resp::bulk(Some(text.as_bytes())))
+    }
+
+    /// CLIENT KILL ip:port, or CLIENT KILL with filters (ID, TYPE, USER, ADDR, LADDR, SKIPME):
+    /// keygate's own clients, a tenant's own only. A killed client's pending replies are
+    /// dropped and its connection closed; this client, when it kills itself, gets its reply
+    /// first.
+    fn client_kill(&mut self, args: &[Bytes]) -> Result<Handled, Error> {
+        if let [addr] = args {
+            let addr = String::from_utf8_lossy(addr);
+            let found = self
+                .proxy
+                .clients
+                .matching(|c| self.visible(c) && c.peer.to_string() == addr);
+            let Some(client) = found.first() else {
+                return Err(Error::Invalid("No such client"));
+            };
+            self.kill(client);
+            return Handled::ready(resp::simple("OK"));
+        }
+        if args.is_empty() || args.len() % 2 != 0 {
+            return Err(Error::Invalid("syntax error"));
+        }
+        let mut filter = KillFilter {
+            skip_me: true,
+            ..KillFilter::default()
         };
-        format!(
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags={} db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
-            self.id,
-            self.peer,
-            self.local,
-            show(&self.name),
-            self.since.elapsed().as_secs(),
-            if self.sub.is_some() { "P" } else { "N" },
-            self.flavor.db,
-            self.tenant
-                .as_ref()
-                .map_or("default", |s| s.tenant.config.name.as_str()),
-            if self.flavor.resp3 { 3 } else { 2 },
-            show(&self.lib_name),
-            show(&self.lib_ver),
-        )
+        for pair in args.chunks(2) {
+            let (option, value) = (&pair[0], &pair[1]);
+            let text = || String::from_utf8_lossy(value).into_owned();
+            match option.to_ascii_lowercase().as_slice() {
+                b"id" => {
+                    let id = resp::parse_int(value)
+                        .filter(|&id| id > 0)
+                        .ok_or(Error::Invalid("client-id should be greater than 0"))?;
+                    filter.id = Some(id as u64);
+                }
+                b"type" => filter.kind = Some(client_type(value)?),
+                b"user" => {
+                    let user = text();
+                    let known = if self.tenancy() {
+                        self.proxy
+                            .tenants
+                            .load()
+                            .iter()
+                            .any(|t| t.config.name == user)
+                    } else {
+                        user == "default"
+                    };
+                    if !known {
+                        return Err(Error::InvalidOption {
+                            what: "No such user",
+                            option: value.clone(),
+                        });
+                    }
+                    filter.user = Some(user);
+                }
+                b"addr" => filter.addr = Some(text()),
+                b"laddr" => filter.laddr = Some(text()),
+                b"skipme" => {
+                    filter.skip_me = if value.eq_ignore_ascii_case(b"yes") {
+                        true
+                    } else if value.eq_ignore_ascii_case(b"no") {
+                        false
+                    } else {
+                        return Err(Error::Invalid("syntax error"));
+                    }
+                }
+                _ => return Err(Error::Invalid("syntax error")),
+            }
+        }
+        let victims = self.proxy.clients.matching(|c| {
+            self.visible(c)
+                && !(filter.skip_me && c.id == self.id)
+                && filter.id.is_none_or(|id| id == c.id)
+                && filter.kind.is_none_or(|k| k == ClientType::of(c))
+                && filter
+                    .addr
+                    .as_ref()
+                    .is_none_or(|a| *a == c.peer.to_string())
+                && filter
+                    .laddr
+                    .as_ref()
+                    .is_none_or(|a| *a == c.local.to_string())
+                && filter
+                    .user
+                    .as_ref()
+                    .is_none_or(|u| c.shown().tenant.as_deref().unwrap_or("default") == u.as_str())
+        });
+        for client in &victims {
+            self.kill(client);
+        }
+        Handled::ready(resp::integer(victims.len() as i64))
+    }
+
+    fn kill(&mut self, client: &Client) {
+        tracing::info!(victim = client.id, "CLIENT KILL");
+        if client.id == self.id {
+            // As Redis: closed once this reply is written.
+            self.closing = true;
+        } else {
+            client.kill.cancel();
+        }
+    }
+}
+
+/// CLIENT KILL's filters.
+#[derive(Default)]
+struct KillFilter {
+    id: Option<u64>,
+    kind: Option<ClientType>,
+    user: Option<String>,
+    addr: Option<String>,
+    laddr: Option<String>,
+    skip_me: bool,
+}
+
+/// CLIENT LIST/KILL TYPE: keygate's clients are normal or pubsub; none is a replica or master.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientType {
+    Normal,
+    PubSub,
+    Replica,
+    Master,
+}
+
+impl ClientType {
+    fn of(client: &Client) -> ClientType {
+        if client.shown().pubsub {
+            ClientType::PubSub
+        } else {
+            ClientType::Normal
+        }
+    }
+}
+
+fn client_type(name: &Bytes) -> Result<ClientType, Error> {
+    match name.to_ascii_lowercase().as_slice() {
+        b"normal" => Ok(ClientType::Normal),
+        b"pubsub" => Ok(ClientType::PubSub),
+        b"replica" | b"slave" => Ok(ClientType::Replica),
+        b"master" => Ok(ClientType::Master),
+        _ => Err(Error::InvalidOption {
+            what: "Unknown client type",
+            option: name.clone(),
+        }),
     }
 }
 

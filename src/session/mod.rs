@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::backend::{Caller, Event, Flavor, ReplyResult};
+use crate::clients::{Registered, Shown};
 use crate::command::{flags, Command, CommandId, Policy, Spec, UNKNOWN};
 use crate::config::ReadFrom;
 use crate::dispatch::{self, Reply};
@@ -93,8 +94,6 @@ struct Session {
     proxy: Arc<Proxy>,
     id: u64,
     peer: SocketAddr,
-    local: SocketAddr,
-    since: Instant,
     name: Option<Bytes>,
     lib_name: Option<Bytes>,
     lib_ver: Option<Bytes>,
@@ -132,6 +131,10 @@ struct Session {
     decoded: u64,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
+    /// Its entry among keygate's clients (CLIENT LIST, CLIENT KILL).
+    me: Registered,
+    /// The last command decoded (for CLIENT LIST's `cmd`, published once per batch).
+    last_command: CommandId,
 }
 
 /// A request held back until the client's earlier replies are in.
@@ -233,8 +236,6 @@ async fn serve<R, W>(
         proxy: proxy.clone(),
         id,
         peer,
-        local,
-        since: Instant::now(),
         name: None,
         lib_name: None,
         lib_ver: None,
@@ -257,6 +258,9 @@ async fn serve<R, W>(
         timings: None,
         decoded: 0,
         held: None,
+        // Its own child of the shutdown token: cancelled by a shutdown, or by CLIENT KILL alone.
+        me: proxy.clients.join(id, peer, local, shutdown.child_token()),
+        last_command: UNKNOWN,
     };
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut pending: VecDeque<Slot> = VecDeque::new();
@@ -267,6 +271,7 @@ async fn serve<R, W>(
             session.closing = true;
         }
     }
+    session.publish();
     let idle = time::sleep(idle_timeout.unwrap_or(Duration::from_secs(86400 * 365)));
     tokio::pin!(idle);
     // Slowloris: a request must arrive whole within `frame_timeout` of its first byte.
@@ -286,8 +291,10 @@ async fn serve<R, W>(
     let output_limit = config.limits.client_output_limit;
     // Created once: a fresh `cancelled()` per loop turn would register with the token's waiter
     // list and leave it again on every request.
-    let stop = shutdown.cancelled();
+    let stop_token = session.me.client.kill.clone();
+    let stop = stop_token.cancelled();
     tokio::pin!(stop);
+    let mut stopped = false;
 
     loop {
         // A held request goes once the replies before it are in.
@@ -409,7 +416,17 @@ async fn serve<R, W>(
                     session.process(&mut decoder, &mut input, &mut pending, max_pipeline);
                 }
             },
-            _ = &mut stop, if !session.closing => session.closing = true,
+            _ = &mut stop, if !stopped => {
+                stopped = true;
+                if shutdown.is_cancelled() {
+                    // Shutdown: deliver what is pending, then close.
+                    session.closing = true;
+                } else {
+                    // CLIENT KILL: drop what is pending and close at once, as Redis does.
+                    debug!("killed by CLIENT KILL");
+                    session.abort = true;
+                }
+            }
             _ = &mut frame_deadline, if frame_started.is_some() && !session.closing => {
                 tracing::warn!("a request did not arrive whole within frame_timeout: closing");
                 session.refuse_and_close(&mut pending, "keygate: the request did not arrive whole in time (limits.frame_timeout)");
@@ -432,6 +449,22 @@ async fn serve<R, W>(
 }
 
 impl Session {
+    /// Show CLIENT LIST what this client is now.
+    fn publish(&self) {
+        self.me.client.publish(Shown {
+            name: self.name.clone(),
+            lib_name: self.lib_name.clone(),
+            lib_ver: self.lib_ver.clone(),
+            tenant: self
+                .tenant
+                .as_ref()
+                .map(|seat| seat.tenant.config.name.clone()),
+            db: self.flavor.db,
+            resp3: self.flavor.resp3,
+            pubsub: self.sub.is_some(),
+        });
+    }
+
     /// Answer one last error (after the replies already due) and close.
     fn refuse_and_close(&mut self, pending: &mut VecDeque<Slot>, why: &'static str) {
         pending.push_back(Slot {
@@ -499,6 +532,21 @@ impl Session {
     ) {
         // Requests decoded from one read arrived together: one clock reading for all.
         let now = Instant::now();
+        let before = self.decoded;
+        self.process_at(decoder, input, pending, max_pipeline, now);
+        if self.decoded != before {
+            self.me.client.active(now.into_std(), self.last_command);
+        }
+    }
+
+    fn process_at(
+        &mut self,
+        decoder: &mut Decoder,
+        input: &mut BytesMut,
+        pending: &mut VecDeque<Slot>,
+        max_pipeline: usize,
+        now: Instant,
+    ) {
         while !self.closing && self.held.is_none() && pending.len() < max_pipeline {
             // Until a client authenticates (with tenants), Redis's limits for unauthenticated
             // clients apply to what it may send; from the request after its AUTH, the
@@ -539,6 +587,7 @@ impl Session {
         let origin = Origin::of(&args, arrived);
         let cmd = Command::parse(args);
         self.proxy.metrics.request(cmd.id);
+        self.last_command = cmd.id;
         let command = cmd.id;
         let skipped = std::mem::take(&mut self.skip_next);
         let outcome = self.try_handle(cmd, drained);
@@ -649,11 +698,17 @@ impl Session {
             if let Some(db) = self.pending_select.take() {
                 if let Ok(db) = u32::try_from(db.load(Relaxed)) {
                     self.flavor.db = db;
+                    self.publish();
                 }
             }
         }
         let handled = match cmd.policy {
-            Policy::Local => self.local(&cmd),
+            Policy::Local => {
+                // Local commands are the ones that change what CLIENT LIST shows.
+                let handled = self.local(&cmd);
+                self.publish();
+                handled
+            }
             Policy::Refuse(reason) => Err(Error::Refused {
                 command: spec.name.replace('|', " ").to_ascii_uppercase(),
                 reason,

@@ -123,6 +123,7 @@ impl Session {
                     waiting: VecDeque::new(),
                     subscribed: false,
                 });
+                self.publish();
             }
             Some(sub) => {
                 if let Some(shard) = shard {
@@ -221,6 +222,7 @@ impl Session {
                 if done {
                     // Nothing held any more: back to normal mode, the connection closes.
                     self.sub = None;
+                    self.publish();
                 }
             }
             None => {

@@ -1,0 +1,177 @@
+//! The clients connected to keygate, as CLIENT LIST shows them and CLIENT KILL finds them.
+//!
+//! Each session registers a `Client` when it starts and leaves when it ends. What other clients
+//! may see of it (name, library, tenant, database, protocol) is a snapshot the session publishes
+//! when one of those changes, which is rare; what changes with every request (when it was last
+//! active, its last command) is kept in atomics the session stores once per batch. A kill cancels
+//! the client's token: its session drops whatever is pending and closes, as Redis does.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{self, CommandId};
+
+/// Every connected client, by id.
+#[derive(Default)]
+pub struct Clients {
+    all: Mutex<HashMap<u64, Arc<Client>>>,
+}
+
+impl Clients {
+    /// Register a client, killed by cancelling `kill`; it leaves the registry when the returned
+    /// guard is dropped.
+    pub fn join(
+        self: &Arc<Self>,
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+        kill: CancellationToken,
+    ) -> Registered {
+        let client = Arc::new(Client {
+            id,
+            peer,
+            local,
+            since: Instant::now(),
+            shown: Mutex::new(Shown::default()),
+            active_ms: AtomicU64::new(0),
+            last_command: AtomicU32::new(NO_COMMAND),
+            kill,
+        });
+        self.all
+            .lock()
+            .expect("clients lock")
+            .insert(id, client.clone());
+        Registered {
+            clients: self.clone(),
+            client,
+        }
+    }
+
+    /// The clients `filter` keeps, oldest first.
+    pub fn matching(&self, filter: impl Fn(&Client) -> bool) -> Vec<Arc<Client>> {
+        let mut found: Vec<Arc<Client>> = self
+            .all
+            .lock()
+            .expect("clients lock")
+            .values()
+            .filter(|c| filter(c))
+            .cloned()
+            .collect();
+        found.sort_by_key(|c| c.id);
+        found
+    }
+}
+
+/// A session's place in the registry; dropping it leaves.
+pub struct Registered {
+    clients: Arc<Clients>,
+    pub client: Arc<Client>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.clients
+            .all
+            .lock()
+            .expect("clients lock")
+            .remove(&self.client.id);
+    }
+}
+
+/// What a session publishes of itself for CLIENT LIST.
+#[derive(Clone, Debug, Default)]
+pub struct Shown {
+    pub name: Option<Bytes>,
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+    /// The tenant it authenticated as.
+    pub tenant: Option<String>,
+    pub db: u32,
+    pub resp3: bool,
+    /// It holds a subscriber connection.
+    pub pubsub: bool,
+}
+
+/// `last_command` before the first request.
+const NO_COMMAND: u32 = u32::MAX;
+
+/// One connected client.
+pub struct Client {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    since: Instant,
+    shown: Mutex<Shown>,
+    /// Milliseconds from `since` to its last request.
+    active_ms: AtomicU64,
+    /// Its last command's id (`NO_COMMAND`: none yet).
+    last_command: AtomicU32,
+    /// Cancelled by CLIENT KILL.
+    pub kill: CancellationToken,
+}
+
+impl Client {
+    /// Replace what CLIENT LIST shows of it.
+    pub fn publish(&self, shown: Shown) {
+        *self.shown.lock().expect("client lock") = shown;
+    }
+
+    pub fn shown(&self) -> Shown {
+        self.shown.lock().expect("client lock").clone()
+    }
+
+    /// It sent `command` at `now`.
+    pub fn active(&self, now: Instant, command: CommandId) {
+        let ms = now.saturating_duration_since(self.since).as_millis() as u64;
+        self.active_ms.store(ms, Relaxed);
+        self.last_command.store(u32::from(command), Relaxed);
+    }
+
+    /// Seconds since it connected.
+    pub fn age(&self) -> u64 {
+        self.since.elapsed().as_secs()
+    }
+
+    /// Its line in CLIENT LIST / CLIENT INFO format. keygate keeps no per-client query or
+    /// output buffer sizes of Redis's kind, so those fields are 0; `fd` is -1.
+    pub fn line(&self, current: Option<&str>) -> String {
+        let shown = self.shown();
+        let text = |b: &Option<Bytes>| {
+            b.as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let idle_ms =
+            (self.since.elapsed().as_millis() as u64).saturating_sub(self.active_ms.load(Relaxed));
+        let cmd = current.unwrap_or_else(|| match self.last_command.load(Relaxed) {
+            NO_COMMAND => "NULL",
+            id => command::name_of(id as CommandId),
+        });
+        let mut line = String::with_capacity(320);
+        let _ = writeln!(
+            line,
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
+            self.id,
+            self.peer,
+            self.local,
+            text(&shown.name),
+            self.age(),
+            idle_ms / 1000,
+            if shown.pubsub { "P" } else { "N" },
+            shown.db,
+            cmd,
+            shown.tenant.as_deref().unwrap_or("default"),
+            if shown.resp3 { 3 } else { 2 },
+            text(&shown.lib_name),
+            text(&shown.lib_ver),
+        );
+        line
+    }
+}

@@ -97,6 +97,8 @@ pub struct Shown {
     pub resp3: bool,
     /// It holds a subscriber connection.
     pub pubsub: bool,
+    /// It is in MONITOR mode.
+    pub monitor: bool,
 }
 
 /// `last_command` before the first request.
@@ -164,7 +166,11 @@ impl Client {
             text(&shown.name),
             self.age(),
             idle_ms / 1000,
-            if shown.pubsub { "P" } else { "N" },
+            match (shown.monitor, shown.pubsub) {
+                (true, _) => "O",
+                (false, true) => "P",
+                (false, false) => "N",
+            },
             shown.db,
             cmd,
             shown.tenant.as_deref().unwrap_or("default"),

@@ -1,9 +1,9 @@
-//! What operators see: INFO's keygate section, keygate's own SLOWLOG, and /metrics figures
-//! (latency histograms, bytes, pinned connections, per-tenant errors).
+//! What operators see: INFO's keygate section, keygate's own SLOWLOG, MONITOR, and /metrics
+//! figures (latency histograms, bytes, pinned connections, per-tenant errors).
 
 mod common;
 
-use common::{as_tenant, http_get, Keygate, Redis};
+use common::{as_tenant, http_get, redis_cli, Keygate, Raw, Redis};
 
 fn text(reply: Vec<u8>) -> String {
     String::from_utf8_lossy(&reply).into_owned()
@@ -193,5 +193,83 @@ async fn metrics_show_latency_bytes_and_pinned_connections() {
             &format!("keygate_backend_pinned_connections{{server=\"{server}\"}} ")
         ),
         Some(0.0)
+    );
+}
+
+/// MONITOR lines until one contains `want` (within the reply deadline of `Raw::reply`).
+async fn monitor_until(monitor: &mut Raw, want: &str) -> String {
+    loop {
+        let line = text(monitor.reply().await.expect("the MONITOR feed"));
+        if line.contains(want) {
+            return line;
+        }
+    }
+}
+
+/// MONITOR shows the commands keygate sends to every server (both shards of a ketama set), in
+/// Redis's own line format; a monitoring client may PING but not touch keys, shows as `flags=O`,
+/// leaves MONITOR with RESET, and is disconnected when a monitor connection breaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_shows_every_servers_commands() {
+    let shards = [Redis::start(), Redis::start()];
+    let kg = Keygate::start_ketama(&shards, "").await;
+    let mut monitor = kg.raw().await;
+    let mut other = kg.raw().await;
+    assert_eq!(monitor.call(&[b"MONITOR"]).await, b"+OK\r\n");
+    // Keys until both shards got one.
+    let mut keys = Vec::new();
+    for i in 0..64 {
+        let key = format!("key{i}");
+        assert_eq!(
+            other.call(&[b"SET", key.as_bytes(), b"v"]).await,
+            b"+OK\r\n"
+        );
+        keys.push(key);
+        if shards
+            .iter()
+            .all(|s| !redis_cli(s.port, &["DBSIZE"]).starts_with('0'))
+        {
+            break;
+        }
+    }
+    for key in &keys {
+        let line = monitor_until(&mut monitor, &format!("\"SET\" \"{key}\" \"v\"")).await;
+        assert!(
+            line.starts_with('+') && line.contains(" [0 127.0.0.1:"),
+            "{line}"
+        );
+    }
+    // Replies come among the lines (the test's own DBSIZE checks show up too).
+    monitor.send(b"PING\r\n").await;
+    monitor_until(&mut monitor, "PONG").await;
+    monitor.send(b"GET key0\r\n").await;
+    assert_eq!(
+        monitor_until(&mut monitor, "-ERR").await,
+        "-ERR Replica can't interact with the keyspace\r\n"
+    );
+    let list = text(other.call(&[b"CLIENT", b"LIST"]).await);
+    assert_eq!(list.matches(" flags=O ").count(), 1, "{list}");
+    // RESET leaves MONITOR: nothing more arrives.
+    monitor.send(b"RESET\r\n").await;
+    monitor_until(&mut monitor, "+RESET").await;
+    assert_eq!(other.call(&[b"SET", b"after", b"x"]).await, b"+OK\r\n");
+    assert_eq!(monitor.call(&[b"PING"]).await, b"+PONG\r\n");
+
+    // A monitor connection killed on the server: the client is told by a disconnect.
+    assert_eq!(monitor.call(&[b"MONITOR"]).await, b"+OK\r\n");
+    let killed = redis_cli(
+        shards[0].port,
+        &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"],
+    );
+    assert!(killed.trim().parse::<u32>().unwrap() >= 1, "{killed}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut monitor.stream, &mut rest),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "still connected after its MONITOR connection died"
     );
 }

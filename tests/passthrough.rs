@@ -491,7 +491,7 @@ async fn connection_state_is_kept_per_client_and_never_leaks() {
     for cmd in [
         &[&b"CLIENT"[..], b"PAUSE", b"10"][..],
         &[b"CLIENT", b"TRACKING", b"on"],
-        &[b"MONITOR"],
+        &[b"PSYNC", b"?", b"-1"],
         &[b"READONLY"],
     ] {
         let reply = a.call(cmd).await;

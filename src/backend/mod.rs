@@ -16,6 +16,7 @@
 
 mod breaker;
 mod connection;
+mod monitor;
 mod subscriber;
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 pub use breaker::{Breaker, State as BreakerState};
 use connection::Request;
 pub use connection::{query_once, Dedicated, ReplyResult};
+pub use monitor::Monitor;
 pub use subscriber::{Event, Subscriber};
 
 use crate::config::Upstream;
@@ -333,24 +335,42 @@ impl Backend {
     /// A connection for one subscribed client, connecting in the background (requests sent
     /// meanwhile wait for it). Fails at once when `subscriber_connections_per_server` are in use.
     pub fn subscribe(&self, flavor: Flavor) -> Result<Subscriber, Error> {
-        if !self.breaker.allows() {
-            return Err(self.open_error());
-        }
-        let permit =
-            self.subscribers
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Error::DedicatedLimit {
-                    addr: self.addr.clone(),
-                    what: "subscriber",
-                    limit: self.opts.subscriber_connections,
-                })?;
+        let permit = self.subscriber_permit()?;
         Ok(Subscriber::start(
             self.addr.clone(),
             self.opts.clone(),
             flavor,
             permit,
         ))
+    }
+
+    /// One of `subscriber_connections_per_server`, for a connection that pushes data to one
+    /// client (a subscriber's, a monitor's); an error at once when the breaker is open or all
+    /// are in use.
+    fn subscriber_permit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        if !self.breaker.allows() {
+            return Err(self.open_error());
+        }
+        self.subscribers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::DedicatedLimit {
+                addr: self.addr.clone(),
+                what: "subscriber",
+                limit: self.opts.subscriber_connections,
+            })
+    }
+
+    /// Add this server to a client's MONITOR (a connection of its own, counted as a
+    /// subscriber's); the receiver says whether the server accepted MONITOR.
+    pub fn monitor(
+        &self,
+        monitor: &mut Monitor,
+    ) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
+        let permit = self.subscriber_permit()?;
+        let (ready, confirmed) = oneshot::channel();
+        monitor.add(self.addr.clone(), self.opts.clone(), permit, ready);
+        Ok(confirmed)
     }
 
     /// Check with the server that database `db` exists (`SELECT db` on a connection of its own),

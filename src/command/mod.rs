@@ -110,7 +110,9 @@ fn policy(spec: &Spec) -> Policy {
         "multi" | "exec" | "discard" | "watch" | "unwatch" => Policy::Transaction,
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe"
         | "sunsubscribe" => Policy::Subscribe,
-        "monitor" | "sync" | "psync" | "replconf" => Policy::Refuse(NEEDS_PINNED),
+        // MONITOR: connections of the client's own to every primary (see backend::monitor).
+        "monitor" => Policy::Local,
+        "sync" | "psync" | "replconf" => Policy::Refuse(NEEDS_PINNED),
         // XREAD/XREADGROUP block only with BLOCK; `Command::parse` refines them.
         "xread" | "xreadgroup" => Policy::Forward,
         "wait" => Policy::Blocking,
@@ -276,7 +278,7 @@ mod tests {
             assert_eq!(cmd(args).policy, Policy::Blocking, "{args:?}");
         }
         assert_eq!(cmd(&["ssubscribe", "c"]).policy, Policy::Subscribe);
-        assert!(matches!(cmd(&["monitor"]).policy, Policy::Refuse(_)));
+        assert!(matches!(cmd(&["psync"]).policy, Policy::Refuse(_)));
         assert_eq!(
             cmd(&["xread", "count", "1", "streams", "block", "0"]).policy,
             Policy::Forward

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::{Handled, Session};
-use crate::backend::Flavor;
+use crate::backend::{Flavor, Monitor};
 use crate::clients::Client;
 use crate::command::{self, Command};
 use crate::config::UpstreamKind;
@@ -45,6 +45,7 @@ impl Session {
                 self.tenant = None;
                 self.txn = None;
                 self.sub = None;
+                self.monitor = None;
                 if self.flavor != Flavor::default() || self.pending_select.is_some() {
                     self.flavor = Flavor::default();
                     self.pending_select = None;
@@ -56,6 +57,7 @@ impl Session {
                 Handled::ready(resp::simple("RESET"))
             }
             "client" => self.client(cmd),
+            "monitor" => self.monitor(),
             "slowlog" => self.slowlog(cmd),
             other => unreachable!("{other} has no local handler"),
         }
@@ -327,6 +329,34 @@ impl Session {
                 sub: args.get(1).cloned().unwrap_or_default(),
             }),
         }
+    }
+
+    /// MONITOR: every primary's feed, merged (see backend::monitor). As in Redis, MONITOR on a
+    /// client already monitoring is ignored, without a reply.
+    fn monitor(&mut self) -> Result<Handled, Error> {
+        if self.monitor.is_some() {
+            return Ok(Handled::quiet());
+        }
+        let topology = self.proxy.topology.load();
+        let mut monitor = Monitor::default();
+        let confirmations = topology
+            .backends
+            .iter()
+            .map(|backend| backend.monitor(&mut monitor))
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.monitor = Some(monitor);
+        Ok(Handled::reply(Reply::Later(Box::pin(async move {
+            for confirmed in confirmations {
+                match confirmed.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return e.to_reply(),
+                    Err(_) => {
+                        return Error::Internal("a MONITOR connection task failed").to_reply()
+                    }
+                }
+            }
+            resp::simple("OK")
+        }))))
     }
 
     /// The clients this one may see and kill: with tenants, those of its own tenant only.

@@ -30,7 +30,7 @@ use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::backend::{Caller, Event, Flavor, ReplyResult};
+use crate::backend::{Caller, Event, Flavor, Monitor, ReplyResult};
 use crate::clients::{Registered, Shown};
 use crate::command::{flags, Command, CommandId, Policy, Spec, UNKNOWN};
 use crate::config::ReadFrom;
@@ -121,6 +121,8 @@ struct Session {
     pending_select: Option<Arc<AtomicU64>>,
     /// The subscriber connection, while the client subscribes (see session::pubsub).
     sub: Option<pubsub::Sub>,
+    /// MONITOR's feed, while the client monitors (see backend::monitor).
+    monitor: Option<Monitor>,
     /// `read_from = "prefer_replica"`: when this client last sent a write.
     last_write: Option<Instant>,
     /// Requests slower than this go to the slowlog.
@@ -249,6 +251,7 @@ async fn serve<R, W>(
         must_drain: false,
         pending_select: None,
         sub: None,
+        monitor: None,
         last_write: None,
         slow: if config.slowlog.max_len == 0 {
             Duration::MAX
@@ -399,6 +402,18 @@ async fn serve<R, W>(
             event = next_event(&mut session.sub), if session.sub.is_some() && out.len() < OUTPUT_HIGH_WATER => {
                 session.on_event(event, &mut out);
             }
+            line = next_line(&mut session.monitor), if session.monitor.is_some() && out.len() < OUTPUT_HIGH_WATER => match line {
+                Some(Ok(line)) => out.push(line),
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "MONITOR feed ended: closing the client");
+                    session.monitor = None;
+                    session.closing = true;
+                }
+                None => {
+                    session.monitor = None;
+                    session.closing = true;
+                }
+            },
             read = tokio::io::AsyncReadExt::read_buf(&mut rd, &mut input), if can_read => match read {
                 Ok(0) | Err(_) => {
                     session.closing = true;
@@ -437,7 +452,7 @@ async fn serve<R, W>(
             }
             _ = &mut idle, if idle_timeout.is_some() && !session.closing => {
                 // As Redis, never for a client waiting on a blocked command or subscribed.
-                if pending.is_empty() && session.sub.is_none() {
+                if pending.is_empty() && session.sub.is_none() && session.monitor.is_none() {
                     debug!(client = id, "closing idle client");
                     session.closing = true;
                 } else if let Some(timeout) = idle_timeout {
@@ -462,6 +477,7 @@ impl Session {
             db: self.flavor.db,
             resp3: self.flavor.resp3,
             pubsub: self.sub.is_some(),
+            monitor: self.monitor.is_some(),
         });
     }
 
@@ -482,6 +498,14 @@ impl Session {
 async fn next_event(sub: &mut Option<pubsub::Sub>) -> Option<Event> {
     match sub {
         Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// MONITOR's next line (only polled while the client monitors).
+async fn next_line(monitor: &mut Option<Monitor>) -> Option<Result<Bytes, Error>> {
+    match monitor {
+        Some(monitor) => monitor.feed.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -654,6 +678,11 @@ impl Session {
         if !spec.arity_ok(cmd.args.len()) {
             self.abort_multi();
             return Err(Error::WrongArity(spec.name));
+        }
+        // As Redis treats a MONITOR client: connection commands only, no keys.
+        if self.monitor.is_some() && spec.has(flags::WRITE | flags::READONLY | flags::MAY_REPLICATE)
+        {
+            return Err(Error::Invalid("Replica can't interact with the keyspace"));
         }
         let fix = match self.tenancy() {
             true => self

@@ -37,8 +37,19 @@ pub struct Sample {
 #[derive(Default)]
 pub struct Samples {
     history: VecDeque<Sample>,
-    /// Per tenant: requests counted at the last tick, and ops/s over the last second.
-    tenants: Vec<(String, u64, u64)>,
+    /// Per tenant, as of the last tick.
+    tenants: Vec<TenantSample>,
+}
+
+/// A tenant's figures at the last tick.
+struct TenantSample {
+    name: String,
+    /// Its request count and latency histogram then (for the next tick's differences).
+    requests: u64,
+    latency: [u64; BOUNDS_US.len() + 1],
+    /// Over the second before it.
+    ops: u64,
+    p99_ms: Option<f64>,
 }
 
 pub type Shared = Mutex<Samples>;
@@ -76,12 +87,27 @@ pub async fn sample(proxy: Arc<Proxy>, shutdown: CancellationToken) {
         samples.tenants = tenants
             .iter()
             .map(|t| {
-                let now = t.requests.load(Relaxed);
-                let before = previous
-                    .iter()
-                    .find(|(name, _, _)| *name == t.config.name)
-                    .map_or(now, |(_, count, _)| *count);
-                (t.config.name.clone(), now, now.saturating_sub(before))
+                let requests = t.requests.load(Relaxed);
+                let latency = t.latency.snapshot();
+                let before = previous.iter().find(|p| p.name == t.config.name);
+                let (ops, p99_ms) = match before {
+                    Some(before) => {
+                        let delta: [u64; BOUNDS_US.len() + 1] =
+                            std::array::from_fn(|i| latency[i].saturating_sub(before.latency[i]));
+                        (
+                            requests.saturating_sub(before.requests),
+                            histogram::quantile_us(&delta, 0.99).map(|us| us as f64 / 1000.0),
+                        )
+                    }
+                    None => (0, None),
+                };
+                TenantSample {
+                    name: t.config.name.clone(),
+                    requests,
+                    latency,
+                    ops,
+                    p99_ms,
+                }
             })
             .collect();
     }
@@ -114,6 +140,8 @@ struct TenantStatus {
     name: String,
     connections: usize,
     ops_per_sec: u64,
+    /// Over the last second (an upper bound, as the chart's); null without requests.
+    p99_ms: Option<f64>,
     requests: u64,
     errors: u64,
     rate_limited: u64,
@@ -146,14 +174,15 @@ pub fn json(proxy: &Proxy) -> String {
         .tenants
         .load()
         .iter()
-        .map(|t| TenantStatus {
+        .map(|t| {
+            let sample = samples.tenants.iter().find(|s| s.name == t.config.name);
+            (t, sample)
+        })
+        .map(|(t, sample)| TenantStatus {
             name: t.config.name.clone(),
             connections: t.connections(),
-            ops_per_sec: samples
-                .tenants
-                .iter()
-                .find(|(name, _, _)| *name == t.config.name)
-                .map_or(0, |(_, _, rate)| *rate),
+            ops_per_sec: sample.map_or(0, |s| s.ops),
+            p99_ms: sample.and_then(|s| s.p99_ms),
             requests: t.requests.load(Relaxed),
             errors: t.errors.load(Relaxed),
             rate_limited: t.rate_limited.load(Relaxed),

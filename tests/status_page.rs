@@ -84,6 +84,15 @@ async fn status_page_renders_in_chromium() {
             "{expected:?} missing from the rendered page:\n{dom}"
         );
     }
+    // Each tenant's p99 over the last second, in its row.
+    let tenants_table = dom.split("id=\"tenants\"").nth(1).unwrap_or_default();
+    let tenants_table = tenants_table.split("</table>").next().unwrap_or_default();
+    assert!(tenants_table.contains("p99 ms"), "{tenants_table}");
+    assert_eq!(
+        tenants_table.matches(">≤ ").count(),
+        2,
+        "a p99 per tenant: {tenants_table}"
+    );
     // The chart has a line: points were drawn from the samples.
     let points = dom
         .split("id=\"ops\"")

@@ -30,6 +30,8 @@ pub enum Error {
     InvalidOption { what: &'static str, option: Bytes },
     /// A reply with its own error code, e.g. `WRONGPASS ...`, `NOPROTO ...`.
     Coded(&'static str),
+    /// An error with its whole text (code included), made at run time.
+    Text(String),
     /// The backend is not connected (down, refused, or reconnecting).
     BackendDown { addr: Arc<str>, reason: Arc<str> },
     /// The backend did not answer within the request timeout.
@@ -98,6 +100,7 @@ impl Error {
                 String::from_utf8_lossy(&option[..option.len().min(128)])
             ),
             Error::Coded(text) => (*text).to_string(),
+            Error::Text(text) => text.clone(),
             Error::BackendDown { addr, reason } => {
                 format!("ERR keygate: backend {addr} is unavailable ({reason})")
             }

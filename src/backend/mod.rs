@@ -16,7 +16,7 @@
 
 mod breaker;
 mod connection;
-mod monitor;
+mod feed;
 mod subscriber;
 
 use std::collections::{HashMap, HashSet};
@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 pub use breaker::{Breaker, State as BreakerState};
 use connection::Request;
 pub use connection::{query_once, Dedicated, ReplyResult};
-pub use monitor::Monitor;
+pub use feed::Feed;
 pub use subscriber::{Event, Subscriber};
 
 use crate::config::Upstream;
@@ -361,15 +361,24 @@ impl Backend {
             })
     }
 
-    /// Add this server to a client's MONITOR (a connection of its own, counted as a
-    /// subscriber's); the receiver says whether the server accepted MONITOR.
-    pub fn monitor(
+    /// Add this server to a client's feed (a connection of its own, counted as a
+    /// subscriber's, set up with `setup`); the receiver says whether the server accepted it.
+    pub fn feed(
         &self,
-        monitor: &mut Monitor,
+        feed: &mut Feed,
+        flavor: Flavor,
+        setup: Vec<Bytes>,
     ) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
         let permit = self.subscriber_permit()?;
         let (ready, confirmed) = oneshot::channel();
-        monitor.add(self.addr.clone(), self.opts.clone(), permit, ready);
+        feed.add(
+            self.addr.clone(),
+            self.opts.clone(),
+            flavor,
+            setup,
+            permit,
+            ready,
+        );
         Ok(confirmed)
     }
 

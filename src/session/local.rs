@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::{Handled, Session};
-use crate::backend::{Flavor, Monitor};
+use crate::backend::Flavor;
 use crate::clients::Client;
 use crate::command::{self, Command};
 use crate::config::UpstreamKind;
@@ -46,6 +46,7 @@ impl Session {
                 self.txn = None;
                 self.sub = None;
                 self.monitor = None;
+                self.tracking = None;
                 if self.flavor != Flavor::default() || self.pending_select.is_some() {
                     self.flavor = Flavor::default();
                     self.pending_select = None;
@@ -242,6 +243,10 @@ impl Session {
                 let line = self.me.client.line(Some("client|info"));
                 Handled::ready(resp::bulk(Some(line.as_bytes())))
             }
+            "tracking" => self.tracking(&args[2..]),
+            "caching" => self.caching(args),
+            "trackinginfo" => Handled::ready(self.tracking_info()),
+            "getredir" => Handled::ready(resp::integer(if self.tracking.is_some() { 0 } else { -1 })),
             "list" => self.client_list(&args[2..]),
             "kill" => self.client_kill(&args[2..]),
             // keygate never evicts a client for its memory; the flag has nothing to change.
@@ -276,6 +281,10 @@ impl Session {
                     "SETNAME <connection-name>", "    Assign the name <connection-name> to the current connection.",
                     "SETINFO <LIB-NAME|LIB-VER> <value>", "    Set client library name or version.",
                     "INFO", "    Return information about the current client connection.",
+                    "TRACKING (ON|OFF) [BCAST] [PREFIX <prefix> ...] [OPTIN] [OPTOUT] [NOLOOP]", "    Invalidation push messages (RESP3), from every server, as BCAST (see keygate's README).",
+                    "CACHING (YES|NO)", "    Accepted in OPTIN/OPTOUT mode (keygate sends invalidations for every key).",
+                    "TRACKINGINFO", "    Return the tracking options in force.",
+                    "GETREDIR", "    0 while tracking (invalidations come on this connection), -1 otherwise.",
                     "LIST [TYPE (NORMAL|PUBSUB)] [ID <id> [<id> ...]]", "    Return information about keygate's client connections (a tenant's own only).",
                     "KILL <ip:port>", "    Kill the client connected from <ip:port>.",
                     "KILL <option> <value> [<option> <value> [...]]", "    Kill clients by ID, TYPE, USER (tenant), ADDR, LADDR, SKIPME (default yes); returns how many.",
@@ -329,34 +338,6 @@ impl Session {
                 sub: args.get(1).cloned().unwrap_or_default(),
             }),
         }
-    }
-
-    /// MONITOR: every primary's feed, merged (see backend::monitor). As in Redis, MONITOR on a
-    /// client already monitoring is ignored, without a reply.
-    fn monitor(&mut self) -> Result<Handled, Error> {
-        if self.monitor.is_some() {
-            return Ok(Handled::quiet());
-        }
-        let topology = self.proxy.topology.load();
-        let mut monitor = Monitor::default();
-        let confirmations = topology
-            .backends
-            .iter()
-            .map(|backend| backend.monitor(&mut monitor))
-            .collect::<Result<Vec<_>, Error>>()?;
-        self.monitor = Some(monitor);
-        Ok(Handled::reply(Reply::Later(Box::pin(async move {
-            for confirmed in confirmations {
-                match confirmed.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return e.to_reply(),
-                    Err(_) => {
-                        return Error::Internal("a MONITOR connection task failed").to_reply()
-                    }
-                }
-            }
-            resp::simple("OK")
-        }))))
     }
 
     /// The clients this one may see and kill: with tenants, those of its own tenant only.

@@ -10,6 +10,7 @@
 //! client that does not read: memory per client stays bounded. After QUIT, a protocol error or
 //! shutdown, the session stops reading, delivers what is pending, and closes.
 
+mod feeds;
 mod local;
 mod pubsub;
 mod tenancy;
@@ -30,7 +31,7 @@ use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::backend::{Caller, Event, Flavor, Monitor, ReplyResult};
+use crate::backend::{Caller, Event, Feed, Flavor, ReplyResult};
 use crate::clients::{Registered, Shown};
 use crate::command::{flags, Command, CommandId, Policy, Spec, UNKNOWN};
 use crate::config::ReadFrom;
@@ -121,8 +122,10 @@ struct Session {
     pending_select: Option<Arc<AtomicU64>>,
     /// The subscriber connection, while the client subscribes (see session::pubsub).
     sub: Option<pubsub::Sub>,
-    /// MONITOR's feed, while the client monitors (see backend::monitor).
-    monitor: Option<Monitor>,
+    /// MONITOR's feed, while the client monitors (see session::feeds).
+    monitor: Option<Feed>,
+    /// CLIENT TRACKING's invalidation feed, while on (see session::feeds).
+    tracking: Option<feeds::Tracking>,
     /// `read_from = "prefer_replica"`: when this client last sent a write.
     last_write: Option<Instant>,
     /// Requests slower than this go to the slowlog.
@@ -252,6 +255,7 @@ async fn serve<R, W>(
         pending_select: None,
         sub: None,
         monitor: None,
+        tracking: None,
         last_write: None,
         slow: if config.slowlog.max_len == 0 {
             Duration::MAX
@@ -402,7 +406,25 @@ async fn serve<R, W>(
             event = next_event(&mut session.sub), if session.sub.is_some() && out.len() < OUTPUT_HIGH_WATER => {
                 session.on_event(event, &mut out);
             }
-            line = next_line(&mut session.monitor), if session.monitor.is_some() && out.len() < OUTPUT_HIGH_WATER => match line {
+            push = next_line(session.tracking.as_mut().map(|t| &mut t.feed)), if session.tracking.is_some() && out.len() < OUTPUT_HIGH_WATER => match push {
+                Some(Ok(push)) => {
+                    if let Some(push) = session.invalidation(push) {
+                        out.push(push);
+                    }
+                }
+                Some(Err(e)) => {
+                    // A cache that can miss invalidations must not go on: disconnect, so the
+                    // client's library drops its cache and reconnects.
+                    tracing::info!(error = %e, "CLIENT TRACKING feed ended: closing the client");
+                    session.tracking = None;
+                    session.closing = true;
+                }
+                None => {
+                    session.tracking = None;
+                    session.closing = true;
+                }
+            },
+            line = next_line(session.monitor.as_mut()), if session.monitor.is_some() && out.len() < OUTPUT_HIGH_WATER => match line {
                 Some(Ok(line)) => out.push(line),
                 Some(Err(e)) => {
                     tracing::info!(error = %e, "MONITOR feed ended: closing the client");
@@ -503,9 +525,9 @@ async fn next_event(sub: &mut Option<pubsub::Sub>) -> Option<Event> {
 }
 
 /// MONITOR's next line (only polled while the client monitors).
-async fn next_line(monitor: &mut Option<Monitor>) -> Option<Result<Bytes, Error>> {
-    match monitor {
-        Some(monitor) => monitor.feed.recv().await,
+async fn next_line(feed: Option<&mut Feed>) -> Option<Result<Bytes, Error>> {
+    match feed {
+        Some(feed) => feed.feed.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -76,6 +76,12 @@ impl Session {
         {
             return Ok(());
         }
+        // The invalidation feed watches the old tenant's keys; the new one's would be missed.
+        if self.tracking.is_some() {
+            return Err(Error::Invalid(
+                "keygate: turn CLIENT TRACKING off before authenticating as another tenant",
+            ));
+        }
         self.become_tenant(&tenant)
     }
 

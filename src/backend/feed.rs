@@ -1,12 +1,13 @@
-//! MONITOR through keygate: a connection of the client's own to each primary, each in MONITOR
-//! mode, their lines merged into one feed for the client.
+//! A feed: a connection of one client's own to each primary, set up with one command after
+//! which the server pushes frames on its own, every frame merged into one stream for the client.
+//! MONITOR (the server's lines for each command it runs) and CLIENT TRACKING (invalidation push
+//! messages, with BCAST) are feeds.
 //!
-//! Redis's lines name the connection that sent each command, which for commands sent through
-//! keygate is keygate's backend connection, not the client (keygate's own CLIENT LIST tells
-//! which client is which). Each connection counts against
-//! `subscriber_connections_per_server`, like a subscriber's. When the client does not read, the
-//! tasks stop reading and Redis buffers the rest, as it would for a slow MONITOR client of its
-//! own; when a connection breaks, the feed ends with its error and the client is disconnected.
+//! Each connection counts against `subscriber_connections_per_server`, like a subscriber's. When
+//! the client does not read, the tasks stop reading and the server buffers the rest, as it would
+//! for a slow client of its own; when a connection breaks, or a server refuses the setup
+//! command, the feed ends with the error and the client is disconnected: a feed missing a
+//! server's frames must never pass for a working one.
 
 use std::sync::Arc;
 
@@ -18,17 +19,17 @@ use super::connection::Dedicated;
 use super::{Flavor, Options};
 use crate::error::Error;
 
-/// Lines waiting for the client before the tasks stop reading.
+/// Frames waiting for the client before the tasks stop reading.
 const FEED: usize = 1024;
 
-/// A client's MONITOR: the merged feed, and the tasks behind it (stopped when dropped).
-pub struct Monitor {
+/// A client's feed: the merged frames, and the tasks behind them (stopped when dropped).
+pub struct Feed {
     pub feed: mpsc::Receiver<Result<Bytes, Error>>,
     tasks: Vec<JoinHandle<()>>,
     sender: mpsc::Sender<Result<Bytes, Error>>,
 }
 
-impl Drop for Monitor {
+impl Drop for Feed {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
@@ -36,10 +37,10 @@ impl Drop for Monitor {
     }
 }
 
-impl Default for Monitor {
+impl Default for Feed {
     fn default() -> Self {
         let (sender, feed) = mpsc::channel(FEED);
-        Monitor {
+        Feed {
             feed,
             tasks: Vec::new(),
             sender,
@@ -47,12 +48,15 @@ impl Default for Monitor {
     }
 }
 
-impl Monitor {
-    /// Start monitoring one server; `ready` says whether it accepted MONITOR.
+impl Feed {
+    /// Add one server: a connection of `flavor` sent `setup`, which must answer `+OK`; `ready`
+    /// says whether it did.
     pub(super) fn add(
         &mut self,
         addr: Arc<str>,
         opts: Arc<Options>,
+        flavor: Flavor,
+        setup: Vec<Bytes>,
         permit: OwnedSemaphorePermit,
         ready: oneshot::Sender<Result<(), Error>>,
     ) {
@@ -60,13 +64,14 @@ impl Monitor {
         self.tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let started = async {
-                let mut conn = Dedicated::open(&addr, &opts, Flavor::default()).await?;
-                let reply = conn.call(&[Bytes::from_static(b"MONITOR")]).await?;
+                let mut conn = Dedicated::open(&addr, &opts, flavor).await?;
+                let reply = conn.call(&setup).await?;
                 if &reply[..] != b"+OK\r\n" {
                     let text = String::from_utf8_lossy(&reply).trim_end().to_string();
+                    let command = String::from_utf8_lossy(&setup[0]).to_ascii_uppercase();
                     return Err(Error::BackendLost {
                         addr: addr.clone(),
-                        reason: format!("MONITOR refused: {text}").into(),
+                        reason: format!("{command} refused: {text}").into(),
                     });
                 }
                 Ok(conn)
@@ -77,8 +82,7 @@ impl Monitor {
                     conn
                 }
                 Err(e) => {
-                    // The client gets the error as MONITOR's reply, then is disconnected: a
-                    // MONITOR missing a server's commands must not look like a working one.
+                    // The client gets the error as the command's reply, then is disconnected.
                     let _ = ready.send(Err(e.clone()));
                     let _ = feed.send(Err(e)).await;
                     return;

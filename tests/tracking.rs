@@ -1,0 +1,163 @@
+//! CLIENT TRACKING through keygate (RESP3): invalidation push messages for keys written by any
+//! client, from every shard, a tenant's only and without its prefix; Redis's option checks and
+//! replies; REDIRECT and RESP2 refused with a clear error on an open connection.
+
+mod common;
+
+use common::{as_tenant, bulk, Keygate, Raw, Redis};
+
+fn text(reply: Vec<u8>) -> String {
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// The invalidation push for `keys`, as Redis sends it.
+fn invalidate(keys: &[&str]) -> Vec<u8> {
+    let mut push = format!(">2\r\n$10\r\ninvalidate\r\n*{}\r\n", keys.len()).into_bytes();
+    for key in keys {
+        push.extend(bulk(key));
+    }
+    push
+}
+
+async fn resp3_tracking(raw: &mut Raw, options: &[&[u8]]) {
+    assert!(raw.call(&[b"HELLO", b"3"]).await.starts_with(b"%"));
+    let mut args: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON"];
+    args.extend_from_slice(options);
+    assert_eq!(raw.call(&args).await, b"+OK\r\n");
+}
+
+/// A cache in front of a ketama set: a read, a write by another client, the invalidation (from
+/// either shard); OFF stops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_from_every_shard() {
+    let shards = [Redis::start(), Redis::start()];
+    let kg = Keygate::start_ketama(&shards, "").await;
+    let mut cache = kg.raw().await;
+    let mut writer = kg.raw().await;
+    resp3_tracking(&mut cache, &[]).await;
+    let info = text(cache.call(&[b"CLIENT", b"TRACKINGINFO"]).await);
+    assert!(
+        info.starts_with("%3\r\n$5\r\nflags\r\n~1\r\n$2\r\non\r\n"),
+        "{info}"
+    );
+    assert_eq!(cache.call(&[b"CLIENT", b"GETREDIR"]).await, b":0\r\n");
+    // Keys until both shards hold one: each write is invalidated.
+    let mut written = Vec::new();
+    for i in 0..64 {
+        let key = format!("key{i}");
+        assert_eq!(cache.call(&[b"GET", key.as_bytes()]).await, b"_\r\n");
+        assert_eq!(
+            writer.call(&[b"SET", key.as_bytes(), b"v"]).await,
+            b"+OK\r\n"
+        );
+        assert_eq!(cache.reply().await.unwrap(), invalidate(&[&key]));
+        written.push(key);
+        if shards
+            .iter()
+            .all(|s| !common::redis_cli(s.port, &["DBSIZE"]).starts_with('0'))
+        {
+            break;
+        }
+    }
+    assert!(written.len() >= 2);
+    assert_eq!(
+        cache.call(&[b"CLIENT", b"TRACKING", b"OFF"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(writer.call(&[b"SET", b"key0", b"w"]).await, b"+OK\r\n");
+    assert_eq!(cache.call(&[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(cache.call(&[b"CLIENT", b"GETREDIR"]).await, b":-1\r\n");
+}
+
+/// Redis's option checks and texts; BCAST with prefixes; REDIRECT and RESP2 refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_are_checked_as_redis_checks_them() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut resp2 = kg.raw().await;
+    let refused = text(resp2.call(&[b"CLIENT", b"TRACKING", b"ON"]).await);
+    assert!(
+        refused
+            .starts_with("-ERR 'CLIENT TRACKING' is not available through keygate: it needs RESP3"),
+        "{refused}"
+    );
+    let mut raw = kg.raw().await;
+    assert!(raw.call(&[b"HELLO", b"3"]).await.starts_with(b"%"));
+    for (args, want) in [
+        (&[&b"CLIENT"[..], b"TRACKING", b"ON", b"PREFIX", b"a"][..], "-ERR PREFIX option requires BCAST mode to be enabled\r\n"),
+        (&[b"CLIENT", b"TRACKING", b"ON", b"OPTIN", b"OPTOUT"], "-ERR You can't specify both OPTIN mode and OPTOUT mode\r\n"),
+        (&[b"CLIENT", b"TRACKING", b"ON", b"BCAST", b"OPTIN"], "-ERR OPTIN and OPTOUT are not compatible with BCAST\r\n"),
+        (&[b"CLIENT", b"TRACKING", b"ON", b"FOO"], "-ERR syntax error\r\n"),
+        (&[b"CLIENT", b"TRACKING", b"MAYBE"], "-ERR syntax error\r\n"),
+        (&[b"CLIENT", b"TRACKING", b"ON", b"BCAST", b"PREFIX", b"a", b"PREFIX", b"ab"], "-ERR Prefix 'a' overlaps with another provided prefix 'ab'. Prefixes for a single client must not overlap.\r\n"),
+        (&[b"CLIENT", b"CACHING", b"yes"], "-ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled\r\n"),
+    ] {
+        assert_eq!(text(raw.call(args).await), want, "{args:?}");
+    }
+    let redirect = text(
+        raw.call(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", b"5"])
+            .await,
+    );
+    assert!(
+        redirect.starts_with("-ERR 'CLIENT TRACKING REDIRECT' is not available through keygate"),
+        "{redirect}"
+    );
+    // OPTIN: CLIENT CACHING as Redis allows it.
+    assert_eq!(
+        raw.call(&[b"CLIENT", b"TRACKING", b"ON", b"OPTIN"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(raw.call(&[b"CLIENT", b"CACHING", b"yes"]).await, b"+OK\r\n");
+    assert_eq!(
+        text(raw.call(&[b"CLIENT", b"CACHING", b"no"]).await),
+        "-ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.\r\n"
+    );
+    assert_eq!(
+        text(raw.call(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST"]).await),
+        "-ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.\r\n"
+    );
+    assert_eq!(
+        raw.call(&[b"CLIENT", b"TRACKING", b"OFF"]).await,
+        b"+OK\r\n"
+    );
+    // BCAST with a prefix: only keys under it.
+    assert_eq!(
+        raw.call(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST", b"PREFIX", b"user:"])
+            .await,
+        b"+OK\r\n"
+    );
+    let mut writer = kg.raw().await;
+    writer.call(&[b"SET", b"other", b"x"]).await;
+    writer.call(&[b"SET", b"user:1", b"x"]).await;
+    assert_eq!(raw.reply().await.unwrap(), invalidate(&["user:1"]));
+    let info = text(raw.call(&[b"CLIENT", b"TRACKINGINFO"]).await);
+    assert!(
+        info.contains("~2\r\n$2\r\non\r\n$5\r\nbcast\r\n")
+            && info.ends_with("*1\r\n$5\r\nuser:\r\n"),
+        "{info}"
+    );
+}
+
+/// A tenant's cache hears of its own keys only, named as it names them; another tenant writing
+/// the same key name sends it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_hear_of_their_own_keys_only() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        "[[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n\
+         [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\n",
+    )
+    .await;
+    let mut cache = as_tenant(&kg, "acme").await;
+    resp3_tracking(&mut cache, &[]).await;
+    let mut globex = as_tenant(&kg, "globex").await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    assert_eq!(globex.call(&[b"SET", b"k", b"theirs"]).await, b"+OK\r\n");
+    assert_eq!(acme.call(&[b"SET", b"k", b"mine"]).await, b"+OK\r\n");
+    assert_eq!(cache.reply().await.unwrap(), invalidate(&["k"]));
+    assert_eq!(cache.call(&[b"PING"]).await, b"+PONG\r\n");
+    // Switching tenant would leave the feed on the old one's keys: refused.
+    let switch = text(cache.call(&[b"AUTH", b"globex", b"globex-pw"]).await);
+    assert!(switch.contains("turn CLIENT TRACKING off"), "{switch}");
+}

@@ -58,7 +58,7 @@ pub async fn refresh(proxy: &Proxy) -> Result<(), String> {
         _ => discover(&config, &current, false).await?,
     };
     if let Some(next) = next {
-        proxy.topology.store(Arc::new(next));
+        proxy.swap_topology(next);
     }
     Ok(())
 }

@@ -132,7 +132,7 @@ pub async fn apply(proxy: &Arc<Proxy>, mut config: Config) -> Result<String, Str
     proxy.tenancy.store(!tenants.is_empty(), Relaxed);
     proxy.tenants.store(Arc::new(tenants));
     proxy.config.store(Arc::new(config));
-    proxy.topology.store(Arc::new(topology));
+    proxy.swap_topology(topology);
     Ok(summary)
 }
 

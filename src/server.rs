@@ -38,6 +38,8 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Wakes the cluster refresher (see `refresh`).
     pub refresh: Notify,
+    /// Ticks whenever a new topology is swapped in (see `swap_topology`).
+    pub topology_swapped: tokio::sync::watch::Sender<()>,
     /// Tenants; empty when tenancy is off.
     pub tenants: ArcSwap<Vec<Arc<TenantState>>>,
     /// Tenants are configured: every client must AUTH as one (read on every request).
@@ -62,6 +64,13 @@ pub struct Proxy {
 
 impl Proxy {
     /// Ask for a cluster slot map refresh soon; returns at once.
+    /// Swap in a new topology, and tell whoever watches (CLIENT TRACKING's feeds, which must
+    /// cover every primary).
+    pub fn swap_topology(&self, next: Topology) {
+        self.topology.store(Arc::new(next));
+        self.topology_swapped.send_replace(());
+    }
+
     pub fn refresh_soon(&self) {
         self.refresh.notify_one();
     }
@@ -107,6 +116,7 @@ impl Server {
             topology: ArcSwap::from_pointee(topology),
             metrics: Metrics::default(),
             refresh: Notify::new(),
+            topology_swapped: tokio::sync::watch::Sender::new(()),
             config_path: OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
             config_seen: std::sync::Mutex::new(None),
@@ -250,7 +260,7 @@ async fn eject(proxy: Arc<Proxy>, shutdown: CancellationToken) {
                 .map(|&i| &*next.backends[i].addr)
                 .collect();
             warn!(ejected = ?names, epoch = next.epoch, "ketama ring rebuilt");
-            proxy.topology.store(Arc::new(next));
+            proxy.swap_topology(next);
         }
     }
 }

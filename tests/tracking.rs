@@ -161,3 +161,37 @@ async fn tenants_hear_of_their_own_keys_only() {
     let switch = text(cache.call(&[b"AUTH", b"globex", b"globex-pw"]).await);
     assert!(switch.contains("turn CLIENT TRACKING off"), "{switch}");
 }
+
+/// A reload that changes the primaries disconnects a tracking client (its feed would miss the
+/// new server's writes, and its library then drops its cache); one that keeps them does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_primary_set_disconnects_tracking_clients() {
+    let (a, b) = (Redis::start(), Redis::start());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keygate.toml");
+    let config = |servers: &[&Redis]| {
+        let list: Vec<String> = servers
+            .iter()
+            .map(|s| format!("\"{}\"", s.addr()))
+            .collect();
+        format!(
+            "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"ketama\"\nservers = [{}]\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            list.join(", ")
+        )
+    };
+    std::fs::write(&path, config(&[&a])).unwrap();
+    let kg = Keygate::start_file(&path).await;
+    let mut cache = kg.raw().await;
+    resp3_tracking(&mut cache, &[]).await;
+    // Same primaries (the file rewritten unchanged): still tracking.
+    std::fs::write(&path, config(&[&a]) + "\n").unwrap();
+    let (status, body) = common::http(kg.admin, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cache.call(&[b"PING"]).await, b"+PONG\r\n");
+    // Another primary: disconnected.
+    std::fs::write(&path, config(&[&a, &b])).unwrap();
+    let (status, body) = common::http(kg.admin, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    cache.expect_closed().await;
+}

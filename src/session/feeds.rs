@@ -10,7 +10,10 @@
 //! checked as Redis checks it and changes nothing). REDIRECT is refused: keygate's client ids are
 //! not the server's.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
 
 use super::{Handled, Session};
 use crate::backend::{Feed, Flavor};
@@ -20,13 +23,36 @@ use crate::resp::{self, value};
 
 /// A client's CLIENT TRACKING: its options, and the invalidation feed.
 pub(super) struct Tracking {
-    pub(super) feed: Feed,
+    feed: Feed,
     bcast: bool,
     optin: bool,
     optout: bool,
     noloop: bool,
     /// As the client gave them (without a tenant's prefix).
     prefixes: Vec<Bytes>,
+    /// The primaries the feed covers, and word of topology swaps: a new primary would write
+    /// keys the feed never hears of.
+    primaries: Vec<Arc<str>>,
+    swapped: watch::Receiver<()>,
+}
+
+/// What a tracking client's feed brought.
+pub(super) enum TrackingEvent {
+    /// An invalidation push, or the feed's end (an error, or closed).
+    Push(Option<Result<Bytes, Error>>),
+    /// A new topology was swapped in: the feed may no longer cover every primary.
+    Swapped,
+}
+
+/// The next event of a tracking client's feed (only polled while it tracks).
+pub(super) async fn next_tracking_event(tracking: Option<&mut Tracking>) -> TrackingEvent {
+    let Some(tracking) = tracking else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        push = tracking.feed.feed.recv() => TrackingEvent::Push(push),
+        Ok(()) = tracking.swapped.changed() => TrackingEvent::Swapped,
+    }
 }
 
 impl Session {
@@ -172,8 +198,12 @@ impl Session {
                 }
             }
         }
+        let swapped = self.proxy.topology_swapped.subscribe();
+        let primaries = self.primaries();
         let (feed, confirmed) = self.feed(self.flavor, setup)?;
         self.tracking = Some(Tracking {
+            primaries,
+            swapped,
             feed,
             bcast,
             optin,
@@ -182,6 +212,20 @@ impl Session {
             prefixes,
         });
         Ok(Handled::reply(confirmed))
+    }
+
+    /// The primaries' addresses now.
+    fn primaries(&self) -> Vec<Arc<str>> {
+        let topology = self.proxy.topology.load();
+        topology.backends.iter().map(|b| b.addr.clone()).collect()
+    }
+
+    /// After a topology swap: does the tracking feed still cover every primary? If not, the
+    /// client is disconnected, so its library drops its cache instead of trusting it.
+    pub(super) fn tracking_still_covers(&self) -> bool {
+        self.tracking
+            .as_ref()
+            .is_none_or(|t| t.primaries == self.primaries())
     }
 
     /// CLIENT CACHING YES|NO: checked as Redis checks it; keygate's invalidations cover every key

@@ -406,20 +406,27 @@ async fn serve<R, W>(
             event = next_event(&mut session.sub), if session.sub.is_some() && out.len() < OUTPUT_HIGH_WATER => {
                 session.on_event(event, &mut out);
             }
-            push = next_line(session.tracking.as_mut().map(|t| &mut t.feed)), if session.tracking.is_some() && out.len() < OUTPUT_HIGH_WATER => match push {
-                Some(Ok(push)) => {
+            event = feeds::next_tracking_event(session.tracking.as_mut()), if session.tracking.is_some() && out.len() < OUTPUT_HIGH_WATER => match event {
+                feeds::TrackingEvent::Swapped => {
+                    if !session.tracking_still_covers() {
+                        tracing::info!("the primaries changed under CLIENT TRACKING: closing the client");
+                        session.tracking = None;
+                        session.closing = true;
+                    }
+                }
+                feeds::TrackingEvent::Push(Some(Ok(push))) => {
                     if let Some(push) = session.invalidation(push) {
                         out.push(push);
                     }
                 }
-                Some(Err(e)) => {
+                feeds::TrackingEvent::Push(Some(Err(e))) => {
                     // A cache that can miss invalidations must not go on: disconnect, so the
                     // client's library drops its cache and reconnects.
                     tracing::info!(error = %e, "CLIENT TRACKING feed ended: closing the client");
                     session.tracking = None;
                     session.closing = true;
                 }
-                None => {
+                feeds::TrackingEvent::Push(None) => {
                     session.tracking = None;
                     session.closing = true;
                 }

@@ -91,6 +91,9 @@ pub struct Tenant {
     /// Mutual TLS: a verified client certificate whose subject has this common name (CN)
     /// is this tenant's, without AUTH.
     pub client_cert_cn: Option<String>,
+    /// Mutual TLS: a verified client certificate with this subject alternative name (a DNS
+    /// name, a URI such as a SPIFFE id, an e-mail address) is this tenant's, without AUTH.
+    pub client_cert_san: Option<String>,
     /// Prepended to every key and channel of this tenant.
     pub prefix: String,
     /// If set, only these commands (lower case, `name` or `name|sub`).
@@ -331,6 +334,7 @@ struct TenantFile {
     #[serde(default)]
     allow_from: Vec<String>,
     client_cert_cn: Option<String>,
+    client_cert_san: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -794,10 +798,19 @@ impl Config {
             command_list(&raw.policy.deny_commands).map_err(|r| fail("policy.deny_commands", r))?;
         let tenants = tenants(&raw.tenants).map_err(|(key, r)| fail(&key, r))?;
         let mutual_tls = raw.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        if let Some(i) = tenants.iter().position(|t| t.client_cert_cn.is_some()) {
+        if let Some((i, t)) = tenants
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.client_cert_cn.is_some() || t.client_cert_san.is_some())
+        {
             if !mutual_tls {
+                let key = if t.client_cert_cn.is_some() {
+                    "client_cert_cn"
+                } else {
+                    "client_cert_san"
+                };
                 return Err(fail(
-                    &format!("tenants[{i}].client_cert_cn"),
+                    &format!("tenants[{i}].{key}"),
                     "needs mutual TLS: set [tls] client_ca, so client certificates are verified"
                         .into(),
                 ));
@@ -920,7 +933,7 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
                     "must be 64 hexadecimal digits".to_string(),
                 )
             })?),
-            (None, None) if t.client_cert_cn.is_some() => None,
+            (None, None) if t.client_cert_cn.is_some() || t.client_cert_san.is_some() => None,
             (Some(_), Some(_)) => {
                 return Err((
                     at("password"),
@@ -930,7 +943,7 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             _ => {
                 return Err((
                     at("password"),
-                    "a non-empty password or password_sha256 (or a client_cert_cn) is required"
+                    "a non-empty password or password_sha256 (or a client_cert_cn or client_cert_san) is required"
                         .into(),
                 ))
             }
@@ -974,14 +987,24 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
                 "must be at least 1 (omit it for no limit)".into(),
             ));
         }
-        if let Some(cn) = &t.client_cert_cn {
-            if cn.is_empty() {
-                return Err((at("client_cert_cn"), "must not be empty".into()));
+        type Pick = fn(&Tenant) -> Option<&String>;
+        let names: [(&str, &Option<String>, Pick); 2] = [
+            ("client_cert_cn", &t.client_cert_cn, |o| {
+                o.client_cert_cn.as_ref()
+            }),
+            ("client_cert_san", &t.client_cert_san, |o| {
+                o.client_cert_san.as_ref()
+            }),
+        ];
+        for (key, value, pick) in names {
+            let Some(value) = value else { continue };
+            if value.is_empty() {
+                return Err((at(key), "must not be empty".into()));
             }
-            if let Some(other) = out.iter().find(|o| o.client_cert_cn.as_ref() == Some(cn)) {
+            if let Some(other) = out.iter().find(|o| pick(o) == Some(value)) {
                 return Err((
-                    at("client_cert_cn"),
-                    format!("{cn:?} is tenant {:?}'s too", other.name),
+                    at(key),
+                    format!("{value:?} is tenant {:?}'s too", other.name),
                 ));
             }
         }
@@ -989,6 +1012,7 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             name: t.name.clone(),
             password_sha256,
             client_cert_cn: t.client_cert_cn.clone(),
+            client_cert_san: t.client_cert_san.clone(),
             prefix: t.prefix.clone(),
             allow_commands,
             deny_commands,

@@ -253,4 +253,12 @@ fn tls_settings_are_checked_where_they_apply() {
         e.contains("tenants[0].client_cert_cn: needs mutual TLS: set [tls] client_ca"),
         "{e}"
     );
+    let e = error_of(&tenant.replace(
+        "client_cert_cn = \"app-a\"",
+        "client_cert_san = \"spiffe://x/a\"",
+    ));
+    assert!(
+        e.contains("tenants[0].client_cert_san: needs mutual TLS: set [tls] client_ca"),
+        "{e}"
+    );
 }

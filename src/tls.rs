@@ -70,11 +70,42 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// The common name (CN) in a certificate's subject, when it has one that is valid UTF-8.
-pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+/// Who a verified client certificate names: its subject's common name, and its subject
+/// alternative names (DNS names, URIs such as SPIFFE ids, e-mail addresses), as text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Identity {
+    pub cn: Option<String>,
+    pub sans: Vec<String>,
+}
+
+impl Identity {
+    pub fn of(cert: &CertificateDer<'_>) -> Identity {
+        use x509_parser::extensions::GeneralName;
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+            return Identity::default();
+        };
+        let cn = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        let sans = match parsed.subject_alternative_name() {
+            Ok(Some(ext)) => ext
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(s) | GeneralName::URI(s) | GeneralName::RFC822Name(s) => {
+                        Some(s.to_string())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Identity { cn, sans }
+    }
 }
 
 /// How keygate connects to backends over TLS (`[upstream] tls = true`).

@@ -808,3 +808,47 @@ async fn hostile_clients_on_the_tls_port() {
     let mut later = tls_raw(dir.path(), tls_port, None).await;
     assert_eq!(later.call(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
 }
+
+/// A certificate's subject alternative name chooses a tenant too (here a SPIFFE id in a URI
+/// SAN, whatever the CN says); a certificate with another SAN still needs AUTH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_sans_choose_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    issue(
+        dir.path(),
+        "workload",
+        "/CN=pod-7f9c",
+        &format!("{CLIENT_EXT}\nsubjectAltName=URI:spiffe://example.org/ns/prod/sa/initech"),
+    );
+    issue(
+        dir.path(),
+        "elsewhere",
+        "/CN=pod-1234",
+        &format!("{CLIENT_EXT}\nsubjectAltName=URI:spiffe://example.org/ns/dev/sa/initech"),
+    );
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let backend = Redis::start();
+    let tls_port = free_port();
+    let _kg = Keygate::start_config(&config(
+        backend.port,
+        "",
+        &format!(
+            "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\
+             [[tenants]]\nname = \"initech\"\nprefix = \"initech:\"\n\
+             client_cert_san = \"spiffe://example.org/ns/prod/sa/initech\"\n",
+            path("server.pem"),
+            path("server.key"),
+            path("ca.pem")
+        ),
+    ))
+    .await;
+    let mut workload = tls_raw(dir.path(), tls_port, Some("workload")).await;
+    assert_eq!(workload.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(redis_cli(backend.port, &["GET", "initech:k"]).trim(), "v");
+    let mut elsewhere = tls_raw(dir.path(), tls_port, Some("elsewhere")).await;
+    assert!(elsewhere
+        .call(&[b"GET", b"k"])
+        .await
+        .starts_with(b"-NOAUTH"));
+}

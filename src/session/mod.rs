@@ -170,7 +170,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
     let ends = Ends {
         peer,
         local,
-        cert_cn: None,
+        cert: None,
     };
     tracing::Instrument::instrument(serve(proxy, rd, wr, id, ends, shutdown), span).await
 }
@@ -187,28 +187,23 @@ pub async fn run_tls(
         return;
     };
     // Only present when it was verified against `[tls] client_ca`.
-    let cert_cn = tls
+    let cert = tls
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(crate::tls::common_name);
+        .map(crate::tls::Identity::of);
     let _ = tcp.set_nodelay(true);
     let span =
         tracing::info_span!("client", id, peer = %peer, tenant = tracing::field::Empty, tls = true);
     let (rd, wr) = tokio::io::split(stream);
-    let ends = Ends {
-        peer,
-        local,
-        cert_cn,
-    };
+    let ends = Ends { peer, local, cert };
     tracing::Instrument::instrument(serve(proxy, rd, wr, id, ends, shutdown), span).await
 }
 
-/// The two addresses of a client connection, and the common name of its verified TLS client
-/// certificate.
+/// The two addresses of a client connection, and who its verified TLS client certificate names.
 struct Ends {
     peer: SocketAddr,
     local: SocketAddr,
-    cert_cn: Option<String>,
+    cert: Option<crate::tls::Identity>,
 }
 
 async fn serve<R, W>(
@@ -222,11 +217,7 @@ async fn serve<R, W>(
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let Ends {
-        peer,
-        local,
-        cert_cn,
-    } = ends;
+    let Ends { peer, local, cert } = ends;
     // Limits as configured when the client connected (a reload applies to later clients).
     let config = proxy.config.load_full();
     let limits = &config.limits;
@@ -272,8 +263,8 @@ async fn serve<R, W>(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut pending: VecDeque<Slot> = VecDeque::new();
     let mut out = WriteQueue::new();
-    if let Some(cn) = cert_cn.filter(|_| session.tenancy()) {
-        if let Err(refused) = session.certificate_auth(&cn) {
+    if let Some(identity) = cert.filter(|_| session.tenancy()) {
+        if let Err(refused) = session.certificate_auth(&identity) {
             out.push(refused.to_reply());
             session.closing = true;
         }

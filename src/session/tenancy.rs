@@ -103,15 +103,25 @@ impl Session {
     }
 
     /// Mutual TLS: a verified client certificate whose subject's CN is a tenant's
-    /// `client_cert_cn` makes the connection that tenant's, as AUTH would. No tenant of that
+    /// `client_cert_cn`, or which carries its `client_cert_san` among its subject alternative
+    /// names, makes the connection that tenant's, as AUTH would. No tenant of that
     /// name, or an address outside its `allow_from`: the client must AUTH as usual. An error
     /// when the tenant is at its `max_connections` (sent, and the connection closed).
-    pub(super) fn certificate_auth(&mut self, cn: &str) -> Result<(), Error> {
+    pub(super) fn certificate_auth(
+        &mut self,
+        identity: &crate::tls::Identity,
+    ) -> Result<(), Error> {
+        let cn = identity.cn.as_deref().unwrap_or_default();
         let tenants = self.proxy.tenants.load();
-        let Some(tenant) = tenants
-            .iter()
-            .find(|t| t.config.client_cert_cn.as_deref() == Some(cn))
-        else {
+        let Some(tenant) = tenants.iter().find(|t| {
+            let by_cn = t.config.client_cert_cn.is_some() && t.config.client_cert_cn == identity.cn;
+            let by_san = t
+                .config
+                .client_cert_san
+                .as_ref()
+                .is_some_and(|san| identity.sans.contains(san));
+            by_cn || by_san
+        }) else {
             tracing::info!(cn, "client certificate names no tenant; AUTH required");
             return Ok(());
         };

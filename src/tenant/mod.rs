@@ -181,6 +181,7 @@ mod tests {
             name: "acme".into(),
             password_sha256: Some(Sha256::digest(b"pw").into()),
             client_cert_cn: None,
+            client_cert_san: None,
             prefix: "acme:".into(),
             allow_commands: None,
             deny_commands: Vec::new(),

@@ -92,7 +92,7 @@ pub enum Policy {
 }
 
 const NEEDS_PINNED: &str =
-    "takes over a backend connection for replication or monitoring, which keygate does not offer";
+    "takes over a backend connection for replication, which keygate does not offer";
 const CONNECTION_STATE: &str =
     "would change the state of a backend connection shared with other clients";
 
@@ -110,7 +110,7 @@ fn policy(spec: &Spec) -> Policy {
         "multi" | "exec" | "discard" | "watch" | "unwatch" => Policy::Transaction,
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe"
         | "sunsubscribe" => Policy::Subscribe,
-        // MONITOR: connections of the client's own to every primary (see backend::monitor).
+        // MONITOR: connections of the client's own to every primary (see session::feeds).
         "monitor" => Policy::Local,
         "sync" | "psync" | "replconf" => Policy::Refuse(NEEDS_PINNED),
         // XREAD/XREADGROUP block only with BLOCK; `Command::parse` refines them.

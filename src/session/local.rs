@@ -1,6 +1,8 @@
 //! The commands keygate answers itself, because they read or change connection state and the
-//! backend connection is shared: PING, ECHO, QUIT, SELECT, AUTH, HELLO, RESET and CLIENT.
-//! Their replies follow Redis 7's texts, so clients behave exactly as they do against Redis.
+//! backend connection is shared: PING, ECHO, QUIT, SELECT, AUTH, HELLO, RESET and CLIENT (LIST
+//! and KILL over keygate's own clients, see clients); SLOWLOG from keygate's own slowlog; MONITOR
+//! and CLIENT TRACKING start feeds (see session::feeds). Their replies follow Redis 7's texts, so
+//! clients behave exactly as they do against Redis.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;

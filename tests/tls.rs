@@ -105,6 +105,21 @@ fn issue(dir: &Path, name: &str, subject: &str, ext: &str) {
     );
 }
 
+/// keygate's `[tls]` section on `port` with the server certificate in `dir`; `mutual`: clients
+/// must present a certificate from the CA in `dir`.
+fn tls_section(dir: &Path, port: u16, mutual: bool) -> String {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut section = format!(
+        "[tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        path("server.pem"),
+        path("server.key")
+    );
+    if mutual {
+        section += &format!("client_ca = \"{}\"\n", path("ca.pem"));
+    }
+    section
+}
+
 /// redis-cli over TLS to `port`, with extra arguments; its stdout and stderr together.
 fn redis_cli_tls(dir: &Path, port: u16, extra: &[&str], command: &[&str]) -> String {
     let ca = dir.join("ca.pem");
@@ -125,15 +140,7 @@ async fn redis_cli_over_tls_and_mutual_tls() {
     let path = |name: &str| dir.path().join(name).display().to_string();
     let backend = Redis::start();
     let tls_port = free_port();
-    let kg = Keygate::start_with(
-        &backend.addr(),
-        &format!(
-            "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            path("server.pem"),
-            path("server.key")
-        ),
-    )
-    .await;
+    let kg = Keygate::start_with(&backend.addr(), &tls_section(dir.path(), tls_port, false)).await;
     assert_eq!(
         redis_cli_tls(dir.path(), tls_port, &[], &["SET", "k", "over-tls"]).trim(),
         "OK"
@@ -148,16 +155,7 @@ async fn redis_cli_over_tls_and_mutual_tls() {
 
     // Mutual TLS: only clients with a certificate from client_ca.
     let tls_port = free_port();
-    let _kg = Keygate::start_with(
-        &backend.addr(),
-        &format!(
-            "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
-            path("server.pem"),
-            path("server.key"),
-            path("ca.pem")
-        ),
-    )
-    .await;
+    let _kg = Keygate::start_with(&backend.addr(), &tls_section(dir.path(), tls_port, true)).await;
     let refused = redis_cli_tls(dir.path(), tls_port, &[], &["PING"]);
     assert!(
         !refused.contains("PONG"),
@@ -470,20 +468,14 @@ async fn client_certificates_choose_tenants() {
     certificates(dir.path());
     issue(dir.path(), "globex", "/CN=globex", CLIENT_EXT);
     issue(dir.path(), "stranger", "/CN=stranger", CLIENT_EXT);
-    let path = |name: &str| dir.path().join(name).display().to_string();
     let backend = Redis::start();
     let tls_port = free_port();
     let kg = Keygate::start_config(&config(
         backend.port,
         "",
-        &format!(
-            "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\
-             [[tenants]]\nname = \"acme\"\nprefix = \"acme:\"\nclient_cert_cn = \"acme\"\nmax_connections = 1\n\
-             [[tenants]]\nname = \"globex\"\nprefix = \"globex:\"\npassword = \"globex-pw\"\nclient_cert_cn = \"globex\"\n",
-            path("server.pem"),
-            path("server.key"),
-            path("ca.pem")
-        ),
+        &(tls_section(dir.path(), tls_port, true)
+            + "[[tenants]]\nname = \"acme\"\nprefix = \"acme:\"\nclient_cert_cn = \"acme\"\nmax_connections = 1\n\
+               [[tenants]]\nname = \"globex\"\nprefix = \"globex:\"\npassword = \"globex-pw\"\nclient_cert_cn = \"globex\"\n"),
     ))
     .await;
 
@@ -753,17 +745,12 @@ async fn hostile_clients_on_the_tls_port() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
-    let path = |name: &str| dir.path().join(name).display().to_string();
     let backend = Redis::start();
     let tls_port = free_port();
     let _kg = Keygate::start_config(&config(
         backend.port,
         "",
-        &format!(
-            "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\nhandshake_timeout = \"300ms\"\n",
-            path("server.pem"),
-            path("server.key")
-        ),
+        &(tls_section(dir.path(), tls_port, false) + "handshake_timeout = \"300ms\"\n"),
     ))
     .await;
     let mut bystander = tls_raw(dir.path(), tls_port, None).await;
@@ -827,20 +814,14 @@ async fn client_certificate_sans_choose_tenants() {
         "/CN=pod-1234",
         &format!("{CLIENT_EXT}\nsubjectAltName=URI:spiffe://example.org/ns/dev/sa/initech"),
     );
-    let path = |name: &str| dir.path().join(name).display().to_string();
     let backend = Redis::start();
     let tls_port = free_port();
     let _kg = Keygate::start_config(&config(
         backend.port,
         "",
-        &format!(
-            "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\
-             [[tenants]]\nname = \"initech\"\nprefix = \"initech:\"\n\
-             client_cert_san = \"spiffe://example.org/ns/prod/sa/initech\"\n",
-            path("server.pem"),
-            path("server.key"),
-            path("ca.pem")
-        ),
+        &(tls_section(dir.path(), tls_port, true)
+            + "[[tenants]]\nname = \"initech\"\nprefix = \"initech:\"\n\
+               client_cert_san = \"spiffe://example.org/ns/prod/sa/initech\"\n"),
     ))
     .await;
     let mut workload = tls_raw(dir.path(), tls_port, Some("workload")).await;

@@ -753,9 +753,12 @@ impl Session {
         }
         let handled = match cmd.policy {
             Policy::Local => {
-                // Local commands are the ones that change what CLIENT LIST shows.
                 let handled = self.local(&cmd);
-                self.publish();
+                // Local commands are the ones that change what CLIENT LIST shows; PING and the
+                // like (often a health check's hot loop) change nothing there.
+                if !matches!(cmd.name(), "ping" | "echo" | "quit" | "slowlog") {
+                    self.publish();
+                }
                 handled
             }
             Policy::Refuse(reason) => Err(Error::Refused {

@@ -91,7 +91,7 @@ async fn resharding_under_load_loses_nothing() {
         let client = kg.client();
         let done = done.clone();
         clients.push(tokio::spawn(async move {
-            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            let mut con = common::multiplexed(&client).await;
             let mut last: HashMap<String, String> = HashMap::new();
             let mut errors = Vec::new();
             let mut round = 0u64;

@@ -134,11 +134,7 @@ async fn placement_matches_nutcracker_both_ways() {
     let shards: Vec<Redis> = (0..3).map(|_| Redis::start()).collect();
     for hash in ["fnv1a_64", "md5", "fnv1_64", "fnv1a_32", "fnv1_32"] {
         for shard in &shards {
-            let mut con = shard
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let mut con = common::multiplexed(&shard.client()).await;
             let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
         }
         let servers = vec![
@@ -376,11 +372,7 @@ async fn auto_eject_hosts_moves_a_failed_shards_keys_and_back() {
     for k in &keys {
         let mut on = None;
         for (i, shard) in shards.iter().enumerate() {
-            let mut direct = shard
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let mut direct = common::multiplexed(&shard.client()).await;
             let exists: bool = direct.exists(k).await.unwrap();
             if exists {
                 on = Some(i);

@@ -298,10 +298,7 @@ async fn hundred_concurrent_clients_each_see_only_their_own_values() {
     for client in 0..100 {
         let redis_client = kg.client();
         tasks.push(tokio::spawn(async move {
-            let mut con = redis_client
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let mut con = common::multiplexed(&redis_client).await;
             for round in 0..50 {
                 let key = format!("client:{client}:{}", round % 5);
                 let value = format!("{client}-{round}-{}", "x".repeat(client % 7 * 100));

@@ -318,10 +318,7 @@ impl Keygate {
     }
 
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        self.client()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect through keygate")
+        multiplexed(&self.client()).await
     }
 
     pub async fn raw(&self) -> Raw {
@@ -531,12 +528,21 @@ pub async fn scan_all(con: &mut redis::aio::MultiplexedConnection, count: usize)
 
 /// DBSIZE of a server, asked directly.
 pub async fn dbsize(redis: &Redis) -> usize {
-    let mut con = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = multiplexed(&redis.client()).await;
     redis::cmd("DBSIZE").query_async(&mut con).await.unwrap()
+}
+
+/// A redis-rs multiplexed connection with room for slow replies: redis-rs 1.x gives up after
+/// 500 ms by default, which a 100 MiB value or a loaded test machine can exceed. Tests keep
+/// their own deadlines.
+pub async fn multiplexed(client: &redis::Client) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect")
 }
 
 /// `$len\r\ndata\r\n`

@@ -1,9 +1,15 @@
 //! Who may connect and how often they may fail to authenticate: address lists in CIDR notation
-//! (global at accept, per tenant at AUTH) and a per-address limit on failed AUTH attempts.
+//! (global at accept, per tenant at AUTH), a limit on failed AUTH attempts per address and
+//! tenant name, and a limit on connections per address that have not authenticated yet.
+//!
+//! Both limits are shaped so that one address cannot lock other clients out: failures count
+//! against the name they tried (a wrong password for one tenant never refuses another tenant's
+//! correct one, even from the same address, such as a sidecar's loopback or a NAT), and only
+//! connections that have not authenticated count against their address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address.
@@ -64,41 +70,99 @@ pub fn permitted(addr: IpAddr, allow: &[Cidr], deny: &[Cidr]) -> bool {
         && (allow.is_empty() || allow.iter().any(|c| c.contains(addr)))
 }
 
-/// Failed AUTH attempts per client address over a sliding minute.
+/// Failed AUTH attempts per client address and tenant name (empty for `AUTH password`) over a
+/// minute from the first failure.
+#[derive(Default)]
 pub struct AuthFailures {
-    seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// (failures, since when) per (address, name tried).
+    seen: Mutex<HashMap<Tried, (u32, Instant)>>,
 }
+
+/// An address and the tenant name it tried.
+type Tried = (IpAddr, Box<[u8]>);
 
 const WINDOW: Duration = Duration::from_secs(60);
-/// Addresses remembered at most (older entries are dropped first when full).
+/// (address, name) pairs remembered at most: about 6 MiB.
 const REMEMBERED: usize = 100_000;
 
-impl Default for AuthFailures {
-    fn default() -> Self {
-        AuthFailures {
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
 impl AuthFailures {
-    /// `addr` has failed `max` times within the last minute: refuse its AUTH without trying.
-    pub fn blocked(&self, addr: IpAddr, max: u32) -> bool {
+    /// `addr` has failed `max` times within the minute to authenticate as `name`: refuse its
+    /// AUTH as `name` without trying.
+    pub fn blocked(&self, addr: IpAddr, name: &[u8], max: u32) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(&addr)
+        seen.get(&(addr, name.into()))
             .is_some_and(|&(count, since)| count >= max && since.elapsed() < WINDOW)
     }
 
-    pub fn failed(&self, addr: IpAddr) {
+    /// Count a failure; returns how many `addr` has had for `name` within the minute.
+    pub fn failed(&self, addr: IpAddr, name: &[u8], max: u32) -> u32 {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= REMEMBERED {
-            seen.retain(|_, (_, since)| since.elapsed() < WINDOW);
+        let key = (addr, Box::<[u8]>::from(name));
+        if seen.len() >= REMEMBERED && !seen.contains_key(&key) {
+            // Forget what has expired, then what is not (yet) a lock-out: a flood of made-up
+            // names must not push a real lock-out out of memory.
+            seen.retain(|_, (count, since)| since.elapsed() < WINDOW && *count >= max);
+            if seen.len() >= REMEMBERED {
+                return 0;
+            }
         }
-        let entry = seen.entry(addr).or_insert((0, Instant::now()));
+        let entry = seen.entry(key).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= WINDOW {
             *entry = (0, Instant::now());
         }
         entry.0 += 1;
+        entry.0
+    }
+}
+
+/// Connections that have not authenticated yet, per client address (with tenants configured).
+#[derive(Default)]
+pub struct Unauthenticated {
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted in `Unauthenticated` until it authenticates or closes (dropped).
+pub struct Pending {
+    count: Arc<Unauthenticated>,
+    addr: IpAddr,
+}
+
+impl Unauthenticated {
+    /// Count a new connection from `addr`, unless `max` from there are already waiting to
+    /// authenticate (`max` 0: no limit).
+    pub fn admit(self: &Arc<Self>, addr: IpAddr, max: usize) -> Option<Pending> {
+        let mut per_address = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_address.entry(addr).or_insert(0);
+        if max > 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Pending {
+            count: self.clone(),
+            addr,
+        })
+    }
+
+    /// Connections from `addr` not authenticated yet.
+    pub fn from(&self, addr: IpAddr) -> usize {
+        let per_address = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        per_address.get(&addr).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut per_address = self
+            .count
+            .per_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_address.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                per_address.remove(&self.addr);
+            }
+        }
     }
 }
 
@@ -132,14 +196,49 @@ mod tests {
     }
 
     #[test]
-    fn failures_block_after_the_limit() {
+    fn failures_block_one_name_from_one_address() {
+        let failures = AuthFailures::default();
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        for n in 1..=3 {
+            assert!(!failures.blocked(addr, b"acme", 3));
+            assert_eq!(failures.failed(addr, b"acme", 3), n);
+        }
+        assert!(failures.blocked(addr, b"acme", 3));
+        assert!(!failures.blocked(addr, b"globex", 3));
+        assert!(!failures.blocked(addr, b"", 3));
+        assert!(!failures.blocked("192.0.2.2".parse().unwrap(), b"acme", 3));
+    }
+
+    #[test]
+    fn made_up_names_cannot_push_a_lockout_out_of_memory() {
         let failures = AuthFailures::default();
         let addr: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..3 {
-            assert!(!failures.blocked(addr, 3));
-            failures.failed(addr);
+            failures.failed(addr, b"acme", 3);
         }
-        assert!(failures.blocked(addr, 3));
-        assert!(!failures.blocked("192.0.2.2".parse().unwrap(), 3));
+        for i in 0..REMEMBERED + 10 {
+            failures.failed(addr, format!("junk{i}").as_bytes(), 3);
+        }
+        assert!(failures.blocked(addr, b"acme", 3));
+        assert!(failures.seen.lock().unwrap().len() <= REMEMBERED);
+    }
+
+    #[test]
+    fn unauthenticated_connections_are_counted_per_address() {
+        let count = Arc::new(Unauthenticated::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = count.admit(a, 2).unwrap();
+        let _second = count.admit(a, 2).unwrap();
+        assert!(count.admit(a, 2).is_none());
+        let _other = count
+            .admit(b, 2)
+            .expect("another address is not limited by a's");
+        drop(first);
+        assert_eq!(count.from(a), 1);
+        let _third = count
+            .admit(a, 2)
+            .expect("room once one authenticated or left");
+        assert!(count.admit(a, 0).is_some(), "0: no limit");
     }
 }

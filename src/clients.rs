@@ -54,6 +54,22 @@ impl Clients {
         }
     }
 
+    /// Kill the oldest client `filter` keeps; `false` if there is none.
+    pub fn kill_oldest(&self, filter: impl Fn(&Client) -> bool) -> bool {
+        let all = self.all.lock().expect("clients lock");
+        let oldest = all
+            .values()
+            .filter(|c| !c.kill.is_cancelled() && filter(c))
+            .min_by_key(|c| c.id);
+        match oldest {
+            Some(client) => {
+                client.kill.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The clients `filter` keeps, oldest first.
     pub fn matching(&self, filter: impl Fn(&Client) -> bool) -> Vec<Arc<Client>> {
         let mut found: Vec<Arc<Client>> = self
@@ -127,6 +143,11 @@ impl Client {
 
     pub fn shown(&self) -> Shown {
         self.shown.lock().expect("client lock").clone()
+    }
+
+    /// It has authenticated as a tenant.
+    pub fn authenticated(&self) -> bool {
+        self.shown.lock().expect("client lock").tenant.is_some()
     }
 
     /// It sent `command` at `now`.

@@ -68,8 +68,11 @@ pub struct Access {
     pub allow: Vec<Cidr>,
     /// These may not.
     pub deny: Vec<Cidr>,
-    /// Failed AUTH attempts per address and minute before its AUTHs are refused unchecked.
+    /// Failed AUTH attempts per address, tenant name and minute before that address's AUTHs as
+    /// that name are refused unchecked.
     pub max_auth_failures: u32,
+    /// With tenants: connections from one address that have not authenticated yet (0: any).
+    pub max_unauthenticated_per_address: usize,
 }
 
 /// keygate's own slowlog (SLOWLOG through keygate).
@@ -346,6 +349,8 @@ struct AccessFile {
     deny: Vec<String>,
     #[serde(default = "default_auth_failures")]
     max_auth_failures: u32,
+    #[serde(default = "default_unauthenticated_per_address")]
+    max_unauthenticated_per_address: usize,
 }
 
 impl Default for AccessFile {
@@ -354,8 +359,13 @@ impl Default for AccessFile {
             allow: Vec::new(),
             deny: Vec::new(),
             max_auth_failures: default_auth_failures(),
+            max_unauthenticated_per_address: default_unauthenticated_per_address(),
         }
     }
+}
+
+fn default_unauthenticated_per_address() -> usize {
+    100
 }
 
 fn default_auth_failures() -> u32 {
@@ -888,6 +898,7 @@ impl Config {
                 allow: cidrs(&raw.access.allow, "access.allow").map_err(|(k, r)| fail(&k, r))?,
                 deny: cidrs(&raw.access.deny, "access.deny").map_err(|(k, r)| fail(&k, r))?,
                 max_auth_failures: raw.access.max_auth_failures,
+                max_unauthenticated_per_address: raw.access.max_unauthenticated_per_address,
             },
         })
     }

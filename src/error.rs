@@ -75,6 +75,8 @@ pub enum Error {
     ForeignKey,
     /// A bug in keygate cost this request; the text says where.
     Internal(&'static str),
+    /// A command keygate emulates for tenants (over many keys) cannot be queued inside MULTI.
+    NotInTransaction(String),
 }
 
 impl Error {
@@ -132,6 +134,9 @@ impl Error {
             Error::PatternRefused(why) => format!("ERR keygate: {why}"),
             Error::ForeignKey => "ERR keygate: the reply held a key outside your keyspace and was withheld".to_string(),
             Error::Internal(what) => format!("ERR keygate: internal error: {what}"),
+            Error::NotInTransaction(command) => format!(
+                "ERR keygate: '{command}' cannot run inside MULTI for a tenant: it is emulated over the tenant's keys and cannot be part of an atomic EXEC"
+            ),
             Error::ReplyTooDeep { depth } => format!(
                 "ERR keygate: the reply nests deeper than {depth} levels and was not forwarded"
             ),

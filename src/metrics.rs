@@ -27,6 +27,13 @@ pub struct Metrics {
     pub clients_connected: AtomicU64,
     pub clients_accepted: AtomicU64,
     pub clients_rejected: AtomicU64,
+    /// Connections refused for `access.max_unauthenticated_per_address`, and unauthenticated
+    /// connections closed to make room at `max_clients`.
+    pub unauthenticated_refused: AtomicU64,
+    pub unauthenticated_displaced: AtomicU64,
+    /// AUTH attempts that failed, and those refused unchecked (`access.max_auth_failures`).
+    pub auth_failures: AtomicU64,
+    pub auth_locked_out: AtomicU64,
     pub protocol_errors: AtomicU64,
     /// Cluster redirections followed, by kind.
     pub moved: AtomicU64,
@@ -49,6 +56,10 @@ impl Default for Metrics {
             clients_connected: AtomicU64::new(0),
             clients_accepted: AtomicU64::new(0),
             clients_rejected: AtomicU64::new(0),
+            unauthenticated_refused: AtomicU64::new(0),
+            unauthenticated_displaced: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            auth_locked_out: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             ask: AtomicU64::new(0),
@@ -183,8 +194,36 @@ impl Metrics {
             &mut out,
             "keygate_client_connections_rejected_total",
             "counter",
-            "Client connections refused because max_clients was reached.",
+            "Client connections refused (max_clients, access lists, unauthenticated connections per address).",
             self.clients_rejected.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_client_connections_unauthenticated_refused_total",
+            "counter",
+            "Connections refused because their address had access.max_unauthenticated_per_address waiting to authenticate.",
+            self.unauthenticated_refused.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_client_connections_unauthenticated_displaced_total",
+            "counter",
+            "Unauthenticated connections closed at max_clients to make room for a new one.",
+            self.unauthenticated_displaced.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_auth_failures_total",
+            "counter",
+            "AUTH attempts with wrong credentials.",
+            self.auth_failures.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_auth_locked_out_total",
+            "counter",
+            "AUTH attempts refused unchecked after access.max_auth_failures failures for the same address and name.",
+            self.auth_locked_out.load(Relaxed),
         );
         gauge(
             &mut out,

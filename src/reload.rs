@@ -29,7 +29,7 @@ use crate::config::{Config, UpstreamKind};
 use crate::refresh;
 use crate::sentinel;
 use crate::server::Proxy;
-use crate::tenant::TenantState;
+use crate::tenant::{TenantState, Tenants};
 use crate::topology::Topology;
 
 /// How often the config file is checked for changes.
@@ -122,15 +122,15 @@ pub async fn apply(proxy: &Arc<Proxy>, mut config: Config) -> Result<String, Str
         .iter()
         .map(|t| {
             old_tenants
-                .iter()
-                .find(|old| old.config == *t)
+                .named(t.name.as_bytes())
+                .filter(|old| old.config == *t)
                 .cloned()
                 .unwrap_or_else(|| Arc::new(TenantState::new(t.clone())))
         })
         .collect();
 
     proxy.tenancy.store(!tenants.is_empty(), Relaxed);
-    proxy.tenants.store(Arc::new(tenants));
+    proxy.tenants.store(Arc::new(Tenants::new(tenants)));
     proxy.config.store(Arc::new(config));
     proxy.swap_topology(topology);
     Ok(summary)

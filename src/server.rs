@@ -27,7 +27,7 @@ use crate::reload;
 use crate::sentinel;
 use crate::session;
 use crate::slowlog::Slowlog;
-use crate::tenant::TenantState;
+use crate::tenant::{TenantState, Tenants};
 use crate::topology::Topology;
 
 /// What every session shares. The config, the tenants and the topology are each one snapshot
@@ -41,7 +41,7 @@ pub struct Proxy {
     /// Ticks whenever a new topology is swapped in (see `swap_topology`).
     pub topology_swapped: tokio::sync::watch::Sender<()>,
     /// Tenants; empty when tenancy is off.
-    pub tenants: ArcSwap<Vec<Arc<TenantState>>>,
+    pub tenants: ArcSwap<Tenants>,
     /// Tenants are configured: every client must AUTH as one (read on every request).
     pub tenancy: AtomicBool,
     /// The file the config came from, for reloads.
@@ -57,6 +57,8 @@ pub struct Proxy {
     pub samples: crate::status::Shared,
     /// Failed AUTH attempts per client address.
     pub auth_failures: crate::access::AuthFailures,
+    /// Connections not authenticated yet, per address (with tenants).
+    pub unauthenticated: Arc<crate::access::Unauthenticated>,
     /// Every connected client (CLIENT LIST, CLIENT KILL).
     pub clients: Arc<crate::clients::Clients>,
     next_client_id: AtomicU64,
@@ -111,7 +113,7 @@ impl Server {
         let slowlog_len = config.slowlog.max_len;
         let proxy = Arc::new(Proxy {
             tenancy: AtomicBool::new(!tenants.is_empty()),
-            tenants: ArcSwap::from_pointee(tenants),
+            tenants: ArcSwap::from_pointee(Tenants::new(tenants)),
             config: ArcSwap::from_pointee(config),
             topology: ArcSwap::from_pointee(topology),
             metrics: Metrics::default(),
@@ -124,6 +126,7 @@ impl Server {
             started: std::time::Instant::now(),
             samples: Default::default(),
             auth_failures: Default::default(),
+            unauthenticated: Default::default(),
             clients: Default::default(),
             next_client_id: AtomicU64::new(1),
         });
@@ -210,7 +213,7 @@ impl Server {
             ));
         }
         while let Some(stream) = accept(&listener, &shutdown, "clients").await {
-            let Some(stream) = admit(&proxy, &sessions, stream) else {
+            let Some((stream, pending)) = admit(&proxy, &sessions, stream) else {
                 continue;
             };
             let id = proxy.next_client_id.fetch_add(1, Relaxed);
@@ -219,7 +222,7 @@ impl Server {
             sessions.spawn(async move {
                 proxy.metrics.clients_accepted.fetch_add(1, Relaxed);
                 proxy.metrics.clients_connected.fetch_add(1, Relaxed);
-                session::run(proxy.clone(), stream, id, shutdown).await;
+                session::run(proxy.clone(), stream, id, pending, shutdown).await;
                 proxy.metrics.clients_connected.fetch_sub(1, Relaxed);
             });
         }
@@ -276,7 +279,7 @@ async fn serve_tls(
     shutdown: CancellationToken,
 ) {
     while let Some(stream) = accept(&listener, &shutdown, "tls clients").await {
-        let Some(stream) = admit(&proxy, &sessions, stream) else {
+        let Some((stream, pending)) = admit(&proxy, &sessions, stream) else {
             continue;
         };
         let Some(tls) = proxy.config.load().tls.clone() else {
@@ -301,7 +304,7 @@ async fn serve_tls(
             };
             proxy.metrics.clients_accepted.fetch_add(1, Relaxed);
             proxy.metrics.clients_connected.fetch_add(1, Relaxed);
-            session::run_tls(proxy.clone(), stream, id, shutdown).await;
+            session::run_tls(proxy.clone(), stream, id, pending, shutdown).await;
             proxy.metrics.clients_connected.fetch_sub(1, Relaxed);
         });
     }
@@ -328,26 +331,64 @@ pub(crate) async fn accept(
     }
 }
 
-/// Admit a new connection, or refuse it (address lists, `max_clients`) with a reason.
-fn admit(proxy: &Proxy, sessions: &TaskTracker, stream: TcpStream) -> Option<TcpStream> {
+/// Admit a new connection, or refuse it (address lists, unauthenticated connections from its
+/// address, `max_clients`) with a reason. With tenants, the connection is counted as
+/// unauthenticated until it authenticates (the `Pending` it carries).
+fn admit(
+    proxy: &Proxy,
+    sessions: &TaskTracker,
+    stream: TcpStream,
+) -> Option<(TcpStream, Option<access::Pending>)> {
     let config = proxy.config.load();
-    if let Ok(peer) = stream.peer_addr() {
-        if !access::permitted(peer.ip(), &config.access.allow, &config.access.deny) {
-            proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
-            info!(%peer, "connection refused by access.allow/access.deny");
-            tokio::spawn(reject(
-                stream,
-                "-ERR keygate: connections from this address are not allowed\r\n",
-            ));
-            return None;
-        }
-    }
-    if sessions.len() >= config.limits.max_clients {
+    let Ok(peer) = stream.peer_addr() else {
+        return None;
+    };
+    if !access::permitted(peer.ip(), &config.access.allow, &config.access.deny) {
         proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
-        tokio::spawn(reject(stream, "-ERR max number of clients reached\r\n"));
+        info!(%peer, "connection refused by access.allow/access.deny");
+        tokio::spawn(reject(
+            stream,
+            "-ERR keygate: connections from this address are not allowed\r\n",
+        ));
         return None;
     }
-    Some(stream)
+    let tenancy = proxy.tenancy.load(Relaxed);
+    let pending = match tenancy {
+        false => None,
+        true => {
+            let max = config.access.max_unauthenticated_per_address;
+            match proxy.unauthenticated.admit(peer.ip(), max) {
+                Some(pending) => Some(pending),
+                None => {
+                    proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
+                    proxy.metrics.unauthenticated_refused.fetch_add(1, Relaxed);
+                    warn!(%peer, limit = max, "connection refused: too many unauthenticated connections from this address (access.max_unauthenticated_per_address)");
+                    tokio::spawn(reject(
+                        stream,
+                        "-ERR keygate: too many unauthenticated connections from this address\r\n",
+                    ));
+                    return None;
+                }
+            }
+        }
+    };
+    if sessions.len() >= config.limits.max_clients {
+        // Room is kept for clients that authenticate: the oldest connection still waiting to
+        // authenticate gives its place to the new one. Clients that have authenticated are
+        // never displaced; without tenants nobody is.
+        let displaced = tenancy && proxy.clients.kill_oldest(|c| !c.authenticated());
+        if !displaced {
+            proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
+            tokio::spawn(reject(stream, "-ERR max number of clients reached\r\n"));
+            return None;
+        }
+        proxy
+            .metrics
+            .unauthenticated_displaced
+            .fetch_add(1, Relaxed);
+        info!(%peer, "max_clients reached: the oldest unauthenticated connection gave its place");
+    }
+    Some((stream, pending))
 }
 
 /// Tell a refused client why (over `max_clients`, as Redis does; or not allowed), and close.

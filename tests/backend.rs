@@ -407,3 +407,115 @@ async fn a_dead_backend_causes_no_reconnect_storm() {
     // most; a storm would be thousands.
     assert!(attempts < 60, "{attempts} connection attempts in 3 s");
 }
+
+/// The frames a misbehaving server sends for `GET k1` after leaving `GET cue` unanswered: `extra`
+/// (a push or an attribute), the answer to `cue`, then the answer to `k1`. Replies matched
+/// blindly would hand the client asking for k1 the value of cue.
+fn cue_then(
+    extra: &'static [u8],
+    cue: &'static str,
+    k1: &'static str,
+) -> impl Fn(usize, usize, &[bytes::Bytes]) -> Act {
+    move |_, _, args| {
+        if args[0].eq_ignore_ascii_case(b"hello") {
+            return Act::Reply(b"%1\r\n+server\r\n+fake\r\n".to_vec());
+        }
+        if !args[0].eq_ignore_ascii_case(b"get") {
+            return Act::Reply(b"+OK\r\n".to_vec());
+        }
+        match &args[1][..] {
+            key if key == cue.as_bytes() => Act::Reply(Vec::new()),
+            key if key == k1.as_bytes() => {
+                let mut out = extra.to_vec();
+                out.extend_from_slice(&bulk(cue));
+                out.extend_from_slice(&bulk(k1));
+                Act::Reply(out)
+            }
+            _ => Act::Reply(normal(args)),
+        }
+    }
+}
+
+const PUSH: &[u8] = b">2\r\n$7\r\nmessage\r\n$5\r\nhello\r\n";
+const ATTRIBUTE: &[u8] = b"|1\r\n+key-popularity\r\n*0\r\n";
+
+/// Two clients on one backend connection: `a` asks for cue (left unanswered), then `b` for k1.
+async fn cue_and_k1(
+    kg: &Keygate,
+    hello: bool,
+    a_auth: &[&[u8]],
+    b_auth: &[&[u8]],
+) -> (Vec<u8>, Vec<u8>) {
+    let mut a = kg.raw().await;
+    let mut b = kg.raw().await;
+    for (raw, auth) in [(&mut a, a_auth), (&mut b, b_auth)] {
+        if !auth.is_empty() {
+            assert_eq!(raw.call(auth).await, b"+OK\r\n");
+        }
+        if hello {
+            assert_eq!(raw.call(&[b"HELLO", b"3"]).await.first(), Some(&b'%'));
+        }
+    }
+    a.send(b"*2\r\n$3\r\nGET\r\n$3\r\ncue\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.send(b"*2\r\n$3\r\nGET\r\n$2\r\nk1\r\n").await;
+    (a.reply().await.unwrap(), b.reply().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_push_or_attribute_on_a_resp2_connection_poisons_it_and_no_reply_crosses() {
+    for (what, extra) in [("push", PUSH), ("attribute", ATTRIBUTE)] {
+        let (addr, connections) = fake_backend(cue_then(extra, "cue", "k1")).await;
+        // One connection per server (the default): both clients share it.
+        let kg = Keygate::start(&addr).await;
+        let (a, b) = cue_and_k1(&kg, false, &[], &[]).await;
+        for (who, reply) in [("a", &a), ("b", &b)] {
+            let text = String::from_utf8_lossy(reply);
+            assert!(
+                text.starts_with("-ERR keygate: connection to backend")
+                    && text.contains(&format!("a RESP3 {what} frame on a RESP2 connection")),
+                "{what}: client {who} got {text:?}"
+            );
+        }
+        // The next request goes to a new connection, answered correctly.
+        until_answers(&kg, b"next", &bulk("next")).await;
+        assert_eq!(connections.load(Ordering::SeqCst), 2, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_push_on_a_resp3_connection_is_never_taken_for_a_reply() {
+    let (addr, connections) = fake_backend(cue_then(PUSH, "cue", "k1")).await;
+    let kg = Keygate::start(&addr).await;
+    let (a, b) = cue_and_k1(&kg, true, &[], &[]).await;
+    assert_eq!(a, bulk("cue"));
+    assert_eq!(b, bulk("k1"));
+    // The RESP3 pool's one connection and the RESP2 pool's: nothing was poisoned.
+    assert!(connections.load(Ordering::SeqCst) <= 2);
+}
+
+#[tokio::test]
+async fn no_value_crosses_between_tenants_when_a_backend_sends_an_unexpected_frame() {
+    let tenants = "[[tenants]]\nname = \"a\"\npassword = \"a-pw\"\nprefix = \"a:\"\n\
+        [[tenants]]\nname = \"b\"\npassword = \"b-pw\"\nprefix = \"b:\"\n";
+    for extra in [PUSH, ATTRIBUTE] {
+        let (addr, _) = fake_backend(cue_then(extra, "a:cue", "b:k1")).await;
+        let kg = Keygate::start_with(&addr, tenants).await;
+        let (a, b) = cue_and_k1(
+            &kg,
+            false,
+            &[b"AUTH", b"a", b"a-pw"],
+            &[b"AUTH", b"b", b"b-pw"],
+        )
+        .await;
+        for reply in [&a, &b] {
+            assert!(
+                reply.starts_with(b"-ERR keygate: connection to backend"),
+                "{:?}",
+                String::from_utf8_lossy(reply)
+            );
+        }
+        // Tenant b never sees tenant a's value.
+        assert!(!String::from_utf8_lossy(&b).contains("a:cue"));
+    }
+}

@@ -731,7 +731,8 @@ async fn access_lists_and_failed_auth_limits() {
         &backend.addr(),
         "[access]\nallow = [\"127.0.0.1\"]\nmax_auth_failures = 3\n\
          [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nallow_from = [\"127.0.0.0/8\"]\n\
-         [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\nallow_from = [\"10.0.0.0/8\"]\n",
+         [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\nallow_from = [\"10.0.0.0/8\"]\n\
+         [[tenants]]\nname = \"initech\"\npassword = \"initech-pw\"\nprefix = \"initech:\"\n",
     )
     .await;
     let mut raw = kg.raw().await;
@@ -741,17 +742,47 @@ async fn access_lists_and_failed_auth_limits() {
         b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
     );
     assert_eq!(raw.call(&[b"AUTH", b"acme", b"acme-pw"]).await, b"+OK\r\n");
-    // Two more failures make three: this address's AUTHs are refused unchecked for a minute.
-    for _ in 0..2 {
+    // Three failures as acme: this address's AUTHs as acme are refused unchecked for a minute.
+    for _ in 0..3 {
         assert!(text(raw.call(&[b"AUTH", b"acme", b"guess"]).await).starts_with("-WRONGPASS"));
     }
+    let locked =
+        "-ERR keygate: too many failed AUTH attempts for this name from this address; try again in a minute\r\n";
     let mut other = kg.raw().await;
     assert_eq!(
         text(other.call(&[b"AUTH", b"acme", b"acme-pw"]).await),
-        "-ERR keygate: too many failed AUTH attempts from this address; try again in a minute\r\n"
+        locked
+    );
+    // Another tenant's correct credentials from the same address still work, by name and by
+    // password alone: one misconfigured application locks out only the name it guessed.
+    assert_eq!(
+        other.call(&[b"AUTH", b"initech", b"initech-pw"]).await,
+        b"+OK\r\n"
+    );
+    let mut third = kg.raw().await;
+    assert_eq!(third.call(&[b"AUTH", b"initech-pw"]).await, b"+OK\r\n");
+    // Password-only guesses count as one more name: they lock out password-only AUTH, not
+    // AUTH by name.
+    for _ in 0..3 {
+        assert!(text(third.call(&[b"AUTH", b"guess"]).await).starts_with("-WRONGPASS"));
+    }
+    assert_eq!(text(third.call(&[b"AUTH", b"initech-pw"]).await), locked);
+    assert_eq!(
+        third.call(&[b"AUTH", b"initech", b"initech-pw"]).await,
+        b"+OK\r\n"
     );
     // The authenticated client keeps working.
     assert_eq!(raw.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    // Counted in /metrics.
+    let metrics = common::http_get(kg.admin, "/metrics").await.1;
+    assert!(
+        metrics.contains("keygate_auth_failures_total 7"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keygate_auth_locked_out_total 2"),
+        "{metrics}"
+    );
 }
 
 /// CLIENT LIST and CLIENT KILL see a tenant's own clients only: another tenant's cannot be

@@ -114,7 +114,7 @@ async fn run(
                 info!(backend = %addr, "backend connected");
                 up.store(true, Ordering::Release);
                 let since = Instant::now();
-                let closed = serve(stream, &addr, &opts, &breaker, &stats, requests).await;
+                let closed = serve(stream, &addr, &opts, &breaker, &stats, flavor, requests).await;
                 up.store(false, Ordering::Release);
                 // Only a connection that lasted earns a fast reconnect: a server that accepts
                 // and drops connections at once must not be reconnected to in a tight loop.
@@ -384,9 +384,17 @@ impl Dedicated {
             reason: reason.into(),
         };
         self.send(args).await.map_err(|e| lost(e.to_string()))?;
-        self.read_frame()
-            .await
-            .map_err(|reason| lost(reason.to_string()))?
+        loop {
+            let frame = self
+                .read_frame()
+                .await
+                .map_err(|reason| lost(reason.to_string()))?;
+            // On RESP3, a push is not the reply (see `deliver`).
+            match frame {
+                Ok(bytes) if is_push(&bytes) => continue,
+                other => return other,
+            }
+        }
     }
 
     /// Write one request, whole (flushed: TLS may hold what it encrypted).
@@ -405,11 +413,13 @@ impl Dedicated {
             .map_err(|reason| Error::BackendLost { addr, reason })?
     }
 
-    /// Read the next whole frame the server sends; an inner error for a reply too deep.
+    /// Read the next whole frame the server sends; an inner error for a reply too deep. A frame
+    /// the connection's protocol does not allow breaks the connection (see `allowed`).
     pub(super) async fn read_frame(&mut self) -> Result<ReplyResult, Arc<str>> {
         loop {
             match self.scanner.scan(&self.input) {
                 Ok(Some(frame)) => {
+                    allowed(self.input[0], self.flavor.resp3)?;
                     let bytes = self.input.split_to(frame.len).freeze();
                     return Ok(if frame.too_deep {
                         Err(Error::ReplyTooDeep {
@@ -449,34 +459,56 @@ async fn serve(
     opts: &Options,
     breaker: &Breaker,
     stats: &Stats,
+    flavor: Flavor,
     requests: &mut mpsc::UnboundedReceiver<Request>,
 ) -> Closed {
+    let link = Link {
+        addr,
+        opts,
+        breaker,
+        stats,
+        resp3: flavor.resp3,
+    };
     // Plain TCP splits into borrowed halves for free; TLS needs tokio's shared split.
     match stream {
         Stream::Plain(mut tcp) => {
             let (rd, wr) = tcp.split();
-            pipe(rd, wr, addr, opts, breaker, stats, requests).await
+            pipe(rd, wr, link, requests).await
         }
         Stream::Tls(tls) => {
             let (rd, wr) = tokio::io::split(*tls);
-            pipe(rd, wr, addr, opts, breaker, stats, requests).await
+            pipe(rd, wr, link, requests).await
         }
     }
+}
+
+/// What `pipe` serves: the server, its settings and shared state, and the protocol the
+/// connection speaks (which decides what frames may come back).
+struct Link<'a> {
+    addr: &'a Arc<str>,
+    opts: &'a Options,
+    breaker: &'a Breaker,
+    stats: &'a Stats,
+    resp3: bool,
 }
 
 async fn pipe<R, W>(
     mut rd: R,
     mut wr: W,
-    addr: &Arc<str>,
-    opts: &Options,
-    breaker: &Breaker,
-    stats: &Stats,
+    link: Link<'_>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
 ) -> Closed
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let Link {
+        addr,
+        opts,
+        breaker,
+        stats,
+        resp3,
+    } = link;
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut out = WriteQueue::new();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -507,7 +539,7 @@ where
             read = rd.read_buf(&mut input) => match read {
                 Ok(0) => break Error::BackendLost { addr: addr.clone(), reason: "closed by server".into() },
                 Ok(_) => {
-                    if let Err(reason) = deliver(&mut input, &mut scanner, &mut inflight, opts, stats) {
+                    if let Err(reason) = deliver(&mut input, &mut scanner, &mut inflight, opts, stats, resp3) {
                         break Error::BackendLost { addr: addr.clone(), reason };
                     }
                     breaker.success();
@@ -574,12 +606,17 @@ fn accept(
 }
 
 /// Hand every complete reply in `input` to the request it answers, oldest first.
+///
+/// A frame the connection's protocol does not allow (a push or an attribute on RESP2) means the
+/// server and keygate disagree about the stream: the connection is poisoned. On RESP3 a push is
+/// out-of-band data no request asked for; it is dropped, never matched to a request.
 fn deliver(
     input: &mut BytesMut,
     scanner: &mut Scanner,
     inflight: &mut VecDeque<InFlight>,
     opts: &Options,
     stats: &Stats,
+    resp3: bool,
 ) -> Result<(), Arc<str>> {
     // One clock reading for every reply in this read, and the figures added to the shared
     // counters once per read, not once per reply.
@@ -591,7 +628,13 @@ fn deliver(
             Ok(None) => break Ok(()),
             Err(e) => break Err(format!("protocol error in reply: {}", e.0).into()),
         };
+        if let Err(reason) = allowed(input[0], resp3) {
+            break Err(reason.into());
+        }
         let bytes = input.split_to(frame.len).freeze();
+        if is_push(&bytes) {
+            continue;
+        }
         let Some(pending) = inflight.pop_front() else {
             break Err("reply with no request in flight".into());
         };
@@ -614,6 +657,21 @@ fn deliver(
         .fetch_sub(timings.count() as usize, Ordering::Relaxed);
     stats.latency.merge(&timings);
     outcome
+}
+
+/// Whether a frame of type `kind` may come back on a connection of this protocol: RESP2 has
+/// no push (`>`) nor attribute (`|`) frames, so one there means the stream cannot be trusted.
+fn allowed(kind: u8, resp3: bool) -> Result<(), &'static str> {
+    match kind {
+        b'>' if !resp3 => Err("a RESP3 push frame on a RESP2 connection"),
+        b'|' if !resp3 => Err("a RESP3 attribute frame on a RESP2 connection"),
+        _ => Ok(()),
+    }
+}
+
+/// A RESP3 push frame: data the server sends on its own, never a request's reply.
+fn is_push(frame: &[u8]) -> bool {
+    frame.first() == Some(&b'>')
 }
 
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to `max`.

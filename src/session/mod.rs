@@ -31,6 +31,7 @@ use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::access::Pending;
 use crate::backend::{Caller, Event, Feed, Flavor, ReplyResult};
 use crate::clients::{Registered, Shown};
 use crate::command::{flags, Command, CommandId, Policy, Spec, UNKNOWN};
@@ -108,6 +109,8 @@ struct Session {
     abort: bool,
     /// The tenant this client authenticated as (when tenants are configured).
     tenant: Option<Seat>,
+    /// Counted against its address's unauthenticated connections until it authenticates.
+    unauthenticated: Option<crate::access::Pending>,
     /// MULTI/WATCH state and the connection pinned for it.
     txn: Option<transaction::Transaction>,
     /// The database and protocol of the client's connection, which pick the backend pool.
@@ -158,7 +161,13 @@ enum Outcome {
 }
 
 /// Serve one client until it leaves, breaks the protocol, or `shutdown` is cancelled.
-pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: CancellationToken) {
+pub async fn run(
+    proxy: Arc<Proxy>,
+    mut stream: TcpStream,
+    id: u64,
+    pending: Option<Pending>,
+    shutdown: CancellationToken,
+) {
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
@@ -171,6 +180,7 @@ pub async fn run(proxy: Arc<Proxy>, mut stream: TcpStream, id: u64, shutdown: Ca
         peer,
         local,
         cert: None,
+        pending,
     };
     tracing::Instrument::instrument(serve(proxy, rd, wr, id, ends, shutdown), span).await
 }
@@ -180,6 +190,7 @@ pub async fn run_tls(
     proxy: Arc<Proxy>,
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     id: u64,
+    pending: Option<Pending>,
     shutdown: CancellationToken,
 ) {
     let (tcp, tls) = stream.get_ref();
@@ -195,15 +206,22 @@ pub async fn run_tls(
     let span =
         tracing::info_span!("client", id, peer = %peer, tenant = tracing::field::Empty, tls = true);
     let (rd, wr) = tokio::io::split(stream);
-    let ends = Ends { peer, local, cert };
+    let ends = Ends {
+        peer,
+        local,
+        cert,
+        pending,
+    };
     tracing::Instrument::instrument(serve(proxy, rd, wr, id, ends, shutdown), span).await
 }
 
-/// The two addresses of a client connection, and who its verified TLS client certificate names.
+/// The two addresses of a client connection, who its verified TLS client certificate names, and
+/// its place among its address's unauthenticated connections.
 struct Ends {
     peer: SocketAddr,
     local: SocketAddr,
     cert: Option<crate::tls::Identity>,
+    pending: Option<Pending>,
 }
 
 async fn serve<R, W>(
@@ -217,7 +235,12 @@ async fn serve<R, W>(
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let Ends { peer, local, cert } = ends;
+    let Ends {
+        peer,
+        local,
+        cert,
+        pending,
+    } = ends;
     // Limits as configured when the client connected (a reload applies to later clients).
     let config = proxy.config.load_full();
     let limits = &config.limits;
@@ -240,6 +263,7 @@ async fn serve<R, W>(
         closing: false,
         abort: false,
         tenant: None,
+        unauthenticated: pending,
         txn: None,
         flavor: Flavor::default(),
         must_drain: false,
@@ -711,7 +735,18 @@ impl Session {
             false => tenancy::Fix::None,
         };
         match fix {
+            tenancy::Fix::Answer(reply) if self.in_multi() => {
+                Ok(Outcome::Handled(self.queue_answer(reply)))
+            }
             tenancy::Fix::Answer(reply) => Ok(Outcome::Handled(Handled::ready(reply)?)),
+            // Emulated over many keys and shards: it cannot be part of an atomic EXEC, and
+            // must not run before it (see session::transaction).
+            tenancy::Fix::Keyspace(_) if self.in_multi() => {
+                self.abort_multi();
+                Err(Error::NotInTransaction(
+                    spec.name.replace('|', " ").to_ascii_uppercase(),
+                ))
+            }
             tenancy::Fix::Keyspace(op) => {
                 Ok(Outcome::Handled(Handled::reply(self.tenant_keyspace(op))))
             }
@@ -731,13 +766,13 @@ impl Session {
             Ok(go_on) => go_on,
             Err(outcome) => return outcome,
         };
-        let cmd = match self.transaction(cmd, spec, drained) {
+        let (cmd, fix) = match self.transaction(cmd, spec, fix, drained) {
             transaction::Step::Done(result) => {
                 self.must_drain = true;
                 return result.map(Outcome::Handled);
             }
-            transaction::Step::Hold(cmd) => return Ok(Outcome::Held(cmd, fix)),
-            transaction::Step::Normal(cmd) => cmd,
+            transaction::Step::Hold(cmd, fix) => return Ok(Outcome::Held(cmd, fix)),
+            transaction::Step::Normal(cmd, fix) => (cmd, fix),
         };
         if self.must_drain {
             if !drained() {

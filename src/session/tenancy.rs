@@ -16,7 +16,7 @@ use crate::resp::{self, value};
 use crate::tenant::custom::{self, Refused, ReplyFix};
 use crate::tenant::rewrite::{self, Refusal};
 use crate::tenant::rules::{self, Rule};
-use crate::tenant::{self as tenancy, Seat, TenantState};
+use crate::tenant::{Seat, TenantState};
 
 /// What the reply needs before the client sees it.
 pub(super) enum Fix {
@@ -50,20 +50,37 @@ impl Session {
     ) -> Result<(), Error> {
         let ip = self.peer.ip();
         let max_failures = self.proxy.config.load().access.max_auth_failures;
-        if max_failures > 0 && self.proxy.auth_failures.blocked(ip, max_failures) {
+        // Failures count per name tried (password-only AUTH is one more name, the empty one),
+        // so guessing one tenant's password never locks out another tenant from this address.
+        let name = user.map_or(&b""[..], |u| &u[..]);
+        let shown = || String::from_utf8_lossy(&name[..name.len().min(64)]).into_owned();
+        if max_failures > 0 && self.proxy.auth_failures.blocked(ip, name, max_failures) {
+            self.proxy.metrics.auth_locked_out.fetch_add(1, Relaxed);
             return Err(Error::Coded(
-                "ERR keygate: too many failed AUTH attempts from this address; try again in a minute",
+                "ERR keygate: too many failed AUTH attempts for this name from this address; try again in a minute",
             ));
         }
         let wrong = || {
-            self.proxy.auth_failures.failed(ip);
-            tracing::info!("failed AUTH");
+            self.proxy.metrics.auth_failures.fetch_add(1, Relaxed);
+            let failures = self.proxy.auth_failures.failed(ip, name, max_failures);
+            if max_failures > 0 && failures == max_failures {
+                tracing::warn!(
+                    user = %shown(),
+                    failures,
+                    "failed AUTH: this address's AUTHs as this name are refused for a minute (access.max_auth_failures)"
+                );
+            } else {
+                tracing::info!(user = %shown(), "failed AUTH");
+            }
             Error::Coded("WRONGPASS invalid username-password pair or user is disabled.")
         };
-        let tenant =
-            tenancy::authenticate(&self.proxy.tenants.load(), user.map(|u| &u[..]), password)
-                .ok_or_else(wrong)?
-                .clone();
+        let tenant = self
+            .proxy
+            .tenants
+            .load()
+            .authenticate(user.map(|u| &u[..]), password)
+            .ok_or_else(wrong)?
+            .clone();
         // A tenant limited to some addresses: from any other, as if the password were wrong
         // (so a stolen password reveals nothing from elsewhere).
         if !self.allowed_from(&tenant) {
@@ -99,6 +116,8 @@ impl Session {
         })?;
         tracing::Span::current().record("tenant", tenant.config.name.as_str());
         self.tenant = Some(seat);
+        // No longer counted against its address's unauthenticated connections.
+        self.unauthenticated = None;
         Ok(())
     }
 
@@ -358,48 +377,58 @@ pub(super) fn unconfine(reply: Reply, fix: Fix, tenant: &Arc<TenantState>) -> Re
         other => other,
     };
     Reply::Later(Box::pin(async move {
-        let bytes = match pending {
-            Reply::Ready(bytes) => bytes,
-            Reply::Backend(rx) => match rx.await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(e)) => e.to_reply(),
-                Err(_) => Error::Internal("the backend connection handling this request failed")
-                    .to_reply(),
-            },
-            Reply::Later(future) => future.await,
-        };
-        if bytes.first() == Some(&b'-') {
-            return bytes;
-        }
-        let prefix = tenant.config.prefix.as_bytes();
-        let stripped = match fix {
-            Fix::Keys => strip_keys(&bytes, prefix),
-            Fix::Scan => value::elements(&bytes).and_then(|parts| match parts.as_slice() {
-                [cursor, keys] => {
-                    let keys = strip_keys(keys, prefix)?;
-                    let mut out = BytesMut::new();
-                    resp::put_header(&mut out, b'*', 2);
-                    out.put_slice(cursor);
-                    out.put_slice(&keys);
-                    Some(out.freeze())
-                }
-                _ => None,
-            }),
-            Fix::Custom(ReplyFix::RecordScript) => {
-                if let Some(value::Value::Bulk(Some(sha))) = value::parse(&bytes) {
-                    tenant.record_script(&sha);
-                }
-                Some(bytes)
-            }
-            Fix::Pairs => strip_pairs(&bytes, prefix),
-            Fix::Custom(ReplyFix::PoppedKey) => strip_first_of_each(&bytes, prefix, false),
-            Fix::Custom(ReplyFix::Streams) => strip_first_of_each(&bytes, prefix, true),
-            Fix::None | Fix::Custom(ReplyFix::None) | Fix::Answer(_) | Fix::Keyspace(_) => {
-                Some(bytes)
-            }
-        };
-        stripped.unwrap_or_else(|| Error::ForeignKey.to_reply())
+        let bytes = settle(pending).await;
+        strip(bytes, &fix, &tenant)
     }))
+}
+
+/// A reply's bytes once it is in (an error's reply if it failed).
+pub(super) async fn settle(reply: Reply) -> Bytes {
+    match reply {
+        Reply::Ready(bytes) => bytes,
+        Reply::Backend(rx) => match rx.await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => e.to_reply(),
+            Err(_) => {
+                Error::Internal("the backend connection handling this request failed").to_reply()
+            }
+        },
+        Reply::Later(future) => future.await,
+    }
+}
+
+/// One reply as the tenant must see it (see `Fix`). Errors pass (their quoted key names are
+/// unquoted where the reply is emitted, or by the caller for replies inside EXEC).
+pub(super) fn strip(bytes: Bytes, fix: &Fix, tenant: &TenantState) -> Bytes {
+    if bytes.first() == Some(&b'-') {
+        return bytes;
+    }
+    let prefix = tenant.config.prefix.as_bytes();
+    let stripped = match fix {
+        Fix::Keys => strip_keys(&bytes, prefix),
+        Fix::Scan => value::elements(&bytes).and_then(|parts| match parts.as_slice() {
+            [cursor, keys] => {
+                let keys = strip_keys(keys, prefix)?;
+                let mut out = BytesMut::new();
+                resp::put_header(&mut out, b'*', 2);
+                out.put_slice(cursor);
+                out.put_slice(&keys);
+                Some(out.freeze())
+            }
+            _ => None,
+        }),
+        Fix::Custom(ReplyFix::RecordScript) => {
+            if let Some(value::Value::Bulk(Some(sha))) = value::parse(&bytes) {
+                tenant.record_script(&sha);
+            }
+            Some(bytes)
+        }
+        Fix::Pairs => strip_pairs(&bytes, prefix),
+        Fix::Custom(ReplyFix::PoppedKey) => strip_first_of_each(&bytes, prefix, false),
+        Fix::Custom(ReplyFix::Streams) => strip_first_of_each(&bytes, prefix, true),
+        Fix::None | Fix::Custom(ReplyFix::None) | Fix::Answer(_) | Fix::Keyspace(_) => Some(bytes),
+    };
+    stripped.unwrap_or_else(|| Error::ForeignKey.to_reply())
 }
 
 /// An error reply with `'<prefix>` replaced by `'`: key names Redis quotes, shown as the tenant

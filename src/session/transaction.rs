@@ -15,17 +15,34 @@
 //! In sharded modes every key used in the transaction must live on the pinned shard (for a
 //! cluster, in the pinned slot); otherwise the command gets `-CROSSSLOT` and, inside MULTI, the
 //! transaction is aborted as Redis aborts one after a queueing error (`-EXECABORT` at EXEC).
+//!
+//! # Tenants
+//!
+//! Nothing a tenant queues runs before EXEC. Commands forwarded to the server are queued there
+//! and remembered with what their reply needs (`Fix`): EXEC's reply is taken apart and each
+//! element un-prefixed as it would be outside a transaction. Commands keygate answers itself
+//! (ACL WHOAMI, SCRIPT EXISTS) are queued here and their answers placed in EXEC's reply.
+//! Emulated keyspace commands (DBSIZE, FLUSHDB, FLUSHALL, RANDOMKEY, INFO) run over many keys
+//! and shards and cannot be part of the server's atomic EXEC: they are refused at queue time,
+//! which aborts the transaction as any queueing error does.
 
 use bytes::Bytes;
 
-use super::{Drained, Handled, Session};
+use std::sync::Arc;
+
+use bytes::BytesMut;
 use tokio::sync::oneshot;
+
+use super::tenancy::{self, Fix};
+use super::{Drained, Handled, Session};
 
 use crate::backend::{Pinned, ReplyResult};
 use crate::command::{Command, Policy, Spec};
 use crate::dispatch::Reply;
 use crate::error::Error;
+use crate::resp::{self, value};
 use crate::route::{self, Plan, Target};
+use crate::tenant::TenantState;
 
 /// A client's transaction state.
 pub(super) struct Transaction {
@@ -35,6 +52,10 @@ pub(super) struct Transaction {
     watching: bool,
     /// A command failed while queueing: EXEC answers EXECABORT.
     aborted: bool,
+    /// What was queued inside MULTI, in order, for EXEC's reply (tenants only).
+    queued: Vec<Queued>,
+    /// Some queued command's reply needs more than forwarding.
+    fixing: bool,
     /// The reply to the MULTI keygate sent itself when it pinned (the client already had its
     /// +OK). Kept so the request is written: one whose receiver is gone is skipped.
     _multi_ack: Option<oneshot::Receiver<ReplyResult>>,
@@ -47,19 +68,29 @@ impl Transaction {
             in_multi: false,
             watching: false,
             aborted: false,
+            queued: Vec::new(),
+            fixing: false,
             _multi_ack: None,
         }
     }
 }
 
+/// A command queued inside a tenant's MULTI.
+enum Queued {
+    /// Queued on the server; its element of EXEC's reply needs this.
+    Sent(Fix),
+    /// Answered by keygate; the answer takes its place in EXEC's reply.
+    Local(Bytes),
+}
+
 /// What to do with a command, transaction-wise.
 pub(super) enum Step {
     /// Not a transaction matter: the normal path.
-    Normal(Command),
+    Normal(Command, Fix),
     /// Answered.
     Done(Result<Handled, Error>),
     /// Wait for the client's earlier replies: this command switches connections.
-    Hold(Command),
+    Hold(Command, Fix),
 }
 
 const NESTED: &str = "MULTI calls can not be nested";
@@ -69,6 +100,7 @@ impl Session {
         &mut self,
         cmd: Command,
         spec: &'static Spec,
+        fix: Fix,
         drained: Drained,
     ) -> Step {
         let name = spec.name;
@@ -76,7 +108,7 @@ impl Session {
         let opens = matches!(name, "multi" | "watch" | "exec" | "discard" | "unwatch");
         // RESET and QUIT keep their meaning inside a transaction (RESET ends it).
         if (!active && !opens) || matches!(name, "reset" | "quit") {
-            return Step::Normal(cmd);
+            return Step::Normal(cmd, fix);
         }
         match name {
             "exec" | "discard" if !self.txn.as_ref().is_some_and(|t| t.in_multi) => {
@@ -108,23 +140,26 @@ impl Session {
             }
             "exec" | "discard" => {
                 let txn = self.txn.take().expect("checked above");
-                let Some((pinned, _)) = txn.pinned else {
-                    // Nothing was queued: no connection was ever needed.
-                    return Step::Done(Handled::ready(if name == "exec" {
-                        Bytes::from_static(b"*0\r\n")
-                    } else {
-                        crate::resp::simple("OK")
-                    }));
-                };
                 if name == "exec" && txn.aborted {
                     // Dropping the pinned connection closes it, and Redis discards the MULTI.
-                    drop(pinned);
+                    drop(txn.pinned);
                     return Step::Done(Err(Error::Coded(
                         "EXECABORT Transaction discarded because of previous errors.",
                     )));
                 }
-                // The pin is dropped here; the connection closes once this reply is in.
-                Step::Done(Ok(Handled::reply(Reply::Backend(pinned.send(cmd.args)))))
+                let reply = match txn.pinned {
+                    // The pin is dropped here; the connection closes once this reply is in.
+                    Some((pinned, _)) => Reply::Backend(pinned.send(cmd.args)),
+                    // Nothing was sent: no connection was ever needed.
+                    None if name == "exec" => Reply::Ready(Bytes::from_static(b"*0\r\n")),
+                    None => return Step::Done(Handled::ready(resp::simple("OK"))),
+                };
+                match (&self.tenant, name) {
+                    (Some(seat), "exec") if txn.fixing => Step::Done(Ok(Handled::reply(
+                        exec_reply(reply, txn.queued, seat.tenant.clone()),
+                    ))),
+                    _ => Step::Done(Ok(Handled::reply(reply))),
+                }
             }
             "unwatch" if !self.txn.as_ref().is_some_and(|t| t.in_multi) => {
                 let txn = self.txn.take().expect("active");
@@ -137,14 +172,34 @@ impl Session {
             }
             "watch" => {
                 self.txn.get_or_insert_with(Transaction::new);
-                self.in_transaction(cmd, spec, drained)
+                self.in_transaction(cmd, spec, fix, drained)
             }
-            _ => self.in_transaction(cmd, spec, drained),
+            _ => self.in_transaction(cmd, spec, fix, drained),
         }
     }
 
+    /// Whether the client is inside MULTI.
+    pub(super) fn in_multi(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.in_multi)
+    }
+
+    /// A command keygate answers itself for a tenant, inside MULTI: queued here, its answer
+    /// placed in EXEC's reply.
+    pub(super) fn queue_answer(&mut self, answer: Bytes) -> Handled {
+        let txn = self.txn.as_mut().expect("inside MULTI");
+        txn.queued.push(Queued::Local(answer));
+        txn.fixing = true;
+        Handled::reply(Reply::Ready(resp::simple("QUEUED")))
+    }
+
     /// A command while WATCHing or inside MULTI: on the pinned connection, or refused.
-    fn in_transaction(&mut self, cmd: Command, spec: &'static Spec, drained: Drained) -> Step {
+    fn in_transaction(
+        &mut self,
+        cmd: Command,
+        spec: &'static Spec,
+        fix: Fix,
+        drained: Drained,
+    ) -> Step {
         let name = spec.name;
         let in_multi = self.txn.as_ref().is_some_and(|t| t.in_multi);
         // Refused commands stay refused; inside MULTI they abort it, as a queueing error does.
@@ -182,7 +237,7 @@ impl Session {
             None => {
                 // First command that needs the connection: pin, after earlier replies are in.
                 if !drained() {
-                    return Step::Hold(cmd);
+                    return Step::Hold(cmd, fix);
                 }
                 let pinned = topology.backends[target.backend].pin(self.flavor);
                 if in_multi {
@@ -196,7 +251,16 @@ impl Session {
             txn.watching = true;
         }
         let (pinned, _) = txn.pinned.as_ref().expect("pinned above");
-        Step::Done(Ok(Handled::reply(Reply::Backend(pinned.send(cmd.args)))))
+        let reply = Reply::Backend(pinned.send(cmd.args));
+        if !in_multi {
+            // Watching: run now, its reply un-prefixed as outside a transaction.
+            return Step::Done(Ok(Handled::reply(self.unconfine(reply, fix))));
+        }
+        if self.tenant.is_some() {
+            txn.fixing |= !matches!(fix, Fix::None);
+            txn.queued.push(Queued::Sent(fix));
+        }
+        Step::Done(Ok(Handled::reply(reply)))
     }
 
     /// Mark an open MULTI as failed: EXEC will answer EXECABORT.
@@ -214,4 +278,42 @@ impl Session {
         }
         Step::Done(Err(error))
     }
+}
+
+/// EXEC's reply for a tenant: each element as the tenant would see it outside a transaction,
+/// keygate's own answers in their places. Nil (a WATCHed key changed) and errors pass.
+fn exec_reply(reply: Reply, queued: Vec<Queued>, tenant: Arc<TenantState>) -> Reply {
+    Reply::Later(Box::pin(async move {
+        let bytes = tenancy::settle(reply).await;
+        if bytes.first() != Some(&b'*') || bytes.starts_with(b"*-1") {
+            return bytes;
+        }
+        let sent = queued
+            .iter()
+            .filter(|q| matches!(q, Queued::Sent(_)))
+            .count();
+        let elements = match value::elements(&bytes) {
+            Some(elements) if elements.len() == sent => elements,
+            _ => {
+                return Error::Internal("EXEC's reply does not match the commands queued")
+                    .to_reply()
+            }
+        };
+        let prefix = tenant.config.prefix.as_bytes();
+        let mut elements = elements.into_iter();
+        let mut out = BytesMut::with_capacity(bytes.len());
+        resp::put_header(&mut out, b'*', queued.len() as i64);
+        for entry in &queued {
+            let element = match entry {
+                Queued::Local(answer) => answer.clone(),
+                Queued::Sent(fix) => {
+                    let element = elements.next().expect("counted above");
+                    let element = tenancy::strip(element, fix, &tenant);
+                    tenancy::unquote_keys(element, prefix)
+                }
+            };
+            out.extend_from_slice(&element);
+        }
+        out.freeze()
+    }))
 }

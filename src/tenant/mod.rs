@@ -11,7 +11,7 @@ pub mod custom;
 pub mod rewrite;
 pub mod rules;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -63,10 +63,10 @@ impl TenantState {
         }
     }
 
-    /// Does `password` match, compared in constant time (on digests, so length leaks nothing)?
-    /// Never for a tenant without a password (one chosen by its client certificate).
-    pub fn password_matches(&self, password: &[u8]) -> bool {
-        let digest: [u8; 32] = Sha256::digest(password).into();
+    /// Does a password with this SHA-256 digest match, compared in constant time (on digests,
+    /// so length leaks nothing)? Never for a tenant without a password (one chosen by its
+    /// client certificate).
+    pub fn digest_matches(&self, digest: &[u8; 32]) -> bool {
         let Some(expected) = &self.config.password_sha256 else {
             return false;
         };
@@ -153,22 +153,59 @@ impl Drop for Seat {
     }
 }
 
-/// The tenant these credentials name: `AUTH password` (the tenant whose password it is) or
-/// `AUTH name password`.
-pub fn authenticate<'a>(
-    tenants: &'a [Arc<TenantState>],
-    user: Option<&[u8]>,
-    password: &[u8],
-) -> Option<&'a Arc<TenantState>> {
-    // Every candidate is checked, so the time taken does not tell which one matched.
-    let mut found = None;
-    for tenant in tenants {
-        let name_ok = user.is_none_or(|u| u == tenant.config.name.as_bytes());
-        if tenant.password_matches(password) && name_ok && found.is_none() {
-            found = Some(tenant);
+/// Every configured tenant, with indexes that make AUTH cost the same however many there are:
+/// by name, and by password digest for `AUTH password`. Replaced whole on reload.
+#[derive(Default)]
+pub struct Tenants {
+    list: Vec<Arc<TenantState>>,
+    by_name: HashMap<Box<[u8]>, usize>,
+    /// The first tenant (in config order) with each password, as the linear search chose.
+    by_digest: HashMap<[u8; 32], usize>,
+}
+
+impl Tenants {
+    pub fn new(list: Vec<Arc<TenantState>>) -> Tenants {
+        let mut by_name = HashMap::with_capacity(list.len());
+        let mut by_digest = HashMap::with_capacity(list.len());
+        for (i, tenant) in list.iter().enumerate() {
+            by_name.insert(tenant.config.name.as_bytes().into(), i);
+            if let Some(digest) = tenant.config.password_sha256 {
+                by_digest.entry(digest).or_insert(i);
+            }
+        }
+        Tenants {
+            list,
+            by_name,
+            by_digest,
         }
     }
-    found
+
+    /// The tenant called `name`.
+    pub fn named(&self, name: &[u8]) -> Option<&Arc<TenantState>> {
+        self.by_name.get(name).map(|&i| &self.list[i])
+    }
+
+    /// The tenant these credentials name: `AUTH password` (the tenant whose password it is) or
+    /// `AUTH name password`. One digest and one or two hash look-ups, whatever the number of
+    /// tenants; the digest is compared in constant time. (A look-up in the digest index takes
+    /// time that depends on the digest, not on the password's bytes: it tells an attacker
+    /// nothing it did not already know.)
+    pub fn authenticate(&self, user: Option<&[u8]>, password: &[u8]) -> Option<&Arc<TenantState>> {
+        let digest: [u8; 32] = Sha256::digest(password).into();
+        let tenant = match user {
+            Some(name) => self.named(name)?,
+            None => &self.list[*self.by_digest.get(&digest)?],
+        };
+        tenant.digest_matches(&digest).then_some(tenant)
+    }
+}
+
+impl std::ops::Deref for Tenants {
+    type Target = [Arc<TenantState>];
+
+    fn deref(&self) -> &[Arc<TenantState>] {
+        &self.list
+    }
 }
 
 #[cfg(test)]
@@ -194,11 +231,37 @@ mod tests {
 
     #[test]
     fn authentication() {
-        let tenants = vec![tenant(None, None)];
-        assert!(authenticate(&tenants, None, b"pw").is_some());
-        assert!(authenticate(&tenants, Some(b"acme"), b"pw").is_some());
-        assert!(authenticate(&tenants, Some(b"other"), b"pw").is_none());
-        assert!(authenticate(&tenants, None, b"wrong").is_none());
+        let tenants = Tenants::new(vec![tenant(None, None)]);
+        assert!(tenants.authenticate(None, b"pw").is_some());
+        assert!(tenants.authenticate(Some(b"acme"), b"pw").is_some());
+        assert!(tenants.authenticate(Some(b"other"), b"pw").is_none());
+        assert!(tenants.authenticate(None, b"wrong").is_none());
+        assert!(tenants.authenticate(Some(b"acme"), b"wrong").is_none());
+    }
+
+    #[test]
+    fn authentication_by_index_with_many_tenants() {
+        let make = |i: usize, password: &str| {
+            let mut t = tenant(None, None).config.clone();
+            t.name = format!("t{i}");
+            t.password_sha256 = Some(Sha256::digest(password.as_bytes()).into());
+            Arc::new(TenantState::new(t))
+        };
+        let mut list: Vec<_> = (0..10_000).map(|i| make(i, &format!("pw{i}"))).collect();
+        // Two tenants with one password: `AUTH password` picks the first, as before.
+        list.push(make(10_000, "pw7"));
+        let tenants = Tenants::new(list);
+        let found = |user: Option<&str>, pw: &str| {
+            tenants
+                .authenticate(user.map(str::as_bytes), pw.as_bytes())
+                .map(|t| t.config.name.clone())
+        };
+        assert_eq!(found(Some("t9999"), "pw9999").as_deref(), Some("t9999"));
+        assert_eq!(found(None, "pw9999").as_deref(), Some("t9999"));
+        assert_eq!(found(None, "pw7").as_deref(), Some("t7"));
+        assert_eq!(found(Some("t10000"), "pw7").as_deref(), Some("t10000"));
+        assert_eq!(found(Some("t9999"), "pw9998"), None);
+        assert_eq!(found(None, "nope"), None);
     }
 
     #[test]

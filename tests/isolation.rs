@@ -1,0 +1,292 @@
+//! No client, tenant or backend can hurt another: each test plays the hostile tenant, the client
+//! that never reads, the flood of connections or the misbehaving server, and checks that
+//! everyone else is unaffected. (Scripted misbehaving backends are in tests/backend.rs.)
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{as_tenant, bulk, Keygate, Raw, Redis};
+
+const TENANTS: &str = "[[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n\
+    [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\n";
+
+fn text(reply: Vec<u8>) -> String {
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+
+/// Emulated keyspace commands never run before EXEC: refused at queue time, aborting the
+/// transaction, and a DISCARD leaves no trace.
+async fn emulations_never_run_early(raw: &mut Raw) {
+    assert_eq!(raw.call(&[b"SET", b"keepme", b"1"]).await, b"+OK\r\n");
+    for command in [
+        &[&b"FLUSHDB"[..]][..],
+        &[b"FLUSHALL"],
+        &[b"DBSIZE"],
+        &[b"RANDOMKEY"],
+        &[b"INFO"],
+    ] {
+        for end in [&b"DISCARD"[..], b"EXEC"] {
+            assert_eq!(raw.call(&[b"MULTI"]).await, b"+OK\r\n");
+            assert_eq!(raw.call(&[b"SET", b"other", b"x"]).await, b"+QUEUED\r\n");
+            let queued = text(raw.call(command).await);
+            assert!(
+                queued.starts_with("-ERR keygate: '")
+                    && queued.contains("cannot run inside MULTI for a tenant"),
+                "{command:?}: {queued}"
+            );
+            let ended = raw.call(&[end]).await;
+            match end {
+                b"EXEC" => assert_eq!(ended, EXECABORT, "{command:?}"),
+                _ => assert_eq!(ended, b"+OK\r\n"),
+            }
+            assert_eq!(raw.call(&[b"EXISTS", b"keepme"]).await, b":1\r\n");
+            assert_eq!(raw.call(&[b"EXISTS", b"other"]).await, b":0\r\n");
+        }
+    }
+}
+
+#[tokio::test]
+async fn tenant_transactions_queue_everything_and_run_nothing_early() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    emulations_never_run_early(&mut acme).await;
+    assert_eq!(common::dbsize(&backend).await, 1, "only acme:keepme");
+}
+
+/// Replies inside EXEC lose the tenant's prefix exactly as they do outside a transaction, in
+/// RESP2 and RESP3; keygate's own answers (ACL WHOAMI) take their place in EXEC's reply.
+#[tokio::test]
+async fn replies_inside_exec_are_unprefixed_as_outside() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    for resp3 in [false, true] {
+        let mut acme = as_tenant(&kg, "acme").await;
+        if resp3 {
+            assert_eq!(acme.call(&[b"HELLO", b"3"]).await[0], b'%');
+        }
+        assert_eq!(acme.call(&[b"FLUSHDB"]).await, b"+OK\r\n");
+        let script: &[&[&[u8]]] = &[
+            &[b"SET", b"canary", b"1"],
+            &[b"RPUSH", b"q", b"x"],
+            &[b"KEYS", b"*"],
+            &[b"SCAN", b"0", b"COUNT", b"100"],
+            &[b"ACL", b"WHOAMI"],
+            &[b"BLPOP", b"q", b"0"],
+            &[b"LMPOP", b"1", b"q", b"LEFT"],
+            &[b"GET", b"canary"],
+        ];
+        // Outside a transaction (on a copy of the data), then inside one.
+        let mut outside = Vec::new();
+        for args in script {
+            outside.push(acme.call(args).await);
+        }
+        assert_eq!(acme.call(&[b"FLUSHDB"]).await, b"+OK\r\n");
+        assert_eq!(acme.call(&[b"MULTI"]).await, b"+OK\r\n");
+        for args in script {
+            assert_eq!(acme.call(args).await, b"+QUEUED\r\n", "{args:?}");
+        }
+        let exec = acme.call(&[b"EXEC"]).await;
+        let expected = [
+            format!("*{}\r\n", script.len()).into_bytes(),
+            outside.concat(),
+        ]
+        .concat();
+        assert_eq!(text(exec), text(expected), "resp3 = {resp3}");
+        let all = text(acme.call(&[b"KEYS", b"*"]).await);
+        assert!(!all.contains("acme:"), "{all}");
+    }
+    // A WATCHing client's commands run on its pinned connection: unprefixed too.
+    let mut acme = as_tenant(&kg, "acme").await;
+    assert_eq!(acme.call(&[b"WATCH", b"canary"]).await, b"+OK\r\n");
+    assert_eq!(
+        acme.call(&[b"KEYS", b"canary"]).await,
+        [b"*1\r\n".to_vec(), bulk("canary")].concat()
+    );
+    assert_eq!(acme.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(acme.call(&[b"KEYS", b"can*"]).await, b"+QUEUED\r\n");
+    assert_eq!(
+        acme.call(&[b"EXEC"]).await,
+        [b"*1\r\n*1\r\n".to_vec(), bulk("canary")].concat()
+    );
+    // A transaction aborted by a WATCHed key: nil, as Redis answers.
+    let mut other = as_tenant(&kg, "acme").await;
+    assert_eq!(acme.call(&[b"WATCH", b"canary"]).await, b"+OK\r\n");
+    assert_eq!(other.call(&[b"SET", b"canary", b"2"]).await, b"+OK\r\n");
+    assert_eq!(acme.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(acme.call(&[b"KEYS", b"*"]).await, b"+QUEUED\r\n");
+    assert_eq!(acme.call(&[b"ACL", b"WHOAMI"]).await, b"+QUEUED\r\n");
+    assert_eq!(acme.call(&[b"EXEC"]).await, b"*-1\r\n");
+}
+
+/// A command refused while queueing (CROSSSLOT across shards) aborts the transaction even
+/// when nothing was sent to a server yet: EXEC answers EXECABORT, never an empty array.
+#[tokio::test]
+async fn a_refused_command_aborts_a_transaction_in_sharded_modes() {
+    let shards = [Redis::start(), Redis::start()];
+    for tenants in ["", TENANTS] {
+        // md5 spreads these one-letter keys over both shards (fnv1a_64, the default, hashes
+        // them to neighbouring points of the ring: all on one shard).
+        let kg = Keygate::start_config(&format!(
+            "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"ketama\"\nhash = \"md5\"\n\
+             servers = [\"{}\", \"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{tenants}",
+            shards[0].addr(),
+            shards[1].addr()
+        ))
+        .await;
+        let mut raw = match tenants {
+            "" => kg.raw().await,
+            _ => as_tenant(&kg, "acme").await,
+        };
+        assert_eq!(raw.call(&[b"MULTI"]).await, b"+OK\r\n");
+        let keys = text(raw.call(&[b"KEYS", b"*"]).await);
+        assert!(keys.starts_with("-CROSSSLOT"), "{keys}");
+        assert_eq!(raw.call(&[b"EXEC"]).await, EXECABORT, "tenants: {tenants}");
+        // And after a command that was queued on a shard.
+        assert_eq!(raw.call(&[b"MULTI"]).await, b"+OK\r\n");
+        assert_eq!(raw.call(&[b"SET", b"a", b"1"]).await, b"+QUEUED\r\n");
+        // Twelve keys on two shards: all on one would be a 1 in 2048 chance for any two ports.
+        let mget: Vec<&[u8]> = std::iter::once(&b"MGET"[..])
+            .chain(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"].map(str::as_bytes))
+            .collect();
+        let reply = text(raw.call(&mget).await);
+        assert!(reply.starts_with("-CROSSSLOT"), "{reply}");
+        assert_eq!(raw.call(&[b"EXEC"]).await, EXECABORT);
+        assert_eq!(raw.call(&[b"EXISTS", b"a"]).await, b":0\r\n");
+    }
+}
+
+/// A raw connection to keygate from loopback address `from` (127.0.0.x): another client host.
+async fn raw_from(kg: &Keygate, from: [u8; 4]) -> Raw {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind a loopback address");
+    Raw::over(socket.connect(kg.addr).await.expect("connect"))
+}
+
+/// keygate's /metrics value of `name` (a counter without labels).
+async fn metric(kg: &Keygate, name: &str) -> u64 {
+    let text = common::http_get(kg.admin, "/metrics").await.1;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Thousands of idle unauthenticated connections from one address (the defaults: 100 may wait
+/// to authenticate per address) lock out neither other addresses nor the clients already in.
+#[tokio::test]
+async fn a_connection_flood_from_one_address_locks_nobody_else_out() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    let mut inside = as_tenant(&kg, "acme").await;
+    let mut flood = Vec::new();
+    for _ in 0..2_000 {
+        flood.push(raw_from(&kg, [127, 0, 0, 9]).await);
+    }
+    // The first 100 wait for their AUTH; every later one is refused with a reason and closed.
+    let mut refused = 0;
+    for raw in flood.iter_mut().skip(100) {
+        let reply = raw.reply().await;
+        assert_eq!(
+            reply.as_deref(),
+            Some(&b"-ERR keygate: too many unauthenticated connections from this address\r\n"[..])
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, 1_900);
+    assert_eq!(
+        metric(
+            &kg,
+            "keygate_client_connections_unauthenticated_refused_total"
+        )
+        .await,
+        1_900
+    );
+    // Another address connects and authenticates; the client already in is served.
+    let mut neighbour = raw_from(&kg, [127, 0, 0, 10]).await;
+    assert_eq!(
+        neighbour.call(&[b"AUTH", b"globex", b"globex-pw"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(neighbour.call(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(inside.call(&[b"GET", b"k"]).await, b"$-1\r\n");
+    // A connection from the flooding address that authenticates frees its place at once.
+    let mut waiting = flood.swap_remove(0);
+    assert_eq!(
+        waiting.call(&[b"AUTH", b"acme", b"acme-pw"]).await,
+        b"+OK\r\n"
+    );
+    let mut next = raw_from(&kg, [127, 0, 0, 9]).await;
+    assert_eq!(
+        next.call(&[b"PING"]).await,
+        b"-NOAUTH Authentication required.\r\n"
+    );
+    // Authenticated connections never count: many from one address (a sidecar) are fine.
+    let mut many = Vec::new();
+    for _ in 0..150 {
+        let mut raw = raw_from(&kg, [127, 0, 0, 11]).await;
+        assert_eq!(raw.call(&[b"AUTH", b"acme", b"acme-pw"]).await, b"+OK\r\n");
+        many.push(raw);
+    }
+    assert_eq!(many[149].call(&[b"PING"]).await, b"+PONG\r\n");
+}
+
+/// At `max_clients`, a new connection takes the place of the oldest one still waiting to
+/// authenticate, so idle connections from many addresses cannot keep clients out; clients that
+/// authenticated are never displaced.
+#[tokio::test]
+async fn at_max_clients_unauthenticated_connections_make_room() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        &format!("[limits]\nmax_clients = 40\n{TENANTS}"),
+    )
+    .await;
+    let mut authenticated = Vec::new();
+    for _ in 0..10 {
+        authenticated.push(as_tenant(&kg, "acme").await);
+    }
+    // 30 idle connections from 30 addresses fill keygate up.
+    let mut idle = Vec::new();
+    for i in 0..30u8 {
+        idle.push(raw_from(&kg, [127, 0, 1, i + 1]).await);
+    }
+    // The proxy sees all 40 before the next one arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut newcomer = kg.raw().await;
+    assert_eq!(
+        newcomer.call(&[b"AUTH", b"globex", b"globex-pw"]).await,
+        b"+OK\r\n"
+    );
+    // The oldest idle connection was closed to make room.
+    idle[0].expect_closed().await;
+    assert_eq!(
+        metric(
+            &kg,
+            "keygate_client_connections_unauthenticated_displaced_total"
+        )
+        .await,
+        1
+    );
+    for raw in authenticated.iter_mut() {
+        assert_eq!(raw.call(&[b"PING"]).await, b"+PONG\r\n");
+    }
+    // With only authenticated clients left at the limit, a new one is refused as Redis does.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut full = Vec::new();
+    for _ in 0..29 {
+        full.push(as_tenant(&kg, "acme").await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut late = kg.raw().await;
+    assert_eq!(
+        late.reply().await.as_deref(),
+        Some(&b"-ERR max number of clients reached\r\n"[..])
+    );
+}

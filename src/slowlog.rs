@@ -7,7 +7,7 @@
 //! command, its first argument, and how many more there were, shown as Redis shows truncated
 //! arguments (`... (N more arguments)`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,10 @@ use bytes::{Bytes, BytesMut};
 use crate::resp;
 
 pub struct Entry {
+    /// Numbered across everyone (as the operator sees them), and within the entry's tenant (as
+    /// the tenant sees them: its ids tell nothing of other tenants' slow requests).
     pub id: u64,
+    pub tenant_id: u64,
     /// Unix seconds.
     pub at: u64,
     pub took: Duration,
@@ -31,14 +34,23 @@ pub struct Entry {
 }
 
 pub struct Slowlog {
-    entries: Mutex<(u64, VecDeque<Entry>)>,
+    entries: Mutex<Log>,
     max_len: usize,
+}
+
+#[derive(Default)]
+struct Log {
+    next_id: u64,
+    /// The next id of each tenant's own numbering.
+    next_tenant_id: HashMap<String, u64>,
+    /// Newest first.
+    entries: VecDeque<Entry>,
 }
 
 impl Slowlog {
     pub fn new(max_len: usize) -> Slowlog {
         Slowlog {
-            entries: Mutex::new((0, VecDeque::new())),
+            entries: Mutex::new(Log::default()),
             max_len,
         }
     }
@@ -50,37 +62,44 @@ impl Slowlog {
         entry.at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (next_id, entries) = &mut *guard;
-        entry.id = *next_id;
-        *next_id += 1;
-        entries.push_front(entry);
-        entries.truncate(self.max_len);
+        let mut log = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entry.id = log.next_id;
+        log.next_id += 1;
+        if let Some(tenant) = &entry.tenant {
+            let next = match log.next_tenant_id.get_mut(tenant) {
+                Some(next) => next,
+                None => log.next_tenant_id.entry(tenant.clone()).or_insert(0),
+            };
+            entry.tenant_id = *next;
+            *next += 1;
+        }
+        log.entries.push_front(entry);
+        log.entries.truncate(self.max_len);
     }
 
     /// SLOWLOG LEN, for `tenant` (or everyone's when `None`).
     pub fn len(&self, tenant: Option<&str>) -> usize {
-        let guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        guard.1.iter().filter(|e| visible(e, tenant)).count()
+        let log = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        log.entries.iter().filter(|e| visible(e, tenant)).count()
     }
 
     /// SLOWLOG RESET, of `tenant`'s entries (or all).
     pub fn reset(&self, tenant: Option<&str>) {
-        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        guard.1.retain(|e| !visible(e, tenant));
+        let mut log = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        log.entries.retain(|e| !visible(e, tenant));
     }
 
     /// SLOWLOG GET [count] as Redis answers it: newest first, `count` of them (10 by default,
     /// all for a negative count).
     pub fn get(&self, tenant: Option<&str>, count: Option<i64>) -> Bytes {
-        let guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let log = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let limit = match count {
             None => 10,
             Some(n) if n < 0 => usize::MAX,
             Some(n) => n as usize,
         };
-        let shown: Vec<&Entry> = guard
-            .1
+        let shown: Vec<&Entry> = log
+            .entries
             .iter()
             .filter(|e| visible(e, tenant))
             .take(limit)
@@ -89,7 +108,8 @@ impl Slowlog {
         resp::put_header(&mut out, b'*', shown.len() as i64);
         for e in shown {
             resp::put_header(&mut out, b'*', 6);
-            resp::put_header(&mut out, b':', e.id as i64);
+            let id = if tenant.is_some() { e.tenant_id } else { e.id };
+            resp::put_header(&mut out, b':', id as i64);
             resp::put_header(&mut out, b':', e.at as i64);
             resp::put_header(&mut out, b':', e.took.as_micros() as i64);
             let args = 1 + e.first_arg.is_some() as i64 + (e.more > 0) as i64;

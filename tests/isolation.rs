@@ -290,3 +290,133 @@ async fn at_max_clients_unauthenticated_connections_make_room() {
         Some(&b"-ERR max number of clients reached\r\n"[..])
     );
 }
+
+/// A tenant's COMMAND GETKEYS names exactly the arguments keygate prefixes (not Redis's own
+/// extraction of the unprefixed command), and GETKEYSANDFLAGS gives them the server's flags.
+#[tokio::test]
+async fn command_getkeys_answers_what_keygate_prefixes() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        &TENANTS.replace(
+            "prefix = \"acme:\"\n",
+            "prefix = \"acme:\"\nallow_scripts = true\n",
+        ),
+    )
+    .await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    let keys = |names: &[&str]| {
+        let mut out = format!("*{}\r\n", names.len()).into_bytes();
+        for name in names {
+            out.extend(bulk(name));
+        }
+        out
+    };
+    let cases: &[(&[&[u8]], Vec<u8>)] = &[
+        (&[b"SET", b"a", b"b"], keys(&["a"])),
+        (&[b"MSET", b"a", b"1", b"b", b"2"], keys(&["a", "b"])),
+        (
+            &[b"EVAL", b"return 1", b"2", b"k1", b"k2", b"arg"],
+            keys(&["k1", "k2"]),
+        ),
+        // SORT's BY and GET patterns name keys too, and keygate prefixes them.
+        (
+            &[
+                b"SORT", b"s", b"BY", b"w_*", b"GET", b"#", b"GET", b"o_*", b"LIMIT", b"0", b"5",
+                b"STORE", b"dest",
+            ],
+            keys(&["s", "w_*", "o_*", "dest"]),
+        ),
+        (
+            &[b"PING", b"x"],
+            b"-ERR The command has no key arguments\r\n".to_vec(),
+        ),
+        (
+            &[b"KEYS", b"*"],
+            b"-ERR The command has no key arguments\r\n".to_vec(),
+        ),
+        (
+            &[b"NOSUCH", b"x"],
+            b"-ERR Invalid command specified\r\n".to_vec(),
+        ),
+        (
+            &[b"GET", b"a", b"b"],
+            b"-ERR Invalid number of arguments specified for command\r\n".to_vec(),
+        ),
+        // What keygate refuses to run, it names no keys for.
+        (
+            &[b"SORT", b"s", b"STORE", b"LIMIT", b"STORE", b"v"],
+            b"-ERR more than one STORE option\r\n".to_vec(),
+        ),
+    ];
+    for (command, expected) in cases {
+        let args: Vec<&[u8]> = [&b"COMMAND"[..], b"GETKEYS"]
+            .into_iter()
+            .chain(command.iter().copied())
+            .collect();
+        assert_eq!(
+            text(acme.call(&args).await),
+            text(expected.clone()),
+            "{command:?}"
+        );
+    }
+    let flags = acme
+        .call(&[
+            b"COMMAND",
+            b"GETKEYSANDFLAGS",
+            b"LMOVE",
+            b"a",
+            b"b",
+            b"LEFT",
+            b"RIGHT",
+        ])
+        .await;
+    let expected = [
+        b"*2\r\n*2\r\n".to_vec(),
+        bulk("a"),
+        b"*3\r\n+RW\r\n+access\r\n+delete\r\n*2\r\n".to_vec(),
+        bulk("b"),
+        b"*2\r\n+RW\r\n+insert\r\n".to_vec(),
+    ]
+    .concat();
+    assert_eq!(text(flags), text(expected));
+    // Nothing ran: no key was made, no script recorded.
+    assert_eq!(common::dbsize(&backend).await, 0);
+    assert_eq!(
+        text(
+            acme.call(&[
+                b"EVALSHA",
+                b"e0e1f9fabfc9d4800c877a703b823ac0578ff8db",
+                b"0"
+            ])
+            .await
+        ),
+        "-NOSCRIPT No matching script. Please use EVAL.\r\n"
+    );
+}
+
+/// A tenant's SLOWLOG ids count its own slow requests only: they tell nothing of others'.
+#[tokio::test]
+async fn slowlog_ids_are_numbered_per_tenant() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        &format!("[slowlog]\nthreshold = \"0s\"\nmax_len = 100\n{TENANTS}"),
+    )
+    .await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    let mut globex = as_tenant(&kg, "globex").await;
+    for _ in 0..5 {
+        globex.call(&[b"SET", b"k", b"v"]).await;
+    }
+    acme.call(&[b"SET", b"k", b"v"]).await;
+    acme.call(&[b"GET", b"k"]).await;
+    let log = acme.call(&[b"SLOWLOG", b"GET"]).await;
+    let ids: Vec<String> = text(log)
+        .split("\r\n*6\r\n:")
+        .skip(1)
+        .map(|entry| entry.split("\r\n").next().unwrap().to_string())
+        .collect();
+    // SLOWLOG GET itself is not in yet; AUTH was acme's first request.
+    assert_eq!(ids, ["2", "1", "0"], "acme's own numbering, newest first");
+}

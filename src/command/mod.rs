@@ -163,8 +163,9 @@ impl Command {
         };
         let mut spec = &COMMANDS[id];
         let mut spec_index = id;
-        // Container commands (CLIENT, CONFIG, ...) have arity -2 and subcommands in the table.
-        if args.len() >= 2 && spec.arity == -2 {
+        // Container commands (CLIENT, CONFIG, ...) have arity -2 and subcommands in the table;
+        // COMMAND alone also runs bare (arity -1).
+        if args.len() >= 2 && (spec.arity == -2 || spec.name == "command") {
             let mut full = [0u8; 64];
             let n = spec.name.len();
             full[..n].copy_from_slice(spec.name.as_bytes());

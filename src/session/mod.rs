@@ -857,6 +857,7 @@ impl Session {
         let tenant = self.tenant.as_ref().map(|s| s.tenant.config.name.clone());
         self.proxy.slowlog.record(crate::slowlog::Entry {
             id: 0,
+            tenant_id: 0,
             at: 0,
             took,
             command: crate::command::name_of(slot.command),

@@ -33,6 +33,9 @@ pub(super) enum Fix {
     Answer(Bytes),
     /// Emulated over the tenant's keys on every shard (DBSIZE, FLUSHDB, RANDOMKEY, INFO).
     Keyspace(TenantKeyspace),
+    /// COMMAND GETKEYSANDFLAGS of the prefixed command: these keys (prefixed, in order), each
+    /// with the flags the server gives it, un-prefixed.
+    KeyFlags(Vec<Bytes>),
 }
 
 const NOT_YET: &str = "is not available to tenants in this build yet";
@@ -190,7 +193,30 @@ impl Session {
                 rate: config.max_ops_per_sec.unwrap_or(0),
             });
         }
+        self.rewrite(tenant, cmd, spec, allowed == Some(true), Record::Yes)
+    }
+
+    /// Rewrite `cmd` into the tenant's keyspace by its rule; `allowed`: the tenant's
+    /// `allow_commands` lists it. `Record::No` leaves no trace (COMMAND GETKEYS asks what a
+    /// command would become, without running it).
+    fn rewrite(
+        &self,
+        tenant: &TenantState,
+        cmd: &mut Command,
+        spec: &'static Spec,
+        allowed: bool,
+        record: Record,
+    ) -> Result<Fix, Error> {
+        let config = &tenant.config;
+        let name = spec.name;
+        let refuse = |reason: &'static str| Error::NoPerm {
+            command: name.replace('|', " "),
+            reason,
+        };
         let prefix = config.prefix.as_bytes();
+        if matches!(name, "command|getkeys" | "command|getkeysandflags") {
+            return self.getkeys(tenant, cmd, allowed, name == "command|getkeysandflags");
+        }
         match rules::rule_at(cmd.spec_index) {
             Some(Rule::Pass | Rule::Local) => Ok(Fix::None),
             Some(Rule::Keys) => {
@@ -282,18 +308,80 @@ impl Session {
                     Refused::OtherDb => refuse("reaches outside the tenant's keyspace"),
                     Refused::Syntax(what) => Error::Invalid(what),
                 })?;
-                if matches!(name, "eval" | "eval_ro") {
+                if matches!(name, "eval" | "eval_ro") && record == Record::Yes {
                     tenant.record_script_body(&cmd.args[1]);
                 }
                 Ok(Fix::Custom(fix))
             }
             // Explicitly allowed by the tenant's config: the operator's choice, forwarded as is.
-            Some(Rule::Deny(_)) if allowed == Some(true) => Ok(Fix::None),
+            Some(Rule::Deny(_)) if allowed => Ok(Fix::None),
             Some(Rule::Deny(reason)) => Err(refuse(reason)),
             Some(Rule::Channel | Rule::Emulate) => Err(refuse(NOT_YET)),
             None => Err(refuse("is unknown to keygate's tenant rules")),
         }
     }
+}
+
+impl Session {
+    /// COMMAND GETKEYS / GETKEYSANDFLAGS for a tenant: the keys are the arguments keygate's own
+    /// rewrite prefixes, so the answer is what keygate really treats as keys (Redis's own
+    /// extraction can differ, and would be of the unprefixed command). GETKEYSANDFLAGS asks the
+    /// server for each key's flags (of the prefixed command) and lists keygate's keys with them.
+    fn getkeys(
+        &self,
+        tenant: &TenantState,
+        cmd: &mut Command,
+        allowed: bool,
+        with_flags: bool,
+    ) -> Result<Fix, Error> {
+        let original = cmd.args[2..].to_vec();
+        let mut inner = Command::parse(original.clone());
+        let Some(spec) = inner.spec else {
+            return Err(Error::Invalid("Invalid command specified"));
+        };
+        if !spec.arity_ok(original.len()) {
+            return Err(Error::Invalid(
+                "Invalid number of arguments specified for command",
+            ));
+        }
+        let keyed = matches!(
+            rules::rule_at(inner.spec_index),
+            Some(Rule::Keys | Rule::Custom)
+        );
+        if keyed {
+            self.rewrite(tenant, &mut inner, spec, allowed, Record::No)?;
+            if inner.args.len() != original.len() {
+                return Err(Error::Internal(
+                    "COMMAND GETKEYS: the rewrite changed the arguments",
+                ));
+            }
+        }
+        let keys: Vec<usize> = (0..original.len())
+            .filter(|&i| keyed && inner.args[i] != original[i])
+            .collect();
+        if keys.is_empty() {
+            return Err(Error::Invalid("The command has no key arguments"));
+        }
+        if with_flags {
+            let prefixed = keys.iter().map(|&i| inner.args[i].clone()).collect();
+            cmd.args.truncate(2);
+            cmd.args.extend(inner.args);
+            return Ok(Fix::KeyFlags(prefixed));
+        }
+        let mut out = BytesMut::new();
+        resp::put_header(&mut out, b'*', keys.len() as i64);
+        for i in keys {
+            resp::put_bulk(&mut out, Some(&original[i]));
+        }
+        Ok(Fix::Answer(out.freeze()))
+    }
+}
+
+/// Whether a rewrite records what it sees (a script's body as the tenant's).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Record {
+    Yes,
+    No,
 }
 
 /// Channels starting with `__` are the server's own (keyspace notifications): never a tenant's.
@@ -426,6 +514,7 @@ pub(super) fn strip(bytes: Bytes, fix: &Fix, tenant: &TenantState) -> Bytes {
         Fix::Pairs => strip_pairs(&bytes, prefix),
         Fix::Custom(ReplyFix::PoppedKey) => strip_first_of_each(&bytes, prefix, false),
         Fix::Custom(ReplyFix::Streams) => strip_first_of_each(&bytes, prefix, true),
+        Fix::KeyFlags(keys) => key_flags(&bytes, keys, prefix),
         Fix::None | Fix::Custom(ReplyFix::None) | Fix::Answer(_) | Fix::Keyspace(_) => Some(bytes),
     };
     stripped.unwrap_or_else(|| Error::ForeignKey.to_reply())
@@ -505,6 +594,33 @@ fn strip_pairs(array: &Bytes, prefix: &[u8]) -> Option<Bytes> {
             return None;
         };
         resp::put_bulk(&mut out, Some(&rewrite::strip(prefix, &channel).ok()?));
+    }
+    Some(out.freeze())
+}
+
+/// GETKEYSANDFLAGS' `[[key, [flags]], ...]` for exactly `keys` (prefixed), each un-prefixed,
+/// with the flags the server gave it (none if the server did not list it).
+fn key_flags(reply: &Bytes, keys: &[Bytes], prefix: &[u8]) -> Option<Bytes> {
+    let mut flags_of = std::collections::HashMap::new();
+    for entry in value::elements(reply)? {
+        let parts = value::elements(&entry)?;
+        let [key, flags] = parts.as_slice() else {
+            return None;
+        };
+        let value::Value::Bulk(Some(key)) = value::parse(key)? else {
+            return None;
+        };
+        flags_of.entry(key).or_insert_with(|| flags.clone());
+    }
+    let mut out = BytesMut::with_capacity(reply.len());
+    resp::put_header(&mut out, b'*', keys.len() as i64);
+    for key in keys {
+        resp::put_header(&mut out, b'*', 2);
+        resp::put_bulk(&mut out, Some(&rewrite::strip(prefix, key).ok()?));
+        match flags_of.get(key) {
+            Some(flags) => out.put_slice(flags),
+            None => resp::put_header(&mut out, b'*', 0),
+        }
     }
     Some(out.freeze())
 }

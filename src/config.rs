@@ -459,7 +459,7 @@ impl Default for LimitsFile {
             max_pipeline: 1024,
             max_reply_depth: 512,
             client_idle_timeout: Duration::ZERO,
-            client_output_limit: 1024 * 1024 * 1024,
+            client_output_limit: 64 * 1024 * 1024,
             frame_timeout: Duration::from_secs(60),
             auth_timeout: Duration::from_secs(10),
         }

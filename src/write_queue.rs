@@ -44,6 +44,12 @@ impl WriteQueue {
         self.chunk_bytes + self.tail.len()
     }
 
+    /// The largest piece queued by reference (0 if none): a large reply not copied. Walks the
+    /// queue: only for rare checks.
+    pub fn largest_piece(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).max().unwrap_or(0)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

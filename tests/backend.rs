@@ -519,3 +519,55 @@ async fn no_value_crosses_between_tenants_when_a_backend_sends_an_unexpected_fra
         assert!(!String::from_utf8_lossy(&b).contains("a:cue"));
     }
 }
+
+/// Timeouts alone never open the breaker: a server that leaves some requests unanswered but
+/// answers a new connection's PING is busy, not gone. A server that answers nothing at all
+/// (stopped with SIGSTOP) still opens it, through the PING its next connection fails.
+#[tokio::test]
+async fn timeouts_open_the_breaker_only_for_a_server_that_answers_nothing() {
+    // Every `GET slow` goes unanswered; everything else is answered.
+    let (addr, connections) = fake_backend(|_, _, args| match &args[..] {
+        [get, key] if get.eq_ignore_ascii_case(b"get") && &key[..] == b"slow" => {
+            Act::Reply(Vec::new())
+        }
+        _ if args[0].eq_ignore_ascii_case(b"ping") => Act::Reply(b"+PONG\r\n".to_vec()),
+        _ => Act::Reply(normal(args)),
+    })
+    .await;
+    let config = |addr: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{addr}\"]\n\
+             connect_timeout = \"200ms\"\nrequest_timeout = \"200ms\"\nfailures_to_open = 2\n\
+             open_for = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+        )
+    };
+    let kg = Keygate::start_config(&config(&addr)).await;
+    let mut raw = kg.raw().await;
+    for _ in 0..6 {
+        let reply = String::from_utf8_lossy(&raw.call(&[b"GET", b"slow"]).await).into_owned();
+        assert!(reply.contains("did not answer within 200ms"), "{reply}");
+        // (Requests sent while it reconnects fail at once: give it the time to reconnect.)
+        until_answers(&kg, b"k", &bulk("k")).await;
+    }
+    assert_eq!(breaker_state(&kg, &addr).await, "0");
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(opened >= 6, "each timeout reconnects: {opened}");
+
+    let backend = Redis::start();
+    let kg = Keygate::start_config(&config(&backend.addr())).await;
+    let mut raw = kg.raw().await;
+    assert_eq!(raw.call(&[b"PING"]).await, b"+PONG\r\n");
+    backend.signal("STOP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = String::from_utf8_lossy(&raw.call(&[b"GET", b"k"]).await).into_owned();
+        if reply.contains("circuit breaker open") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never opened: {reply}"
+        );
+    }
+    backend.signal("CONT");
+}

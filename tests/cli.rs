@@ -437,3 +437,107 @@ async fn ten_thousand_clients_in_bounded_memory() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// A client pipelines 100 GETs of a 10 MB value and never reads. With the default limits it is
+/// disconnected at its output limit, keygate's memory stays far below 256 MiB, every other
+/// client is served without an error the whole time, and the server's breaker stays closed.
+///
+/// `request_timeout` is raised from its 2 s default: Redis itself spends about two seconds
+/// building the 1 GB of replies before it sends any (measured here), and a bystander whose
+/// request shares the hostile client's backend connection waits behind that. With 2 s that wait
+/// can end in a timeout error for the bystander; it then no longer counts against the server
+/// (the next connection proves it alive with a PING), which the breaker check below covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_large_replies_hurts_nobody() {
+    let backend = Redis::start();
+    let mut setup = backend
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let big = vec![b'x'; 10 * 1024 * 1024];
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query_async(&mut setup)
+        .await
+        .unwrap();
+    let port = free_port();
+    let admin = free_port();
+    let file = config_file(&format!(
+        "listen = \"127.0.0.1:{port}\"\nthreads = 1\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n\
+         request_timeout = \"10s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+        backend.addr()
+    ));
+    let child = Killed(spawn_keygate(file.path(), port, |c| {
+        c.stderr(Stdio::null());
+    }));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut bystander = Raw::connect(addr).await;
+    assert_eq!(bystander.call(&[b"SET", b"small", b"v"]).await, b"+OK\r\n");
+    let before = rss_kib(child.0.id());
+
+    // The hostile client: 100 pipelined GETs of 10 MB, never read.
+    let mut hostile = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(100);
+    tokio::io::AsyncWriteExt::write_all(&mut hostile, &request)
+        .await
+        .unwrap();
+
+    // Meanwhile others keep working, and keygate's memory is sampled, until the hostile client
+    // is gone (within 20 s) and a second after.
+    let pid = child.0.id();
+    let connected = move || async move {
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("keygate_client_connections "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap()
+    };
+    let start = std::time::Instant::now();
+    let mut served = 0;
+    let mut peak = 0;
+    let mut gone_at = None;
+    while gone_at.is_none_or(|at: std::time::Instant| at.elapsed() < Duration::from_secs(1)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the hostile client was never cut off"
+        );
+        assert_eq!(
+            bystander.call(&[b"GET", b"small"]).await,
+            bulk("v"),
+            "after {served}"
+        );
+        served += 1;
+        peak = peak.max(rss_kib(pid));
+        if gone_at.is_none() && connected().await == 1 {
+            gone_at = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let grew = peak.saturating_sub(before) / 1024;
+    println!(
+        "keygate RSS {before} KiB before, peak {peak} KiB (+{grew} MiB); hostile client cut off after {:?}; {served} bystander GETs served",
+        gone_at.unwrap() - start
+    );
+    assert!(grew < 256, "keygate grew by {grew} MiB");
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    // The server's breaker never opened.
+    let opened = metrics
+        .lines()
+        .find(|l| l.starts_with("keygate_backend_breaker_opened_total"))
+        .unwrap();
+    assert!(opened.ends_with(" 0"), "{opened}");
+}
+
+/// A child process killed when dropped, so a failing test leaves no keygate running.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

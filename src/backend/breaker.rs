@@ -1,12 +1,15 @@
 //! A circuit breaker per backend server.
 //!
 //! Closed: requests flow. After `failures_to_open` consecutive failures of the server itself
-//! (a connect error, a broken connection, a request timeout, a protocol error; never an error
-//! reply such as WRONGTYPE, which is the server working) it opens: every request for the server
+//! (a connect error, a broken connection, a protocol error; never an error reply such as
+//! WRONGTYPE, which is the server working) it opens: every request for the server
 //! fails at once with an error naming it, instead of waiting on a server that is not there.
 //! After `open_for`, one probe (PING on a connection of its own) decides: an answer closes the
 //! breaker, anything else keeps it open for another `open_for`. Any reply on any connection
 //! resets the count of consecutive failures.
+//!
+//! A request timeout is not a failure by itself: the server may be busy on one client's
+//! requests (see `connection::Closed::TimedOut`); the next connection's PING decides.
 //!
 //! The counters are atomics read on every request (one load while closed); transitions are rare
 //! and logged.

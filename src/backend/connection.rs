@@ -10,7 +10,8 @@
 //! casts doubt on that *poisons* the connection: every request in flight on it is answered with
 //! an error, the socket is closed, and it is never reused. The doubts are: a reply with no request
 //! waiting for it, a protocol error in a reply, EOF or an I/O error, and a request outliving
-//! `request_timeout` (its reply may still come, and would then be taken for the next request's).
+//! `request_timeout` with the server silent all that time (its reply may still come, and would
+//! then be taken for the next request's).
 //! Requests still queued in the channel (not yet written) are not in flight; they go to the next
 //! connection, or get an error while there is none.
 
@@ -58,6 +59,11 @@ enum Closed {
     Unused,
     /// The connection broke or was poisoned; the reason is for the log.
     Broken(Arc<str>),
+    /// A request outlived `request_timeout` with the server silent: poisoned, but not counted
+    /// against the server yet. A server can be silent because it is busy on this connection's
+    /// own requests (building one client's gigabyte of replies): the next connection proves it
+    /// alive with a PING, or counts as the failure.
+    TimedOut(Arc<str>),
 }
 
 /// Run a connection slot's task, and start it afresh should it ever panic: a bug must cost the
@@ -108,10 +114,14 @@ async fn run(
     let mut requests = requests.lock_owned().await;
     let requests = &mut *requests;
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(2));
+    // The last connection timed out: the next one must answer a PING to count as connected.
+    let mut suspect = false;
     loop {
-        let reason = match connect(&addr, &opts, flavor).await {
+        // (why the connection is down, and whether that counts against the server)
+        let (reason, counts) = match connect(&addr, &opts, flavor, suspect).await {
             Ok(stream) => {
                 info!(backend = %addr, "backend connected");
+                suspect = false;
                 up.store(true, Ordering::Release);
                 let since = Instant::now();
                 let closed = serve(stream, &addr, &opts, &breaker, &stats, flavor, requests).await;
@@ -123,12 +133,18 @@ async fn run(
                 }
                 match closed {
                     Closed::Unused => return,
-                    Closed::Broken(reason) => reason,
+                    Closed::Broken(reason) => (reason, true),
+                    Closed::TimedOut(reason) => {
+                        suspect = true;
+                        (reason, false)
+                    }
                 }
             }
-            Err(reason) => reason,
+            Err(reason) => (reason, true),
         };
-        breaker.failure(&reason);
+        if counts {
+            breaker.failure(&reason);
+        }
         let delay = backoff.next();
         warn!(backend = %addr, %reason, retry_in = ?delay, "backend connection down");
         let retry = time::sleep(delay);
@@ -240,9 +256,19 @@ async fn open_stream(addr: &str, opts: &Options) -> Result<Stream, Arc<str>> {
 }
 
 /// Open a connection, authenticate it and set it up for `flavor`, within `connect_timeout`.
-async fn connect(addr: &str, opts: &Options, flavor: Flavor) -> Result<Stream, Arc<str>> {
+/// `check`: the server is suspect (the last connection timed out); it must answer a PING (any
+/// reply, `-BUSY` included, shows it alive).
+async fn connect(
+    addr: &str,
+    opts: &Options,
+    flavor: Flavor,
+    check: bool,
+) -> Result<Stream, Arc<str>> {
     let attempt = async {
         let mut stream = open_stream(addr, opts).await?;
+        if check {
+            handshake(&mut stream, &[Bytes::from_static(b"PING")]).await?;
+        }
         if let Some(password) = &opts.password {
             let mut args = vec![Bytes::from_static(b"AUTH")];
             if let Some(user) = &opts.username {
@@ -306,7 +332,7 @@ async fn connect(addr: &str, opts: &Options, flavor: Flavor) -> Result<Stream, A
 /// Open a connection, send one request, read its reply, close: for topology discovery, which
 /// must not depend on the pools it is about to rebuild.
 pub async fn query_once(addr: &str, opts: &Options, args: &[Bytes]) -> Result<Bytes, Arc<str>> {
-    let mut stream = connect(addr, opts, Flavor::default()).await?;
+    let mut stream = connect(addr, opts, Flavor::default(), false).await?;
     match time::timeout(opts.request_timeout, handshake(&mut stream, args)).await {
         Ok(reply) => reply,
         Err(_) => Err("no reply in time".into()),
@@ -356,12 +382,13 @@ pub struct Dedicated {
 
 impl Dedicated {
     pub async fn open(addr: &Arc<str>, opts: &Options, flavor: Flavor) -> Result<Self, Error> {
-        let stream = connect(addr, opts, flavor)
-            .await
-            .map_err(|reason| Error::BackendDown {
-                addr: addr.clone(),
-                reason,
-            })?;
+        let stream =
+            connect(addr, opts, flavor, false)
+                .await
+                .map_err(|reason| Error::BackendDown {
+                    addr: addr.clone(),
+                    reason,
+                })?;
         Ok(Dedicated {
             stream,
             input: BytesMut::with_capacity(4096),
@@ -518,6 +545,11 @@ where
     let timeout = time::sleep(Duration::from_secs(3600));
     tokio::pin!(timeout);
     let mut armed_for: Option<Instant> = None;
+    // When the server last sent anything. A server still sending (a large reply, a long
+    // pipeline's replies) is busy, not gone: a request times out only once the server has been
+    // silent for `request_timeout`, so one client's appetite for large replies never makes the
+    // requests behind them time out, nor counts against the server's breaker.
+    let mut last_heard = Instant::now();
 
     let broken = loop {
         if unused && inflight.is_empty() && !out.wants_write() {
@@ -539,7 +571,8 @@ where
             read = rd.read_buf(&mut input) => match read {
                 Ok(0) => break Error::BackendLost { addr: addr.clone(), reason: "closed by server".into() },
                 Ok(_) => {
-                    if let Err(reason) = deliver(&mut input, &mut scanner, &mut inflight, opts, stats, resp3) {
+                    last_heard = Instant::now();
+                    if let Err(reason) = deliver(&mut input, &mut scanner, &mut inflight, opts, stats, resp3, last_heard) {
                         break Error::BackendLost { addr: addr.clone(), reason };
                     }
                     breaker.success();
@@ -553,7 +586,12 @@ where
             }
             request = requests.recv(), if !unused && out.len() < WRITE_HIGH_WATER => match request {
                 Some(request) => {
-                    let deadline = Instant::now() + opts.request_timeout;
+                    let now = Instant::now();
+                    if inflight.is_empty() {
+                        // Silence while nothing was asked is not the server's fault.
+                        last_heard = now;
+                    }
+                    let deadline = now + opts.request_timeout;
                     let before = inflight.len();
                     accept(request, deadline, &mut out, &mut inflight);
                     while out.len() < WRITE_HIGH_WATER {
@@ -567,6 +605,12 @@ where
                 None => unused = true,
             },
             _ = &mut timeout, if !inflight.is_empty() => {
+                let silent_until = last_heard + opts.request_timeout;
+                if silent_until > Instant::now() {
+                    // Heard from lately: wait until it has been silent for a whole timeout.
+                    timeout.as_mut().reset(silent_until);
+                    continue;
+                }
                 break Error::BackendTimeout { addr: addr.clone(), after: opts.request_timeout };
             }
         }
@@ -579,7 +623,10 @@ where
             let _ = reply.send(Err(broken.clone()));
         }
     }
-    Closed::Broken(reason)
+    match broken {
+        Error::BackendTimeout { .. } => Closed::TimedOut(reason),
+        _ => Closed::Broken(reason),
+    }
 }
 
 fn accept(
@@ -617,10 +664,10 @@ fn deliver(
     opts: &Options,
     stats: &Stats,
     resp3: bool,
+    now: Instant,
 ) -> Result<(), Arc<str>> {
-    // One clock reading for every reply in this read, and the figures added to the shared
-    // counters once per read, not once per reply.
-    let now = Instant::now();
+    // One clock reading (`now`) for every reply in this read, and the figures added to the
+    // shared counters once per read, not once per reply.
     let mut timings = Timings::default();
     let outcome = loop {
         let frame = match scanner.scan(input) {

@@ -358,9 +358,13 @@ async fn serve<R, W>(
             };
             let slot = pending.pop_front().expect("front exists");
             session.emit(&slot, bytes, &mut out, now);
+            // Checked reply by reply: what is still pending is dropped with the client.
+            if over_output_limit(&out, output_limit) {
+                break;
+            }
         }
         session.flush_timings();
-        if out.len() > output_limit {
+        if over_output_limit(&out, output_limit) {
             tracing::warn!(
                 buffered = out.len(),
                 limit = output_limit,
@@ -580,6 +584,14 @@ fn reply_bytes(result: ReplyResult) -> Bytes {
 /// The backend connection task dropped a request without answering it (it can only panic).
 fn lost() -> Error {
     Error::Internal("the backend connection handling this request failed")
+}
+
+/// A client has more output waiting than `limit`, not counting the largest reply queued (the
+/// one being written, or about to be): a single reply larger than the limit (a 100 MiB value)
+/// is delivered to a client that reads it, while one that does not read is cut off once its
+/// backlog passes the limit, so it holds at most the limit plus one reply.
+fn over_output_limit(out: &WriteQueue, limit: usize) -> bool {
+    out.len() > limit && out.len() - out.largest_piece() > limit
 }
 
 /// How much to grow the read buffer by: the rest of a large argument being received, but never

@@ -526,7 +526,7 @@ async fn no_value_crosses_between_tenants_when_a_backend_sends_an_unexpected_fra
 #[tokio::test]
 async fn timeouts_open_the_breaker_only_for_a_server_that_answers_nothing() {
     // Every `GET slow` goes unanswered; everything else is answered.
-    let (addr, connections) = fake_backend(|_, _, args| match &args[..] {
+    let (addr, connections) = fake_backend(|_, _, args| match args {
         [get, key] if get.eq_ignore_ascii_case(b"get") && &key[..] == b"slow" => {
             Act::Reply(Vec::new())
         }

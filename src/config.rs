@@ -107,6 +107,9 @@ pub struct Tenant {
     pub allow_scripts: bool,
     /// When not empty, AUTH as this tenant only from these addresses.
     pub allow_from: Vec<Cidr>,
+    /// With `upstream.tenant_acl`: the backend ACL user (and its password) this tenant's
+    /// scripts run as; `None`: a user keygate manages (see backend::users).
+    pub backend_user: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -147,6 +150,19 @@ pub struct Upstream {
     pub read_from: ReadFrom,
     /// TLS to every server of this upstream (`tls = true`), sentinels included.
     pub tls: Option<crate::tls::Upstream>,
+    /// Run tenants' scripts as backend ACL users confined to their prefix.
+    pub tenant_acl: TenantAcl,
+}
+
+/// Which of a tenant's commands run as a backend ACL user of its own (see backend::users).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TenantAcl {
+    /// None: keygate's rewriting alone confines tenants.
+    #[default]
+    Off,
+    /// Scripts and function calls: the server itself refuses any key or channel outside the
+    /// tenant's prefix that a script touches.
+    Scripts,
 }
 
 /// Where read-only commands (by the command table's `readonly` flag) go.
@@ -338,6 +354,8 @@ struct TenantFile {
     allow_from: Vec<String>,
     client_cert_cn: Option<String>,
     client_cert_san: Option<String>,
+    backend_user: Option<String>,
+    backend_password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -417,6 +435,7 @@ struct UpstreamFile {
     sentinel_username: Option<String>,
     sentinel_password: Option<String>,
     read_from: Option<String>,
+    tenant_acl: Option<String>,
     #[serde(default)]
     tls: bool,
     tls_ca: Option<String>,
@@ -681,6 +700,16 @@ impl Config {
                 "only applies to kinds \"cluster\" and \"sentinel\"".into(),
             ));
         }
+        let tenant_acl = match up.tenant_acl.as_deref() {
+            None | Some("off") => TenantAcl::Off,
+            Some("scripts") => TenantAcl::Scripts,
+            Some(other) => {
+                return Err(fail(
+                    "upstream.tenant_acl",
+                    format!("unknown mode {other:?}; expected \"off\" or \"scripts\""),
+                ))
+            }
+        };
         let read_from = match up.read_from.as_deref() {
             None | Some("primary") => ReadFrom::Primary,
             Some(mode @ ("replica" | "prefer_replica")) => {
@@ -807,6 +836,14 @@ impl Config {
         let deny_commands =
             command_list(&raw.policy.deny_commands).map_err(|r| fail("policy.deny_commands", r))?;
         let tenants = tenants(&raw.tenants).map_err(|(key, r)| fail(&key, r))?;
+        if tenant_acl == TenantAcl::Off {
+            if let Some(i) = tenants.iter().position(|t| t.backend_user.is_some()) {
+                return Err(fail(
+                    &format!("tenants[{i}].backend_user"),
+                    "only applies with upstream.tenant_acl = \"scripts\"".into(),
+                ));
+            }
+        }
         let mutual_tls = raw.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         if let Some((i, t)) = tenants
             .iter()
@@ -857,6 +894,7 @@ impl Config {
                 sentinel_username: raw.upstream.sentinel_username.clone(),
                 sentinel_password: raw.upstream.sentinel_password.clone(),
                 read_from,
+                tenant_acl,
                 tls: upstream_tls,
             },
             admin,
@@ -1031,6 +1069,16 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             max_ops_per_sec: t.max_ops_per_sec,
             allow_scripts: t.allow_scripts,
             allow_from: cidrs(&t.allow_from, &at("allow_from"))?,
+            backend_user: match (&t.backend_user, &t.backend_password) {
+                (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err((at("backend_password"), "backend_user needs it".into()))
+                }
+                (None, Some(_)) => {
+                    return Err((at("backend_user"), "backend_password needs it".into()))
+                }
+            },
         });
     }
     Ok(out)

@@ -121,11 +121,12 @@ pub async fn apply(proxy: &Arc<Proxy>, mut config: Config) -> Result<String, Str
         .tenants
         .iter()
         .map(|t| {
+            let fresh = TenantState::for_upstream(t.clone(), &config.upstream);
             old_tenants
                 .named(t.name.as_bytes())
-                .filter(|old| old.config == *t)
+                .filter(|old| old.config == *t && old.backend_user == fresh.backend_user)
                 .cloned()
-                .unwrap_or_else(|| Arc::new(TenantState::new(t.clone())))
+                .unwrap_or_else(|| Arc::new(fresh))
         })
         .collect();
 

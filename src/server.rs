@@ -57,6 +57,8 @@ pub struct Proxy {
     pub samples: crate::status::Shared,
     /// Failed AUTH attempts per client address.
     pub auth_failures: crate::access::AuthFailures,
+    /// Scripts and function calls sent and not answered yet (see tenant::ScriptRun).
+    pub scripts_running: Arc<std::sync::atomic::AtomicUsize>,
     /// Connections not authenticated yet, per address (with tenants).
     pub unauthenticated: Arc<crate::access::Unauthenticated>,
     /// Every connected client (CLIENT LIST, CLIENT KILL).
@@ -108,7 +110,7 @@ impl Server {
             .tenants
             .iter()
             .cloned()
-            .map(|t| Arc::new(TenantState::new(t)))
+            .map(|t| Arc::new(TenantState::for_upstream(t, &config.upstream)))
             .collect();
         let slowlog_len = config.slowlog.max_len;
         let proxy = Arc::new(Proxy {
@@ -127,6 +129,7 @@ impl Server {
             samples: Default::default(),
             auth_failures: Default::default(),
             unauthenticated: Default::default(),
+            scripts_running: Default::default(),
             clients: Default::default(),
             next_client_id: AtomicU64::new(1),
         });

@@ -420,3 +420,237 @@ async fn slowlog_ids_are_numbered_per_tenant() {
     // SLOWLOG GET itself is not in yet; AUTH was acme's first request.
     assert_eq!(ids, ["2", "1", "0"], "acme's own numbering, newest first");
 }
+
+/// A script that never ends (until killed).
+const ENDLESS: &[u8] = b"while true do end";
+
+/// The breaker state of the one server, from /metrics.
+async fn breaker_opened(kg: &Keygate) -> String {
+    let text = common::http_get(kg.admin, "/metrics").await.1;
+    text.lines()
+        .find(|l| l.starts_with("keygate_backend_breaker_opened_total"))
+        .unwrap()
+        .to_string()
+}
+
+/// A long script through keygate behaves as on Redis: other clients get `-BUSY` promptly (their
+/// requests never wait behind the script on a shared connection), SCRIPT KILL gets through at
+/// once, and the breaker stays closed, even while the server answers nobody before its
+/// busy-reply-threshold.
+#[tokio::test]
+async fn a_busy_script_answers_busy_and_can_be_killed() {
+    let backend = Redis::start_with(&["--busy-reply-threshold", "300"]);
+    let kg = Keygate::start_with(&backend.addr(), "").await;
+    let mut runner = kg.raw().await;
+    runner
+        .send(b"*3\r\n$4\r\nEVAL\r\n$17\r\nwhile true do end\r\n$1\r\n0\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut other = kg.raw().await;
+    let started = tokio::time::Instant::now();
+    let busy = text(other.call(&[b"GET", b"k"]).await);
+    assert!(busy.starts_with("-BUSY"), "{busy}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "-BUSY took {:?}",
+        started.elapsed()
+    );
+    let mut killer = kg.raw().await;
+    assert_eq!(killer.call(&[b"SCRIPT", b"KILL"]).await, b"+OK\r\n");
+    let killed = text(runner.reply().await.unwrap());
+    assert!(killed.contains("killed by user"), "{killed}");
+    assert_eq!(other.call(&[b"GET", b"k"]).await, b"$-1\r\n");
+    assert!(breaker_opened(&kg).await.ends_with(" 0"));
+
+    // A script longer than request_timeout, before the server's busy-reply-threshold: the
+    // server answers nobody for a while; requests time out, the breaker stays closed.
+    let backend = Redis::start_with(&["--busy-reply-threshold", "5000"]);
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n\
+         connect_timeout = \"200ms\"\nrequest_timeout = \"300ms\"\nfailures_to_open = 2\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        backend.addr()
+    ))
+    .await;
+    let mut runner = kg.raw().await;
+    let two_seconds =
+        b"local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end \
+        local s = now() while now() - s < 2000000 do end return 'done'";
+    runner.send(&request(&[b"EVAL", two_seconds, b"0"])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut other = kg.raw().await;
+    // (Within the script's two seconds: a timeout, then reconnects whose PING is not answered.)
+    for _ in 0..3 {
+        let reply = text(other.call(&[b"GET", b"k"]).await);
+        assert!(reply.starts_with("-ERR keygate: backend"), "{reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(runner.reply().await.unwrap(), bulk("done"));
+    assert!(
+        breaker_opened(&kg).await.ends_with(" 0"),
+        "{}",
+        breaker_opened(&kg).await
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while other.call(&[b"GET", b"k"]).await != b"$-1\r\n" {
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A request encoded as RESP multibulk.
+fn request(args: &[&[u8]]) -> Vec<u8> {
+    let args: Vec<bytes::Bytes> = args
+        .iter()
+        .map(|a| bytes::Bytes::copy_from_slice(a))
+        .collect();
+    let mut out = bytes::BytesMut::new();
+    keygate::resp::encode_request(&args, &mut out);
+    out.to_vec()
+}
+
+/// A tenant may kill a script only while every script in flight is its own.
+#[tokio::test]
+async fn a_tenant_kills_only_its_own_script() {
+    let backend = Redis::start_with(&["--busy-reply-threshold", "1000"]);
+    let scripts = TENANTS
+        .replace(
+            "prefix = \"acme:\"\n",
+            "prefix = \"acme:\"\nallow_scripts = true\n",
+        )
+        .replace(
+            "prefix = \"globex:\"\n",
+            "prefix = \"globex:\"\nallow_scripts = true\n",
+        );
+    let kg = Keygate::start_with(&backend.addr(), &scripts).await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    let mut acme2 = as_tenant(&kg, "acme").await;
+    let mut globex = as_tenant(&kg, "globex").await;
+    let mut globex2 = as_tenant(&kg, "globex").await;
+    assert_eq!(
+        acme2.call(&[b"SCRIPT", b"KILL"]).await,
+        b"-NOTBUSY No scripts in execution right now.\r\n"
+    );
+    acme.send(&request(&[b"EVAL", ENDLESS, b"0"])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // globex has no script running: it cannot kill acme's.
+    assert_eq!(
+        globex.call(&[b"SCRIPT", b"KILL"]).await,
+        b"-NOTBUSY No scripts in execution right now.\r\n"
+    );
+    // A script of globex's waits for the server (before its busy-reply-threshold): two tenants
+    // have scripts in flight, and acme may not kill, since the one running could be globex's.
+    globex2.send(&request(&[b"EVAL", b"return 1", b"0"])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = text(acme2.call(&[b"SCRIPT", b"KILL"]).await);
+    assert!(
+        refused.starts_with("-ERR keygate: another client's script"),
+        "{refused}"
+    );
+    // Past the threshold the server answers globex's script BUSY; then acme's is the only one.
+    let busy = text(globex2.reply().await.unwrap());
+    assert!(busy.starts_with("-BUSY"), "{busy}");
+    assert_eq!(acme2.call(&[b"SCRIPT", b"KILL"]).await, b"+OK\r\n");
+    let killed = text(acme.reply().await.unwrap());
+    assert!(killed.contains("killed by user"), "{killed}");
+    assert_eq!(globex.call(&[b"GET", b"k"]).await, b"$-1\r\n");
+}
+
+/// With `upstream.tenant_acl = "scripts"` a tenant's scripts run as a backend ACL user confined
+/// to its prefix: whatever a script's code names, the server refuses other tenants' keys and
+/// channels and commands over the whole keyspace. keygate creates the users it manages; an
+/// operator's own user works too.
+#[tokio::test]
+async fn tenant_scripts_run_as_a_confined_backend_user() {
+    let backend = Redis::start();
+    common::redis_cli(
+        backend.port,
+        &[
+            "ACL",
+            "SETUSER",
+            "globex-app",
+            "on",
+            ">globex-secret",
+            "~globex:*",
+            "&globex:*",
+            "+@all",
+        ],
+    );
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n\
+         tenant_acl = \"scripts\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nallow_scripts = true\n\
+         [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\nallow_scripts = true\n\
+         backend_user = \"globex-app\"\nbackend_password = \"globex-secret\"\n",
+        backend.addr()
+    ))
+    .await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    let mut globex = as_tenant(&kg, "globex").await;
+    assert_eq!(
+        globex.call(&[b"SET", b"k", b"globex-secret-value"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(acme.call(&[b"SET", b"k", b"acme-value"]).await, b"+OK\r\n");
+    // Its own keys, by KEYS[] (prefixed by keygate) or by their real name.
+    assert_eq!(
+        eval(&mut acme, ("return redis.call('GET', KEYS[1])", &["k"])).await,
+        text(bulk("acme-value"))
+    );
+    assert_eq!(
+        eval(
+            &mut acme,
+            ("return redis.call('SET', 'acme:own', 'x')", &[])
+        )
+        .await,
+        "+OK\r\n"
+    );
+    // Everything outside its prefix is refused by the server itself.
+    for body in [
+        "return redis.call('GET', 'globex:k')",
+        "return redis.call('SET', 'globex:k', 'stolen')",
+        "return redis.call('KEYS', '*')",
+        "return redis.call('SCAN', '0')",
+        "return redis.call('RANDOMKEY')",
+        "return redis.call('FLUSHALL')",
+        "return redis.call('PUBLISH', 'globex:ch', 'x')",
+        "return redis.call('SELECT', '1')",
+    ] {
+        let reply = eval(&mut acme, (body, &[])).await;
+        let refused = ["can't access", "can't run", "can't publish", "NOPERM"]
+            .iter()
+            .any(|why| reply.contains(why));
+        assert!(reply.starts_with('-') && refused, "{body}: {reply}");
+    }
+    // The operator's own user for globex: the same confinement.
+    let reply = eval(&mut globex, ("return redis.call('GET', 'acme:k')", &[])).await;
+    assert!(reply.starts_with('-'), "{reply}");
+    assert_eq!(
+        eval(&mut globex, ("return redis.call('GET', KEYS[1])", &["k"])).await,
+        text(bulk("globex-secret-value"))
+    );
+    // Nothing of globex's changed; keygate made the user it manages, and only that one.
+    assert_eq!(
+        globex.call(&[b"GET", b"k"]).await,
+        bulk("globex-secret-value")
+    );
+    let users = common::redis_cli(backend.port, &["ACL", "USERS"]);
+    assert!(users.contains("keygate:acme"), "{users}");
+    assert!(!users.contains("keygate:globex"), "{users}");
+    // Inside a transaction a script would not run as the tenant's user: refused.
+    assert_eq!(acme.call(&[b"MULTI"]).await, b"+OK\r\n");
+    let refused = text(acme.call(&[b"EVAL", b"return 1", b"0"]).await);
+    assert!(
+        refused.contains("cannot run inside a transaction"),
+        "{refused}"
+    );
+    assert_eq!(acme.call(&[b"EXEC"]).await, EXECABORT);
+}
+
+/// EVAL `body` with `keys` on `raw`; the reply as text.
+async fn eval(raw: &mut Raw, (body, keys): (&str, &[&str])) -> String {
+    let numkeys = keys.len().to_string();
+    let mut args: Vec<&[u8]> = vec![b"EVAL", body.as_bytes(), numkeys.as_bytes()];
+    args.extend(keys.iter().map(|k| k.as_bytes()));
+    text(raw.call(&args).await)
+}

@@ -142,7 +142,7 @@ async fn run(
             }
             Err(reason) => (reason, true),
         };
-        if counts {
+        if counts && stats.scripts.load(Ordering::Acquire) == 0 {
             breaker.failure(&reason);
         }
         let delay = backoff.next();
@@ -281,6 +281,9 @@ async fn connect(
                 return Err(format!("AUTH refused: {text}").into());
             }
         }
+        if flavor.user != 0 {
+            tenant_user(&mut stream, flavor.user).await?;
+        }
         if flavor.resp3 {
             let reply = handshake(
                 &mut stream,
@@ -327,6 +330,43 @@ async fn connect(
         )
         .into()),
     }
+}
+
+/// Authenticate a connection as the tenant user `id` names (see `users`), first creating the
+/// user with `ACL SETUSER` if keygate manages it and the server does not know it yet (the
+/// connection is still the upstream's own user then, which must be allowed to).
+async fn tenant_user(stream: &mut Stream, id: u64) -> Result<(), Arc<str>> {
+    let Some(user) = super::users::get(id) else {
+        return Err("unknown tenant user".into());
+    };
+    let text = |reply: &Bytes| String::from_utf8_lossy(reply).trim_end().to_string();
+    let reply = handshake(stream, &user.auth()).await?;
+    if &reply[..] == b"+OK\r\n" {
+        return Ok(());
+    }
+    let Some(setuser) = user.setuser().filter(|_| reply.starts_with(b"-WRONGPASS")) else {
+        return Err(format!(
+            "AUTH as tenant user {} refused: {}",
+            user.name,
+            text(&reply)
+        )
+        .into());
+    };
+    let created = handshake(stream, &setuser).await?;
+    if &created[..] != b"+OK\r\n" {
+        return Err(format!("ACL SETUSER {} refused: {}", user.name, text(&created)).into());
+    }
+    tracing::info!(user = %user.name, "created tenant user on the backend");
+    let reply = handshake(stream, &user.auth()).await?;
+    if &reply[..] != b"+OK\r\n" {
+        return Err(format!(
+            "AUTH as tenant user {} refused: {}",
+            user.name,
+            text(&reply)
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Open a connection, send one request, read its reply, close: for topology discovery, which

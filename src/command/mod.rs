@@ -82,8 +82,14 @@ pub enum Policy {
     /// to the client (see session::transaction).
     Transaction,
     /// A blocking command (BLPOP, XREAD BLOCK, WAIT...): run on a backend connection of its own
-    /// (see dispatch::blocking).
+    /// (see dispatch::blocking). SCRIPT KILL and FUNCTION KILL too, so they reach the server at
+    /// once, whatever the shared connections are waiting for.
     Blocking,
+    /// A script or function call (EVAL, EVALSHA, FCALL and their read-only forms): run on a
+    /// backend connection of its own, as blocking commands are, so a long script never holds up
+    /// the shared connections: other clients get `-BUSY` from the server, as on Redis, and
+    /// `SCRIPT KILL` gets through.
+    Script,
     /// SUBSCRIBE and its kin: run on the client's subscriber connection (see session::pubsub).
     Subscribe,
     /// Close the connection without a reply: `POST` and `Host:` mean someone is speaking HTTP to
@@ -115,7 +121,8 @@ fn policy(spec: &Spec) -> Policy {
         "sync" | "psync" | "replconf" => Policy::Refuse(NEEDS_PINNED),
         // XREAD/XREADGROUP block only with BLOCK; `Command::parse` refines them.
         "xread" | "xreadgroup" => Policy::Forward,
-        "wait" => Policy::Blocking,
+        "wait" | "script|kill" | "function|kill" => Policy::Blocking,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Policy::Script,
         "readonly" | "readwrite" | "asking" => Policy::Refuse(CONNECTION_STATE),
         _ if spec.has(flags::BLOCKING) => Policy::Blocking,
         _ => Policy::Forward,

@@ -820,7 +820,7 @@ impl Session {
                     dispatch::run(&self.proxy, &topology, self.caller(), cmd.args, plan, read);
                 Ok(Handled::reply(self.unconfine(reply, fix)))
             }
-            Policy::Blocking => {
+            Policy::Blocking | Policy::Script => {
                 // On a connection of its own: only once the replies before it are in, and
                 // what follows waits for it, as it would behind a blocked Redis connection.
                 if !drained() {
@@ -832,12 +832,19 @@ impl Session {
                     _ => return Err(Error::CrossSlot),
                 };
                 self.must_drain = true;
+                let script = (cmd.policy == Policy::Script).then(|| self.script_started());
+                let mut caller = self.caller();
+                if let (Some(seat), Some(_)) = (&self.tenant, &script) {
+                    // With `upstream.tenant_acl`: as the tenant's backend user.
+                    caller.flavor.user = seat.tenant.backend_user;
+                }
                 let reply =
-                    dispatch::blocking(&self.proxy, &topology, self.caller(), backend, cmd.args);
+                    dispatch::blocking(&self.proxy, &topology, caller, backend, cmd.args, script);
                 Ok(Handled {
                     reply: self.unconfine(reply, fix),
                     quiet: false,
-                    blocking: true,
+                    // Scripts are not blocking by design: slow ones belong in the slowlog.
+                    blocking: cmd.policy == Policy::Blocking,
                 })
             }
             Policy::Subscribe => return self.subscribe(cmd, drained),
@@ -882,6 +889,15 @@ impl Session {
             client_name: self.name.clone(),
             tenant,
         });
+    }
+
+    /// A script of this client's starts: counted for keygate and for its tenant until it ends,
+    /// so a tenant's SCRIPT KILL can tell whether the script running can only be its own.
+    fn script_started(&self) -> crate::tenant::ScriptRun {
+        crate::tenant::ScriptRun::start(
+            &self.proxy.scripts_running,
+            self.tenant.as_ref().map(|seat| &seat.tenant),
+        )
     }
 
     /// Who sends this client's requests, for the backend pools.

@@ -217,6 +217,11 @@ impl Session {
         if matches!(name, "command|getkeys" | "command|getkeysandflags") {
             return self.getkeys(tenant, cmd, allowed, name == "command|getkeysandflags");
         }
+        if matches!(name, "script|kill" | "function|kill") {
+            crate::tenant::may_kill_script(tenant, &self.proxy.scripts_running)
+                .map_err(Error::Coded)?;
+            return Ok(Fix::None);
+        }
         match rules::rule_at(cmd.spec_index) {
             Some(Rule::Pass | Rule::Local) => Ok(Fix::None),
             Some(Rule::Keys) => {

@@ -216,6 +216,18 @@ impl Session {
             Policy::Local if !matches!(name, "ping" | "echo") => Some(Error::Invalid(
                 "keygate: this command is not supported inside a transaction",
             )),
+            // The transaction's connection is not the tenant's backend user: a script there
+            // would escape the confinement `upstream.tenant_acl` promises.
+            Policy::Script
+                if self
+                    .tenant
+                    .as_ref()
+                    .is_some_and(|seat| seat.tenant.backend_user != 0) =>
+            {
+                Some(Error::Invalid(
+                    "keygate: with upstream.tenant_acl, a tenant's scripts cannot run inside a transaction",
+                ))
+            }
             _ => None,
         };
         if let Some(error) = refusal {

@@ -38,6 +38,11 @@ pub struct TenantState {
     scripts: Mutex<HashSet<Vec<u8>>>,
     /// `max_ops_per_sec` as a token bucket holding at most one second's worth.
     bucket: Mutex<Bucket>,
+    /// Its scripts and function calls sent and not answered yet.
+    pub scripts_running: Arc<AtomicUsize>,
+    /// With `upstream.tenant_acl`: the backend user its scripts run as (a `Flavor::user`); 0:
+    /// none.
+    pub backend_user: u64,
 }
 
 struct Bucket {
@@ -60,7 +65,26 @@ impl TenantState {
                 tokens,
                 refilled: Instant::now(),
             }),
+            scripts_running: Arc::new(AtomicUsize::new(0)),
+            backend_user: 0,
         }
+    }
+
+    /// The tenant as `upstream` runs it: with `tenant_acl`, its scripts run as a backend user of
+    /// its own (see backend::users).
+    pub fn for_upstream(config: Tenant, upstream: &crate::config::Upstream) -> TenantState {
+        let mut state = TenantState::new(config);
+        if upstream.tenant_acl != crate::config::TenantAcl::Off {
+            let config = &state.config;
+            state.backend_user =
+                crate::backend::users::register(crate::backend::users::BackendUser::for_tenant(
+                    &config.name,
+                    &config.prefix,
+                    config.backend_user.as_ref(),
+                    upstream.password.as_deref(),
+                ));
+        }
+        state
     }
 
     /// Does a password with this SHA-256 digest match, compared in constant time (on digests,
@@ -123,6 +147,50 @@ impl TenantState {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
     }
+}
+
+/// A script or function call in flight, counted in keygate's total and its tenant's until
+/// dropped (its reply arrived, or the client left).
+pub struct ScriptRun {
+    all: Arc<AtomicUsize>,
+    tenant: Option<Arc<AtomicUsize>>,
+}
+
+impl ScriptRun {
+    pub fn start(all: &Arc<AtomicUsize>, tenant: Option<&Arc<TenantState>>) -> ScriptRun {
+        all.fetch_add(1, Ordering::AcqRel);
+        let tenant = tenant.map(|t| t.scripts_running.clone());
+        if let Some(count) = &tenant {
+            count.fetch_add(1, Ordering::AcqRel);
+        }
+        ScriptRun {
+            all: all.clone(),
+            tenant,
+        }
+    }
+}
+
+impl Drop for ScriptRun {
+    fn drop(&mut self) {
+        self.all.fetch_sub(1, Ordering::AcqRel);
+        if let Some(count) = &self.tenant {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Whether `tenant` may SCRIPT KILL or FUNCTION KILL: only while every script keygate has in
+/// flight is its own (a script of anyone else's might be the one the server runs). `Err`: the
+/// reply to give instead.
+pub fn may_kill_script(tenant: &TenantState, all: &AtomicUsize) -> Result<(), &'static str> {
+    let own = tenant.scripts_running.load(Ordering::Acquire);
+    if own == 0 {
+        return Err("NOTBUSY No scripts in execution right now.");
+    }
+    if all.load(Ordering::Acquire) > own {
+        return Err("ERR keygate: another client's script may be the one running; only a script of this tenant's alone can be killed by it");
+    }
+    Ok(())
 }
 
 /// One connection's membership of a tenant, counted against `max_connections`; released when
@@ -226,6 +294,7 @@ mod tests {
             max_ops_per_sec: max_ops,
             allow_scripts: false,
             allow_from: Vec::new(),
+            backend_user: None,
         }))
     }
 

@@ -218,6 +218,8 @@ pub fn rule(name: &str) -> Option<Rule> {
         | "zintercard" | "lmpop" | "blmpop" | "zmpop" | "bzmpop" | "xread" | "xreadgroup"
         | "sort" | "sort_ro" | "georadius" | "georadiusbymember" | "copy" | "script|load"
         | "script|exists" => Custom,
+        // Only while the scripts in flight are all the tenant's (see session::tenancy).
+        "script|kill" | "function|kill" => Custom,
 
         // Pub/sub: channels are namespaced like keys.
         "publish"
@@ -308,14 +310,12 @@ pub fn rule(name: &str) -> Option<Rule> {
         | "memory|purge"
         | "memory|stats"
         | "script|flush"
-        | "script|kill"
         | "script|debug"
         | "function"
         | "function|delete"
         | "function|dump"
         | "function|flush"
         | "function|help"
-        | "function|kill"
         | "function|list"
         | "function|load"
         | "function|restore"

@@ -541,3 +541,50 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// A client streams PINGs (which keygate answers itself) and never reads the replies: keygate
+/// stops reading it once its output backs up, so neither the requests nor the replies pile up
+/// in keygate's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_streaming_pings_it_never_reads_stays_bounded() {
+    let backend = Redis::start();
+    let port = free_port();
+    let file = config_file(&format!(
+        "listen = \"127.0.0.1:{port}\"\nthreads = 1\n[upstream]\nkind = \"standalone\"\nservers = [\"{}\"]\n",
+        backend.addr()
+    ));
+    let child = Killed(spawn_keygate(file.path(), port, |c| {
+        c.stderr(Stdio::null());
+    }));
+    let before = rss_kib(child.0.id());
+    let mut hostile = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let chunk = b"*1\r\n$4\r\nPING\r\n".repeat(10_000);
+    let mut sent = 0usize;
+    let start = std::time::Instant::now();
+    // Up to 3 million PINGs, for at most three seconds (writes block once keygate stops reading).
+    while sent < 300 && start.elapsed() < Duration::from_secs(3) {
+        let write = tokio::io::AsyncWriteExt::write_all(&mut hostile, &chunk);
+        match tokio::time::timeout(Duration::from_millis(500), write).await {
+            Ok(result) => {
+                result.unwrap();
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let grew = rss_kib(child.0.id()).saturating_sub(before);
+    println!(
+        "{} PINGs written before keygate stopped reading; keygate +{grew} KiB",
+        sent * 10_000
+    );
+    assert!(
+        sent < 300,
+        "keygate read all 3 million PINGs of a client that reads nothing"
+    );
+    assert!(grew < 16 * 1024, "keygate grew by {grew} KiB");
+    // Another client is served meanwhile.
+    let mut other = Raw::connect(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    assert_eq!(other.call(&[b"PING"]).await, b"+PONG\r\n");
+}

@@ -137,6 +137,8 @@ struct Session {
     timings: Option<(CommandId, Timings)>,
     /// Requests decoded so far (the frame deadline restarts with each).
     decoded: u64,
+    /// The last decode found no complete request in what was read: more must be read.
+    starved: bool,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
     /// Its entry among keygate's clients (CLIENT LIST, CLIENT KILL).
@@ -279,6 +281,7 @@ async fn serve<R, W>(
         },
         timings: None,
         decoded: 0,
+        starved: true,
         held: None,
         // Its own child of the shutdown token: cancelled by a shutdown, or by CLIENT KILL alone.
         me: proxy.clients.join(id, peer, local, shutdown.child_token()),
@@ -328,7 +331,7 @@ async fn serve<R, W>(
         if !session.closing
             && session.held.is_none()
             && pending.len() < max_pipeline
-            && !input.is_empty()
+            && (!input.is_empty() || !session.starved)
         {
             session.process(&mut decoder, &mut input, &mut pending, max_pipeline);
         }
@@ -379,8 +382,13 @@ async fn serve<R, W>(
         if session.abort || (session.closing && pending.is_empty() && !out.wants_write()) {
             break;
         }
-        let can_read =
-            !session.closing && pending.len() < max_pipeline && out.len() < OUTPUT_HIGH_WATER;
+        // Read only once every complete request already read was taken (`starved`): replies
+        // keygate answers itself (PING) are ready at once, and must not let a client that
+        // never reads stream its requests into keygate's memory faster than they are taken.
+        let can_read = !session.closing
+            && session.starved
+            && pending.len() < max_pipeline
+            && out.len() < OUTPUT_HIGH_WATER;
         // Bytes left in `input` while requests could be taken are the start of an incomplete one.
         let partial = decoder.mid_request(&input)
             && !session.closing
@@ -632,7 +640,9 @@ impl Session {
             // clients apply to what it may send; from the request after its AUTH, the
             // configured ones.
             decoder.set_unauthenticated(self.tenant.is_none() && self.tenancy());
-            match decoder.decode(input) {
+            let decoded = decoder.decode(input);
+            self.starved = matches!(decoded, Ok(None));
+            match decoded {
                 Ok(Some(args)) => {
                     self.decoded += 1;
                     // Asked only by the transaction paths, so ordinary requests never scan the queue.

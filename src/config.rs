@@ -110,6 +110,10 @@ pub struct Tenant {
     /// With `upstream.tenant_acl`: the backend ACL user (and its password) this tenant's
     /// scripts run as; `None`: a user keygate manages (see backend::users).
     pub backend_user: Option<(String, String)>,
+    /// `isolation = "database"`: the logical database (1 or more) the tenant has to itself on
+    /// every server, so DBSIZE, FLUSHDB, RANDOMKEY and SCAN are the server's own, costing
+    /// the tenant's keys at most; `None`: database 0, shared with the other tenants.
+    pub database: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -356,6 +360,8 @@ struct TenantFile {
     client_cert_san: Option<String>,
     backend_user: Option<String>,
     backend_password: Option<String>,
+    isolation: Option<String>,
+    database: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -836,6 +842,14 @@ impl Config {
         let deny_commands =
             command_list(&raw.policy.deny_commands).map_err(|r| fail("policy.deny_commands", r))?;
         let tenants = tenants(&raw.tenants).map_err(|(key, r)| fail(&key, r))?;
+        if kind == UpstreamKind::Cluster {
+            if let Some(i) = tenants.iter().position(|t| t.database.is_some()) {
+                return Err(fail(
+                    &format!("tenants[{i}].isolation"),
+                    "\"database\" is for standalone, ketama and sentinel servers (a Redis Cluster has database 0 only)".into(),
+                ));
+            }
+        }
         if tenant_acl == TenantAcl::Off {
             if let Some(i) = tenants.iter().position(|t| t.backend_user.is_some()) {
                 return Err(fail(
@@ -1069,6 +1083,39 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             max_ops_per_sec: t.max_ops_per_sec,
             allow_scripts: t.allow_scripts,
             allow_from: cidrs(&t.allow_from, &at("allow_from"))?,
+            database: match (t.isolation.as_deref(), t.database) {
+                (None | Some("prefix"), None) => None,
+                (Some("database"), Some(0)) => {
+                    return Err((
+                        at("database"),
+                        "must be 1 or more: database 0 is shared by the tenants without one".into(),
+                    ))
+                }
+                (Some("database"), Some(db)) => {
+                    if let Some(other) = out.iter().find(|o| o.database == Some(db)) {
+                        return Err((
+                            at("database"),
+                            format!("{db} is tenant {:?}'s too", other.name),
+                        ));
+                    }
+                    Some(db)
+                }
+                (Some("database"), None) => {
+                    return Err((at("database"), "isolation = \"database\" needs it".into()))
+                }
+                (None | Some("prefix"), Some(_)) => {
+                    return Err((
+                        at("database"),
+                        "only applies with isolation = \"database\"".into(),
+                    ))
+                }
+                (Some(other), _) => {
+                    return Err((
+                        at("isolation"),
+                        format!("unknown isolation {other:?}; expected \"prefix\" or \"database\""),
+                    ))
+                }
+            },
             backend_user: match (&t.backend_user, &t.backend_password) {
                 (Some(user), Some(password)) => Some((user.clone(), password.clone())),
                 (None, None) => None,

@@ -654,3 +654,68 @@ async fn eval(raw: &mut Raw, (body, keys): (&str, &[&str])) -> String {
     args.extend(keys.iter().map(|k| k.as_bytes()));
     text(raw.call(&args).await)
 }
+
+/// `isolation = "database"`: a tenant with a database of its own gets the server's own DBSIZE,
+/// RANDOMKEY and FLUSHDB, costing its keys at most, whatever other tenants hold; they queue in
+/// transactions like any command. (Timings are printed, not asserted.)
+#[tokio::test]
+async fn a_tenant_with_a_database_of_its_own_pays_for_its_keys_only() {
+    let backend = Redis::start_with(&["--enable-debug-command", "yes"]);
+    // 200 000 keys of others, in database 0.
+    common::redis_cli(
+        backend.port,
+        &["DEBUG", "POPULATE", "200000", "globex:other"],
+    );
+    let kg = Keygate::start_with(
+        &backend.addr(),
+        &TENANTS.replace(
+            "prefix = \"acme:\"\n",
+            "prefix = \"acme:\"\nisolation = \"database\"\ndatabase = 3\n",
+        ),
+    )
+    .await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    let mut globex = as_tenant(&kg, "globex").await;
+    for i in 0..10 {
+        let key = format!("k{i}");
+        assert_eq!(acme.call(&[b"SET", key.as_bytes(), b"v"]).await, b"+OK\r\n");
+    }
+    let timed = |what: &'static str| {
+        let started = std::time::Instant::now();
+        move || println!("{what}: {:?}", started.elapsed())
+    };
+    let done = timed("DBSIZE, tenant with its own database (10 keys)");
+    assert_eq!(acme.call(&[b"DBSIZE"]).await, b":10\r\n");
+    done();
+    let done = timed("DBSIZE, tenant by prefix (200 000 keys of its own)");
+    assert_eq!(globex.call(&[b"DBSIZE"]).await, b":200000\r\n");
+    done();
+    let key = text(acme.call(&[b"RANDOMKEY"]).await);
+    assert!(key.starts_with("$2\r\nk"), "{key}");
+    // Its keys live in its database, under its prefix.
+    assert_eq!(
+        common::redis_cli(backend.port, &["-n", "3", "DBSIZE"]).trim(),
+        "10"
+    );
+    assert_eq!(
+        common::redis_cli(backend.port, &["-n", "3", "EXISTS", "acme:k1"]).trim(),
+        "1"
+    );
+    // SELECT 0 is its own database; others are refused.
+    assert_eq!(acme.call(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    assert_eq!(acme.call(&[b"GET", b"k1"]).await, bulk("v"));
+    assert!(text(acme.call(&[b"SELECT", b"1"]).await).starts_with("-ERR"));
+    // In a transaction they queue and run at EXEC.
+    assert_eq!(acme.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(acme.call(&[b"DBSIZE"]).await, b"+QUEUED\r\n");
+    assert_eq!(acme.call(&[b"FLUSHDB"]).await, b"+QUEUED\r\n");
+    assert_eq!(acme.call(&[b"RANDOMKEY"]).await, b"+QUEUED\r\n");
+    assert_eq!(acme.call(&[b"EXEC"]).await, b"*3\r\n:10\r\n+OK\r\n$-1\r\n");
+    let done = timed("FLUSHALL, tenant with its own database");
+    assert_eq!(acme.call(&[b"FLUSHALL"]).await, b"+OK\r\n");
+    done();
+    assert_eq!(acme.call(&[b"DBSIZE"]).await, b":0\r\n");
+    // Nobody else's keys were touched.
+    assert_eq!(common::dbsize(&backend).await, 200_000);
+    assert_eq!(globex.call(&[b"DBSIZE"]).await, b":200000\r\n");
+}

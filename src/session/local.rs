@@ -97,11 +97,15 @@ impl Session {
             Some(_) => return Err(Error::Invalid("DB index is out of range")),
             None => return Err(Error::Invalid(NOT_INTEGER)),
         };
-        if self.tenant.is_some() && db != 0 {
-            // A tenant's keyspace is its prefix in database 0.
-            return Err(Error::Invalid(
-                "keygate: tenants use database 0 only; their keys are kept apart by prefix",
-            ));
+        if self.tenant.is_some() {
+            // A tenant sees one database, 0: its prefix in database 0, or (isolation =
+            // "database") the database it has to itself.
+            return match db {
+                0 => Handled::ready(resp::simple("OK")),
+                _ => Err(Error::Invalid(
+                    "keygate: tenants use database 0 only; their keys are kept apart by prefix",
+                )),
+            };
         }
         let topology = self.proxy.topology.load();
         if topology.kind.sharded() {

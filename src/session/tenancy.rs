@@ -33,6 +33,8 @@ pub(super) enum Fix {
     Answer(Bytes),
     /// Emulated over the tenant's keys on every shard (DBSIZE, FLUSHDB, RANDOMKEY, INFO).
     Keyspace(TenantKeyspace),
+    /// One key or nil (RANDOMKEY in a database of the tenant's own): without the prefix.
+    OneKey,
     /// COMMAND GETKEYSANDFLAGS of the prefixed command: these keys (prefixed, in order), each
     /// with the flags the server gives it, un-prefixed.
     KeyFlags(Vec<Bytes>),
@@ -119,6 +121,14 @@ impl Session {
         })?;
         tracing::Span::current().record("tenant", tenant.config.name.as_str());
         self.tenant = Some(seat);
+        // isolation = "database": its requests go to the pools of its own database, once the
+        // requests before this one are answered (they are in the old database's pools).
+        let db = tenant.config.database.unwrap_or(0);
+        if self.flavor.db != db {
+            self.flavor.db = db;
+            self.must_drain = true;
+            self.publish();
+        }
         // No longer counted against its address's unauthenticated connections.
         self.unauthenticated = None;
         Ok(())
@@ -278,6 +288,19 @@ impl Session {
             }
             Some(Rule::Emulate) if name == "acl|whoami" => {
                 Ok(Fix::Answer(resp::bulk(Some(config.name.as_bytes()))))
+            }
+            // A database of its own: the server's own commands, over the tenant's keys only.
+            Some(Rule::Emulate)
+                if config.database.is_some()
+                    && matches!(name, "dbsize" | "flushdb" | "flushall" | "randomkey") =>
+            {
+                if name == "flushall" {
+                    cmd.args[0] = Bytes::from_static(b"FLUSHDB");
+                }
+                Ok(match name {
+                    "randomkey" => Fix::OneKey,
+                    _ => Fix::None,
+                })
             }
             Some(Rule::Emulate)
                 if matches!(
@@ -520,6 +543,12 @@ pub(super) fn strip(bytes: Bytes, fix: &Fix, tenant: &TenantState) -> Bytes {
         Fix::Custom(ReplyFix::PoppedKey) => strip_first_of_each(&bytes, prefix, false),
         Fix::Custom(ReplyFix::Streams) => strip_first_of_each(&bytes, prefix, true),
         Fix::KeyFlags(keys) => key_flags(&bytes, keys, prefix),
+        Fix::OneKey => match value::parse(&bytes) {
+            Some(value::Value::Bulk(Some(key))) => rewrite::strip(prefix, &key)
+                .ok()
+                .map(|key| resp::bulk(Some(&key))),
+            _ => Some(bytes),
+        },
         Fix::None | Fix::Custom(ReplyFix::None) | Fix::Answer(_) | Fix::Keyspace(_) => Some(bytes),
     };
     stripped.unwrap_or_else(|| Error::ForeignKey.to_reply())

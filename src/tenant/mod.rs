@@ -295,6 +295,7 @@ mod tests {
             allow_scripts: false,
             allow_from: Vec::new(),
             backend_user: None,
+            database: None,
         }))
     }
 

@@ -224,15 +224,10 @@ impl Session {
             reason,
         };
         let prefix = config.prefix.as_bytes();
-        if matches!(name, "command|getkeys" | "command|getkeysandflags") {
-            return self.getkeys(tenant, cmd, allowed, name == "command|getkeysandflags");
-        }
-        if matches!(name, "script|kill" | "function|kill") {
-            crate::tenant::may_kill_script(tenant, &self.proxy.scripts_running)
-                .map_err(Error::Coded)?;
-            return Ok(Fix::None);
-        }
         match rules::rule_at(cmd.spec_index) {
+            Some(Rule::Pass) if matches!(name, "command|getkeys" | "command|getkeysandflags") => {
+                self.getkeys(tenant, cmd, allowed, name == "command|getkeysandflags")
+            }
             Some(Rule::Pass | Rule::Local) => Ok(Fix::None),
             Some(Rule::Keys) => {
                 rewrite::prefix_keys(spec, &mut cmd.args, prefix);
@@ -322,6 +317,11 @@ impl Session {
                     resp::put_header(&mut out, b':', tenant.knows_script(sha) as i64);
                 }
                 Ok(Fix::Answer(out.freeze()))
+            }
+            Some(Rule::Custom) if matches!(name, "script|kill" | "function|kill") => {
+                crate::tenant::may_kill_script(tenant, &self.proxy.scripts_running)
+                    .map_err(Error::Coded)?;
+                Ok(Fix::None)
             }
             Some(Rule::Custom) => {
                 let allow_scripts = config.allow_scripts;

@@ -171,17 +171,13 @@ pub fn blocking(
     caller: Caller,
     backend: usize,
     args: Vec<Bytes>,
-    script: Option<crate::tenant::ScriptRun>,
 ) -> Reply {
     let mut backend = topology.backends[backend].clone();
     let proxy = proxy.clone();
     let wait = args[0].eq_ignore_ascii_case(b"wait");
     Reply::Later(Box::pin(async move {
-        // `script` is counted until the reply is in (or the client leaves and this is dropped).
         let mut asking = false;
         for attempt in 0..MAX_ATTEMPTS {
-            // The server may be silent while it runs a script of ours: not held against it.
-            let _busy = script.as_ref().map(|_| backend.script_running());
             let mut conn = match backend.blocking(caller.flavor).await {
                 Ok(conn) => conn,
                 Err(e) => return e.to_reply(),

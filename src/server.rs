@@ -58,7 +58,7 @@ pub struct Proxy {
     /// Failed AUTH attempts per client address.
     pub auth_failures: crate::access::AuthFailures,
     /// Scripts and function calls sent and not answered yet (see tenant::ScriptRun).
-    pub scripts_running: Arc<std::sync::atomic::AtomicUsize>,
+    pub scripts_running: Arc<crate::tenant::Scripts>,
     /// Connections not authenticated yet, per address (with tenants).
     pub unauthenticated: Arc<crate::access::Unauthenticated>,
     /// Every connected client (CLIENT LIST, CLIENT KILL).

@@ -535,6 +535,7 @@ async fn serve(
         breaker,
         stats,
         resp3: flavor.resp3,
+        scripts: flavor.scripts,
     };
     // Plain TCP splits into borrowed halves for free; TLS needs tokio's shared split.
     match stream {
@@ -557,6 +558,8 @@ struct Link<'a> {
     breaker: &'a Breaker,
     stats: &'a Stats,
     resp3: bool,
+    /// The script lane: what is in flight is counted in `Stats::scripts` too.
+    scripts: bool,
 }
 
 async fn pipe<R, W>(
@@ -575,7 +578,17 @@ where
         breaker,
         stats,
         resp3,
+        scripts,
     } = link;
+    // In flight as scripts too, on the script lane (see `Stats::scripts`).
+    let also_scripts = |n: usize, add: bool| {
+        if scripts && n > 0 {
+            match add {
+                true => stats.scripts.fetch_add(n, Ordering::AcqRel),
+                false => stats.scripts.fetch_sub(n, Ordering::AcqRel),
+            };
+        }
+    };
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut out = WriteQueue::new();
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -612,7 +625,10 @@ where
                 Ok(0) => break Error::BackendLost { addr: addr.clone(), reason: "closed by server".into() },
                 Ok(_) => {
                     last_heard = Instant::now();
-                    if let Err(reason) = deliver(&mut input, &mut scanner, &mut inflight, opts, stats, resp3, last_heard) {
+                    let before = inflight.len();
+                    let delivered = deliver(&mut input, &mut scanner, &mut inflight, opts, stats, resp3, last_heard);
+                    also_scripts(before - inflight.len(), false);
+                    if let Err(reason) = delivered {
                         break Error::BackendLost { addr: addr.clone(), reason };
                     }
                     breaker.success();
@@ -641,10 +657,13 @@ where
                         }
                     }
                     stats.in_flight.fetch_add(inflight.len() - before, Ordering::Relaxed);
+                    also_scripts(inflight.len() - before, true);
                 }
                 None => unused = true,
             },
-            _ = &mut timeout, if !inflight.is_empty() => {
+            // No timeout on the script lane: a script takes as long as it takes, as on a Redis
+            // connection (SCRIPT KILL ends it), like a blocking command.
+            _ = &mut timeout, if !inflight.is_empty() && !scripts => {
                 let silent_until = last_heard + opts.request_timeout;
                 if silent_until > Instant::now() {
                     // Heard from lately: wait until it has been silent for a whole timeout.
@@ -658,6 +677,7 @@ where
     let reason: Arc<str> = broken.to_string().into();
     debug!(backend = %addr, in_flight = inflight.len(), %reason, "poisoning backend connection");
     stats.in_flight.fetch_sub(inflight.len(), Ordering::Relaxed);
+    also_scripts(inflight.len(), false);
     for pending in inflight.drain(..) {
         if let Some(reply) = pending.reply {
             let _ = reply.send(Err(broken.clone()));

@@ -76,13 +76,17 @@ impl Options {
     }
 }
 
-/// What a connection is set up for: the database it has selected, the protocol it speaks, and
-/// the user it authenticated as (0: the upstream's own; else a tenant's, see `users`).
+/// What a connection is set up for: the database it has selected, the protocol it speaks, the
+/// user it authenticated as (0: the upstream's own; else a tenant's, see `users`), and whether
+/// it carries scripts only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Flavor {
     pub db: u32,
     pub resp3: bool,
     pub user: u64,
+    /// The script lane: pipelined connections for EVAL, EVALSHA and FCALL only, so a long
+    /// script never holds up the other commands' connections (see session, "Scripts").
+    pub scripts: bool,
 }
 
 /// Who sends a request: the client (its id picks the connection in a pool) and its flavor.
@@ -101,18 +105,9 @@ pub struct Stats {
     pub in_flight: AtomicUsize,
     /// Pinned connections alive.
     pub pinned: AtomicUsize,
-    /// Scripts keygate sent to the server and has no reply for yet: while one runs, the server
-    /// may rightly answer nobody (until its busy-reply-threshold), and silence is no failure.
+    /// Scripts written on the script lane and not answered yet: while one runs, the server may
+    /// rightly answer nobody (until its busy-reply-threshold), and silence is no failure.
     pub scripts: AtomicUsize,
-}
-
-/// A script in flight on a server, counted in its `Stats::scripts` until dropped.
-pub struct ScriptRunning(Arc<Stats>);
-
-impl Drop for ScriptRunning {
-    fn drop(&mut self) {
-        self.0.scripts.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// A handle to one connection slot's task.
@@ -286,12 +281,6 @@ impl Backend {
 
     pub fn breaker(&self) -> &Arc<Breaker> {
         &self.breaker
-    }
-
-    /// Count a script running on this server (see `Stats::scripts`).
-    pub fn script_running(&self) -> ScriptRunning {
-        self.stats.scripts.fetch_add(1, Ordering::AcqRel);
-        ScriptRunning(self.stats.clone())
     }
 
     /// The same server, reached the same way: a new topology may keep this backend.

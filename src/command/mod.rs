@@ -85,10 +85,10 @@ pub enum Policy {
     /// (see dispatch::blocking). SCRIPT KILL and FUNCTION KILL too, so they reach the server at
     /// once, whatever the shared connections are waiting for.
     Blocking,
-    /// A script or function call (EVAL, EVALSHA, FCALL and their read-only forms): run on a
-    /// backend connection of its own, as blocking commands are, so a long script never holds up
-    /// the shared connections: other clients get `-BUSY` from the server, as on Redis, and
-    /// `SCRIPT KILL` gets through.
+    /// A script or function call (EVAL, EVALSHA, FCALL and their read-only forms): run on the
+    /// script lane, pipelined connections for scripts only (`Flavor::scripts`), so a long
+    /// script never holds up the connections other commands share: other clients get `-BUSY`
+    /// from the server, as on Redis, and `SCRIPT KILL` gets through.
     Script,
     /// SUBSCRIBE and its kin: run on the client's subscriber connection (see session::pubsub).
     Subscribe,

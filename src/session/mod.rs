@@ -141,6 +141,8 @@ struct Session {
     starved: bool,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
+    /// The script lane (its flavor) the client's last request went to, while it was a script.
+    script_lane: Option<Flavor>,
     /// Its entry among keygate's clients (CLIENT LIST, CLIENT KILL).
     me: Registered,
     /// The last command decoded (for CLIENT LIST's `cmd`, published once per batch).
@@ -283,6 +285,7 @@ async fn serve<R, W>(
         decoded: 0,
         starved: true,
         held: None,
+        script_lane: None,
         // Its own child of the shutdown token: cancelled by a shutdown, or by CLIENT KILL alone.
         me: proxy.clients.join(id, peer, local, shutdown.child_token()),
         last_command: UNKNOWN,
@@ -796,11 +799,16 @@ impl Session {
             transaction::Step::Hold(cmd, fix) => return Ok(Outcome::Held(cmd, fix)),
             transaction::Step::Normal(cmd, fix) => (cmd, fix),
         };
-        if self.must_drain {
+        // Scripts one after another on the same lane stay in order without waiting.
+        let same_lane = cmd.policy == Policy::Script
+            && self.script_lane.is_some()
+            && self.script_lane == Some(self.script_caller().flavor);
+        if self.must_drain && !same_lane {
             if !drained() {
                 return Ok(Outcome::Held(cmd, fix));
             }
             self.must_drain = false;
+            self.script_lane = None;
             if let Some(db) = self.pending_select.take() {
                 if let Ok(db) = u32::try_from(db.load(Relaxed)) {
                     self.flavor.db = db;
@@ -830,7 +838,7 @@ impl Session {
                     dispatch::run(&self.proxy, &topology, self.caller(), cmd.args, plan, read);
                 Ok(Handled::reply(self.unconfine(reply, fix)))
             }
-            Policy::Blocking | Policy::Script => {
+            Policy::Blocking => {
                 // On a connection of its own: only once the replies before it are in, and
                 // what follows waits for it, as it would behind a blocked Redis connection.
                 if !drained() {
@@ -842,20 +850,30 @@ impl Session {
                     _ => return Err(Error::CrossSlot),
                 };
                 self.must_drain = true;
-                let script = (cmd.policy == Policy::Script).then(|| self.script_started());
-                let mut caller = self.caller();
-                if let (Some(seat), Some(_)) = (&self.tenant, &script) {
-                    // With `upstream.tenant_acl`: as the tenant's backend user.
-                    caller.flavor.user = seat.tenant.backend_user;
-                }
                 let reply =
-                    dispatch::blocking(&self.proxy, &topology, caller, backend, cmd.args, script);
+                    dispatch::blocking(&self.proxy, &topology, self.caller(), backend, cmd.args);
                 Ok(Handled {
                     reply: self.unconfine(reply, fix),
                     quiet: false,
-                    // Scripts are not blocking by design: slow ones belong in the slowlog.
-                    blocking: cmd.policy == Policy::Blocking,
+                    blocking: true,
                 })
+            }
+            Policy::Script => {
+                // On the script lane (checked above: reached once the client's earlier
+                // replies are in, unless they were scripts on the same lane).
+                let topology = self.proxy.topology.load();
+                let plan = route::plan(&cmd, &topology)?;
+                let read = self.replica_read(&topology, spec);
+                let caller = self.script_caller();
+                self.script_lane = Some(caller.flavor);
+                self.must_drain = true;
+                let running = self.script_started();
+                let reply = dispatch::run(&self.proxy, &topology, caller, cmd.args, plan, read);
+                let reply = Reply::Later(Box::pin(async move {
+                    let _running = running;
+                    tenancy::settle(reply).await
+                }));
+                Ok(Handled::reply(self.unconfine(reply, fix)))
             }
             Policy::Subscribe => return self.subscribe(cmd, drained),
             Policy::Transaction => unreachable!("session::transaction takes these"),
@@ -901,13 +919,23 @@ impl Session {
         });
     }
 
-    /// A script of this client's starts: counted for keygate and for its tenant until it ends,
-    /// so a tenant's SCRIPT KILL can tell whether the script running can only be its own.
+    /// Who sends this client's scripts: on the script lane, and with `upstream.tenant_acl` as
+    /// its tenant's backend user.
+    fn script_caller(&self) -> Caller {
+        let mut caller = self.caller();
+        caller.flavor.scripts = true;
+        if let Some(seat) = &self.tenant {
+            caller.flavor.user = seat.tenant.backend_user;
+        }
+        caller
+    }
+
+    /// A script of this client's starts: kept among the scripts in flight (with its tenant)
+    /// until it ends, so a tenant's SCRIPT KILL can tell whether the one running is its own.
     fn script_started(&self) -> crate::tenant::ScriptRun {
-        crate::tenant::ScriptRun::start(
-            &self.proxy.scripts_running,
-            self.tenant.as_ref().map(|seat| &seat.tenant),
-        )
+        self.proxy
+            .scripts_running
+            .start(self.tenant.as_ref().map(|seat| &seat.tenant))
     }
 
     /// Who sends this client's requests, for the backend pools.

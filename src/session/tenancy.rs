@@ -319,7 +319,10 @@ impl Session {
                 Ok(Fix::Answer(out.freeze()))
             }
             Some(Rule::Custom) if matches!(name, "script|kill" | "function|kill") => {
-                crate::tenant::may_kill_script(tenant, &self.proxy.scripts_running)
+                let seat = self.tenant.as_ref().expect("a tenant's command");
+                self.proxy
+                    .scripts_running
+                    .may_kill(&seat.tenant)
                     .map_err(Error::Coded)?;
                 Ok(Fix::None)
             }
@@ -499,7 +502,7 @@ pub(super) fn unconfine(reply: Reply, fix: Fix, tenant: &Arc<TenantState>) -> Re
 }
 
 /// A reply's bytes once it is in (an error's reply if it failed).
-pub(super) async fn settle(reply: Reply) -> Bytes {
+pub(crate) async fn settle(reply: Reply) -> Bytes {
     match reply {
         Reply::Ready(bytes) => bytes,
         Reply::Backend(rx) => match rx.await {

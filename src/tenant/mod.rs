@@ -38,8 +38,6 @@ pub struct TenantState {
     scripts: Mutex<HashSet<Vec<u8>>>,
     /// `max_ops_per_sec` as a token bucket holding at most one second's worth.
     bucket: Mutex<Bucket>,
-    /// Its scripts and function calls sent and not answered yet.
-    pub scripts_running: Arc<AtomicUsize>,
     /// With `upstream.tenant_acl`: the backend user its scripts run as (a `Flavor::user`); 0:
     /// none.
     pub backend_user: u64,
@@ -65,7 +63,6 @@ impl TenantState {
                 tokens,
                 refilled: Instant::now(),
             }),
-            scripts_running: Arc::new(AtomicUsize::new(0)),
             backend_user: 0,
         }
     }
@@ -149,48 +146,55 @@ impl TenantState {
     }
 }
 
-/// A script or function call in flight, counted in keygate's total and its tenant's until
-/// dropped (its reply arrived, or the client left).
-pub struct ScriptRun {
-    all: Arc<AtomicUsize>,
-    tenant: Option<Arc<AtomicUsize>>,
+/// Scripts and function calls in flight through keygate, oldest first, each with the tenant
+/// that sent it (`None`: a client without tenant).
+#[derive(Default)]
+pub struct Scripts {
+    next: AtomicU64,
+    running: Mutex<std::collections::BTreeMap<u64, Option<Arc<TenantState>>>>,
 }
 
-impl ScriptRun {
-    pub fn start(all: &Arc<AtomicUsize>, tenant: Option<&Arc<TenantState>>) -> ScriptRun {
-        all.fetch_add(1, Ordering::AcqRel);
-        let tenant = tenant.map(|t| t.scripts_running.clone());
-        if let Some(count) = &tenant {
-            count.fetch_add(1, Ordering::AcqRel);
-        }
+/// One script in flight in `Scripts`, until dropped (its reply arrived, or the client left).
+pub struct ScriptRun {
+    scripts: Arc<Scripts>,
+    seq: u64,
+}
+
+impl Scripts {
+    pub fn start(self: &Arc<Self>, tenant: Option<&Arc<TenantState>>) -> ScriptRun {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.insert(seq, tenant.cloned());
         ScriptRun {
-            all: all.clone(),
-            tenant,
+            scripts: self.clone(),
+            seq,
+        }
+    }
+
+    /// Whether `tenant` may SCRIPT KILL or FUNCTION KILL: only while the oldest script in
+    /// flight, the one a server runs first, is its own (a script of anyone else's might be the
+    /// one running; one of the tenant's queued behind another's does not count). `Err`: the
+    /// reply to give instead.
+    pub fn may_kill(&self, tenant: &Arc<TenantState>) -> Result<(), &'static str> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let own = |t: &Option<Arc<TenantState>>| t.as_ref().is_some_and(|t| Arc::ptr_eq(t, tenant));
+        match running.values().next() {
+            Some(oldest) if own(oldest) => Ok(()),
+            _ if !running.values().any(own) => Err("NOTBUSY No scripts in execution right now."),
+            _ => Err("ERR keygate: another client's script may be the one running; a tenant can kill only a script of its own that is the oldest in flight"),
         }
     }
 }
 
 impl Drop for ScriptRun {
     fn drop(&mut self) {
-        self.all.fetch_sub(1, Ordering::AcqRel);
-        if let Some(count) = &self.tenant {
-            count.fetch_sub(1, Ordering::AcqRel);
-        }
+        let mut running = self
+            .scripts
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        running.remove(&self.seq);
     }
-}
-
-/// Whether `tenant` may SCRIPT KILL or FUNCTION KILL: only while every script keygate has in
-/// flight is its own (a script of anyone else's might be the one the server runs). `Err`: the
-/// reply to give instead.
-pub fn may_kill_script(tenant: &TenantState, all: &AtomicUsize) -> Result<(), &'static str> {
-    let own = tenant.scripts_running.load(Ordering::Acquire);
-    if own == 0 {
-        return Err("NOTBUSY No scripts in execution right now.");
-    }
-    if all.load(Ordering::Acquire) > own {
-        return Err("ERR keygate: another client's script may be the one running; only a script of this tenant's alone can be killed by it");
-    }
-    Ok(())
 }
 
 /// One connection's membership of a tenant, counted against `max_connections`; released when

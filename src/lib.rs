@@ -31,6 +31,12 @@
 //! 3. No connection state (name, reply mode, auth, WATCH, MULTI, subscriptions) reaches a shared
 //!    backend connection; a shared connection's protocol and database are fixed when it connects,
 //!    and only clients of that protocol and database use it.
+//! 4. One client cannot hold up or crowd out the others: a frame a connection's protocol does not
+//!    allow poisons it (no reply after it is delivered); scripts run on a lane of their own; a
+//!    client that does not read is cut off at its output limit and is never read faster than its
+//!    replies leave; a timeout alone never opens a server's breaker; unauthenticated connections
+//!    and failed AUTHs are limited per address (and name), never across tenants.
+//!    tests/isolation.rs, tests/backend.rs and tests/cli.rs play each attacker.
 
 #![forbid(unsafe_code)]
 

@@ -721,3 +721,36 @@ async fn a_tenant_with_a_database_of_its_own_pays_for_its_keys_only() {
     assert_eq!(common::dbsize(&backend).await, 200_000);
     assert_eq!(globex.call(&[b"DBSIZE"]).await, b":200000\r\n");
 }
+
+/// Over a Redis Cluster with a replica per primary and `read_from = "replica"`, keygate creates a
+/// tenant's managed user on each node its scripts reach, replicas included (ACLs are not
+/// replicated), and every node refuses what is outside the tenant's prefix.
+#[tokio::test]
+async fn tenant_users_are_made_on_every_node_a_script_reaches() {
+    let cluster = common::Cluster::start_replicated(3, 1);
+    let kg = Keygate::start_config(&format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"cluster\"\nservers = [\"{}\"]\n\
+         tenant_acl = \"scripts\"\nread_from = \"replica\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nallow_scripts = true\n",
+        cluster.nodes[0].addr()
+    ))
+    .await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    // Keys over every slot range: writes reach every primary, read-only scripts every replica.
+    for i in 0..30 {
+        let key = format!("k{i}");
+        let wrote = eval(&mut acme, ("return redis.call('SET', KEYS[1], 'v')", &[&key])).await;
+        assert_eq!(wrote, "+OK\r\n", "{key}");
+        let read = text(
+            acme.call(&[b"EVAL_RO", b"return redis.call('GET', KEYS[1])", b"1", key.as_bytes()])
+                .await,
+        );
+        assert_eq!(read, text(bulk("v")), "{key}");
+        let stolen = eval(&mut acme, ("return redis.call('GET', 'globex:' .. KEYS[1])", &[&key])).await;
+        assert!(stolen.contains("can't access"), "{stolen}");
+    }
+    for node in &cluster.nodes {
+        let users = common::redis_cli(node.port, &["ACL", "USERS"]);
+        assert!(users.contains("keygate:acme"), "node {}: {users}", node.port);
+    }
+}

@@ -730,27 +730,74 @@ async fn tenant_users_are_made_on_every_node_a_script_reaches() {
     let cluster = common::Cluster::start_replicated(3, 1);
     let kg = Keygate::start_config(&format!(
         "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"cluster\"\nservers = [\"{}\"]\n\
-         tenant_acl = \"scripts\"\nread_from = \"replica\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         tenant_acl = \"scripts\"\nread_from = \"replica\"\nrefresh_interval = \"300ms\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
          [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nallow_scripts = true\n",
         cluster.nodes[0].addr()
     ))
     .await;
+    // The replicas join the slot map after the cluster is made: wait until all are connected.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = common::http_get(kg.admin, "/metrics").await.1;
+        let connected = |n: &Redis| {
+            metrics.contains(&format!(
+                "keygate_backend_connections{{server=\"{}\"}} 1",
+                n.addr()
+            ))
+        };
+        if cluster.nodes.iter().all(connected) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut acme = as_tenant(&kg, "acme").await;
     // Keys over every slot range: writes reach every primary, read-only scripts every replica.
     for i in 0..30 {
         let key = format!("k{i}");
-        let wrote = eval(&mut acme, ("return redis.call('SET', KEYS[1], 'v')", &[&key])).await;
+        let wrote = eval(
+            &mut acme,
+            ("return redis.call('SET', KEYS[1], 'v')", &[&key]),
+        )
+        .await;
         assert_eq!(wrote, "+OK\r\n", "{key}");
         let read = text(
-            acme.call(&[b"EVAL_RO", b"return redis.call('GET', KEYS[1])", b"1", key.as_bytes()])
-                .await,
+            acme.call(&[
+                b"EVAL_RO",
+                b"return redis.call('GET', KEYS[1])",
+                b"1",
+                key.as_bytes(),
+            ])
+            .await,
         );
         assert_eq!(read, text(bulk("v")), "{key}");
-        let stolen = eval(&mut acme, ("return redis.call('GET', 'globex:' .. KEYS[1])", &[&key])).await;
+        let stolen = eval(
+            &mut acme,
+            ("return redis.call('GET', 'globex:' .. KEYS[1])", &[&key]),
+        )
+        .await;
         assert!(stolen.contains("can't access"), "{stolen}");
     }
+    // Every node that ran a script of acme's has its user, replicas among them.
+    let mut replicas_reached = 0;
     for node in &cluster.nodes {
+        let stats = common::redis_cli(node.port, &["INFO", "commandstats"]);
+        if !stats.contains("cmdstat_eval") {
+            continue;
+        }
         let users = common::redis_cli(node.port, &["ACL", "USERS"]);
-        assert!(users.contains("keygate:acme"), "node {}: {users}", node.port);
+        assert!(
+            users.contains("keygate:acme"),
+            "node {}: {users}",
+            node.port
+        );
+        if common::redis_cli(node.port, &["ROLE"]).starts_with("slave") {
+            replicas_reached += 1;
+        }
     }
+    assert!(replicas_reached > 0, "no replica ran a script");
 }

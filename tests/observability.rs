@@ -206,9 +206,10 @@ async fn monitor_until(monitor: &mut Raw, want: &str) -> String {
     }
 }
 
-/// MONITOR shows the commands keygate sends to every server (both shards of a ketama set), in
-/// Redis's own line format; a monitoring client may PING but not touch keys, shows as `flags=O`,
-/// leaves MONITOR with RESET, and is disconnected when a monitor connection breaks.
+/// MONITOR shows the commands clients send, whichever server (both shards of a ketama set) they
+/// go to, in Redis's own line format with the client's own address; a monitoring client may
+/// PING but not touch keys, shows as `flags=O`, leaves MONITOR with RESET, and is disconnected
+/// when a monitor connection breaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_shows_every_servers_commands() {
     let shards = [Redis::start(), Redis::start()];
@@ -232,10 +233,11 @@ async fn monitor_shows_every_servers_commands() {
             break;
         }
     }
+    let client = other.stream.local_addr().unwrap();
     for key in &keys {
         let line = monitor_until(&mut monitor, &format!("\"SET\" \"{key}\" \"v\"")).await;
         assert!(
-            line.starts_with('+') && line.contains(" [0 127.0.0.1:"),
+            line.starts_with('+') && line.contains(&format!(" [0 {client}] ")),
             "{line}"
         );
     }
@@ -272,4 +274,71 @@ async fn monitor_shows_every_servers_commands() {
         closed.is_ok(),
         "still connected after its MONITOR connection died"
     );
+}
+
+/// MONITOR shows what the client sent, as Redis would: commands keygate answers itself too
+/// (PING, ECHO, CLIENT, SELECT, HELLO), a transaction as the client wrote it, credentials
+/// redacted, nothing for a command refused before it runs, and the commands a script calls as
+/// the server reports them (`[0 lua]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_shows_what_the_client_sent() {
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut monitor = kg.raw().await;
+    let mut client = kg.raw().await;
+    let addr = client.stream.local_addr().unwrap();
+    assert_eq!(monitor.call(&[b"MONITOR"]).await, b"+OK\r\n");
+    let script: &[&[&[u8]]] = &[
+        &[b"PING"],
+        &[b"ECHO", b"hi"],
+        &[b"CLIENT", b"SETNAME", b"app"],
+        &[b"nosuchcommand", b"x"],
+        &[b"GET"],
+        &[b"AUTH", b"secret"],
+        &[b"HELLO", b"2", b"AUTH", b"default", b"secret"],
+        &[b"MULTI"],
+        &[b"SET", b"k", b"a b\n"],
+        &[b"EXEC"],
+        &[b"SELECT", b"1"],
+        &[b"SET", b"in-1", b"x"],
+        &[b"EVAL", b"return redis.call('get', KEYS[1])", b"1", b"in-1"],
+    ];
+    for args in script {
+        client.call(args).await;
+    }
+    let mut lines = Vec::new();
+    loop {
+        let line = text(monitor.reply().await.expect("the MONITOR feed"));
+        let done = line.contains("lua]");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let own = |db: u32| format!("[{db} {addr}]");
+    let expected = [
+        format!("{} \"PING\"", own(0)),
+        format!("{} \"ECHO\" \"hi\"", own(0)),
+        format!("{} \"CLIENT\" \"SETNAME\" \"app\"", own(0)),
+        format!("{} \"AUTH\" \"(redacted)\"", own(0)),
+        format!(
+            "{} \"HELLO\" \"2\" \"AUTH\" \"(redacted)\" \"(redacted)\"",
+            own(0)
+        ),
+        format!("{} \"MULTI\"", own(0)),
+        format!("{} \"SET\" \"k\" \"a b\\n\"", own(0)),
+        format!("{} \"EXEC\"", own(0)),
+        "\"SELECT\" \"1\"".to_string(),
+        format!("{} \"SET\" \"in-1\" \"x\"", own(1)),
+        format!("{} \"EVAL\"", own(1)),
+        "[1 lua] \"get\" \"in-1\"".to_string(),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(&expected) {
+        assert!(line.starts_with('+') && line.ends_with("\r\n"), "{line}");
+        assert!(line.contains(want.as_str()), "{line} lacks {want}");
+    }
+    // keygate's own commands to the server (its MULTI on a pinned connection, SELECT at
+    // connect) never show: only what the client sent.
+    assert_eq!(lines.iter().filter(|l| l.contains("MULTI")).count(), 1);
 }

@@ -355,7 +355,7 @@ async fn client_handshakes_get_clean_answers_on_an_open_connection() {
     );
     assert_eq!(
         raw.call(&[b"HELLO", b"4"]).await,
-        b"-NOPROTO sorry, this protocol version is not supported.\r\n"
+        b"-NOPROTO unsupported protocol version\r\n"
     );
     let hello = raw.call(&[b"HELLO", b"2", b"SETNAME", b"app"]).await;
     assert!(

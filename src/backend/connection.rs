@@ -69,6 +69,7 @@ enum Closed {
 /// Run a connection slot's task, and start it afresh should it ever panic: a bug must cost the
 /// requests in flight (their senders are dropped, so they get an error), never the slot itself.
 /// The channel outlives each attempt behind a mutex, which unwinding releases.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn supervise(
     addr: Arc<str>,
     opts: Arc<Options>,
@@ -77,6 +78,7 @@ pub(super) async fn supervise(
     flavor: Flavor,
     requests: mpsc::UnboundedReceiver<Request>,
     up: Arc<AtomicBool>,
+    pinned: Option<Arc<AtomicBool>>,
 ) {
     let requests = Arc::new(Mutex::new(requests));
     loop {
@@ -88,10 +90,14 @@ pub(super) async fn supervise(
             flavor,
             requests.clone(),
             up.clone(),
+            pinned.clone(),
         ));
         match task.await {
             Err(e) if e.is_panic() => {
                 up.store(false, Ordering::Release);
+                if let Some(broken) = &pinned {
+                    broken.store(true, Ordering::Release);
+                }
                 error!(backend = %addr, "backend connection task panicked; restarting it");
             }
             // Finished (the backend is gone) or cancelled (the runtime is shutting down).
@@ -101,7 +107,10 @@ pub(super) async fn supervise(
 }
 
 /// The task behind one connection slot: connect, serve until broken, back off, reconnect.
-/// While there is no connection, requests are failed at once instead of queueing.
+/// While there is no connection, requests are failed at once instead of queueing. A pinned
+/// slot (`pinned`: its broken flag) connects once: once that connection is gone, every later
+/// request fails, so nothing meant for a transaction ever runs outside it.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     addr: Arc<str>,
     opts: Arc<Options>,
@@ -110,6 +119,7 @@ async fn run(
     flavor: Flavor,
     requests: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
     up: Arc<AtomicBool>,
+    pinned: Option<Arc<AtomicBool>>,
 ) {
     let mut requests = requests.lock_owned().await;
     let requests = &mut *requests;
@@ -142,7 +152,28 @@ async fn run(
             }
             Err(reason) => (reason, true),
         };
-        if counts && stats.scripts.load(Ordering::Acquire) == 0 {
+        if let Some(broken) = &pinned {
+            broken.store(true, Ordering::Release);
+            if counts && stats.scripts.load(Ordering::Acquire) == 0 {
+                breaker.failure(&reason);
+            }
+            let error = Error::BackendLost {
+                addr: addr.clone(),
+                reason: format!("{reason}; the transaction's connection is gone").into(),
+            };
+            while let Some(request) = requests.recv().await {
+                let _ = request.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        if !counts {
+            // A timeout: the server may only be busy (a slow command). Reconnect at once, with
+            // requests waiting for the new connection rather than failing meanwhile; its PING
+            // decides whether the server is there.
+            warn!(backend = %addr, %reason, "backend connection timed out; reconnecting");
+            continue;
+        }
+        if stats.scripts.load(Ordering::Acquire) == 0 {
             breaker.failure(&reason);
         }
         let delay = backoff.next();
@@ -322,11 +353,17 @@ async fn connect(
         }
         Ok(stream)
     };
-    match time::timeout(opts.connect_timeout, attempt).await {
+    // After a timeout the server may still be busy with a slow command: its PING may take as
+    // long as any request.
+    let bound = match check {
+        true => opts.connect_timeout + opts.request_timeout,
+        false => opts.connect_timeout,
+    };
+    match time::timeout(bound, attempt).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "connect timed out after {}",
-            humantime::format_duration(opts.connect_timeout)
+            humantime::format_duration(bound)
         )
         .into()),
     }
@@ -450,12 +487,14 @@ impl Dedicated {
             addr: addr.clone(),
             reason: reason.into(),
         };
-        self.send(args).await.map_err(|e| lost(e.to_string()))?;
+        self.send(args)
+            .await
+            .map_err(|e| lost(e.to_string()).sent())?;
         loop {
             let frame = self
                 .read_frame()
                 .await
-                .map_err(|reason| lost(reason.to_string()))?;
+                .map_err(|reason| lost(reason.to_string()).sent())?;
             // On RESP3, a push is not the reply (see `deliver`).
             match frame {
                 Ok(bytes) if is_push(&bytes) => continue,
@@ -678,9 +717,11 @@ where
     debug!(backend = %addr, in_flight = inflight.len(), %reason, "poisoning backend connection");
     stats.in_flight.fetch_sub(inflight.len(), Ordering::Relaxed);
     also_scripts(inflight.len(), false);
+    // Each was written, or queued to be: it may have run.
+    let sent = broken.clone().sent();
     for pending in inflight.drain(..) {
         if let Some(reply) = pending.reply {
-            let _ = reply.send(Err(broken.clone()));
+            let _ = reply.send(Err(sent.clone()));
         }
     }
     match broken {

@@ -32,7 +32,7 @@ pub use breaker::{Breaker, State as BreakerState};
 use connection::Request;
 pub use connection::{query_once, Dedicated, ReplyResult};
 pub use feed::Feed;
-pub use subscriber::{Event, Subscriber};
+pub use subscriber::{Event, Leaving, Subscriber};
 
 use crate::config::Upstream;
 use crate::error::Error;
@@ -145,6 +145,7 @@ pub struct Pinned {
     pub addr: Arc<str>,
     link: Link,
     stats: Arc<Stats>,
+    broken: Arc<AtomicBool>,
 }
 
 impl Drop for Pinned {
@@ -157,6 +158,11 @@ impl Pinned {
     /// Send a request on this connection; the receiver gets its reply or an error, always.
     pub fn send(&self, args: Vec<Bytes>) -> oneshot::Receiver<ReplyResult> {
         send_on(&self.link, &self.addr, args, false)
+    }
+
+    /// The connection failed (or never opened): whatever was sent on it since is lost.
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
     }
 }
 
@@ -173,6 +179,20 @@ fn spawn_link(
     stats: &Arc<Stats>,
     flavor: Flavor,
 ) -> Link {
+    spawn_link_for(addr, opts, breaker, stats, flavor, None)
+}
+
+/// A connection slot; `broken`: a pinned one, which never reconnects (a transaction or a WATCH
+/// lives on one server connection: a new one would run the rest of it outside MULTI) and sets
+/// `broken` once it has failed.
+fn spawn_link_for(
+    addr: &Arc<str>,
+    opts: &Arc<Options>,
+    breaker: &Arc<Breaker>,
+    stats: &Arc<Stats>,
+    flavor: Flavor,
+    broken: Option<Arc<AtomicBool>>,
+) -> Link {
     let (tx, rx) = mpsc::unbounded_channel();
     let up = Arc::new(AtomicBool::new(false));
     tokio::spawn(connection::supervise(
@@ -183,6 +203,7 @@ fn spawn_link(
         flavor,
         rx,
         up.clone(),
+        broken,
     ));
     Link { requests: tx, up }
 }
@@ -234,10 +255,20 @@ impl Backend {
     /// Open a connection of one client's own to this server.
     pub fn pin(&self, flavor: Flavor) -> Pinned {
         self.stats.pinned.fetch_add(1, Ordering::Relaxed);
+        let broken = Arc::new(AtomicBool::new(false));
+        let link = spawn_link_for(
+            &self.addr,
+            &self.opts,
+            &self.breaker,
+            &self.stats,
+            flavor,
+            Some(broken.clone()),
+        );
         Pinned {
             addr: self.addr.clone(),
-            link: spawn_link(&self.addr, &self.opts, &self.breaker, &self.stats, flavor),
+            link,
             stats: self.stats.clone(),
+            broken,
         }
     }
 
@@ -344,13 +375,15 @@ impl Backend {
 
     /// A connection for one subscribed client, connecting in the background (requests sent
     /// meanwhile wait for it). Fails at once when `subscriber_connections_per_server` are in use.
-    pub fn subscribe(&self, flavor: Flavor) -> Result<Subscriber, Error> {
+    /// A subscriber connection of a client's own; counted in `leaving` while it closes.
+    pub fn subscribe(&self, flavor: Flavor, leaving: Arc<Leaving>) -> Result<Subscriber, Error> {
         let permit = self.subscriber_permit()?;
         Ok(Subscriber::start(
             self.addr.clone(),
             self.opts.clone(),
             flavor,
             permit,
+            leaving,
         ))
     }
 

@@ -8,15 +8,22 @@
 //! with one confirmation per channel it drops (or one if there were none), so the task keeps the
 //! sets of channels, patterns and shard channels the connection holds, from the confirmations.
 //!
+//! A subscriber that leaves (its client disconnects, RESETs, or drops its last subscription)
+//! must be gone from the server before keygate answers anything that counts subscribers: the
+//! task sends `RESET` and waits for its `+RESET` before it closes the connection, and until then
+//! it is counted in `Leaving`, which PUBLISH and PUBSUB wait on (at most `request_timeout`).
+//!
 //! Nothing is buffered without bound: when the client does not take its events, the task stops
 //! reading, the server's output buffer for this connection fills, and the server closes it
 //! (`client-output-buffer-limit pubsub`), which ends the task and disconnects the client.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -41,17 +48,112 @@ pub enum Event {
 /// How many events may wait for the client before the task stops reading.
 const EVENTS: usize = 256;
 
-/// Handle to a subscriber connection's task. Dropping it closes the connection.
+/// Subscriber connections being closed whose server has not yet confirmed that their
+/// subscriptions are gone. One per proxy, shared by every server's subscribers.
+#[derive(Default)]
+pub struct Leaving {
+    count: AtomicUsize,
+    none: Notify,
+    /// Subscriber connections open (leaving or not).
+    open: AtomicUsize,
+    /// Each subscribed client's "input": set when its socket became readable (data, or its
+    /// disconnect) and the session has not yet taken it (see `session::flagged`). A client that
+    /// disconnected before a PUBLISH arrived is woken before the PUBLISH's client is, so this
+    /// is set by then: PUBLISH waits for it to become a leaving subscriber, or none.
+    inputs: Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+impl Leaving {
+    /// Wait until no subscribed client has input keygate has not taken yet and no subscriber is
+    /// leaving, or `bound` has passed.
+    pub async fn settled(&self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut turns = 0u32;
+        loop {
+            let none = self.none.notified();
+            let unread = {
+                let inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+                inputs.iter().any(|input| input.load(Ordering::Acquire))
+            };
+            if !unread && self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            if unread {
+                // The sessions concerned are woken and run soon: give them the CPU.
+                turns += 1;
+                match turns {
+                    0..=16 => tokio::task::yield_now().await,
+                    _ => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            } else {
+                let _ = tokio::time::timeout_at(deadline, none).await;
+            }
+        }
+    }
+
+    /// Are there subscribers whose count PUBLISH or PUBSUB may report?
+    pub fn any(&self) -> bool {
+        self.open.load(Ordering::Acquire) > 0
+    }
+}
+
+/// One leaving subscriber, counted in `Leaving` until dropped (by the task once the server
+/// confirmed, or wherever the message carrying it is dropped if the task is gone).
+struct Farewell(Arc<Leaving>);
+
+impl Farewell {
+    fn new(leaving: Arc<Leaving>) -> Farewell {
+        leaving.count.fetch_add(1, Ordering::AcqRel);
+        Farewell(leaving)
+    }
+}
+
+impl Drop for Farewell {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none.notify_waiters();
+        }
+    }
+}
+
+/// What the client's side asks of the task.
+enum Ask {
+    Request(Vec<Bytes>),
+    /// Unsubscribe from everything, wait for the server to confirm, close.
+    Leave(Farewell),
+}
+
+/// Handle to a subscriber connection's task. Dropping it makes the task leave: RESET, then
+/// close (see the module's doc).
 pub struct Subscriber {
     pub addr: Arc<str>,
-    requests: mpsc::UnboundedSender<Vec<Bytes>>,
+    requests: mpsc::UnboundedSender<Ask>,
     pub events: mpsc::Receiver<Event>,
+    /// The subscribed client's input flag (see `Leaving::inputs`).
+    pub input: Arc<AtomicBool>,
+    leaving: Arc<Leaving>,
     task: JoinHandle<()>,
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.task.abort();
+        self.leaving.open.fetch_sub(1, Ordering::AcqRel);
+        // Counted as leaving before its input flag goes: a PUBLISH never sees neither.
+        if !self.task.is_finished() {
+            // If the task is gone by now, the message (and the count with it) is dropped.
+            let _ = self
+                .requests
+                .send(Ask::Leave(Farewell::new(self.leaving.clone())));
+        }
+        let mut inputs = self
+            .leaving
+            .inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        inputs.retain(|input| !Arc::ptr_eq(input, &self.input));
     }
 }
 
@@ -61,6 +163,7 @@ impl Subscriber {
         opts: Arc<Options>,
         flavor: Flavor,
         permit: OwnedSemaphorePermit,
+        leaving: Arc<Leaving>,
     ) -> Subscriber {
         let (requests, mut rx) = mpsc::unbounded_channel();
         let (tx, events) = mpsc::channel(EVENTS);
@@ -85,21 +188,30 @@ impl Subscriber {
                     return;
                 }
             };
-            if let Err(reason) = serve(conn, rx, tx).await {
+            if let Err(reason) = serve(conn, rx, tx, opts.request_timeout).await {
                 debug!(backend = %addr, %reason, "subscriber connection closed");
             }
         });
+        leaving.open.fetch_add(1, Ordering::AcqRel);
+        let input = Arc::new(AtomicBool::new(false));
+        leaving
+            .inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(input.clone());
         Subscriber {
             addr,
             requests,
             events,
+            input,
+            leaving,
             task,
         }
     }
 
     /// Send a request; its reply comes as the next unclaimed `Event::Reply`.
     pub fn send(&self, args: Vec<Bytes>) -> bool {
-        self.requests.send(args).is_ok()
+        self.requests.send(Ask::Request(args)).is_ok()
     }
 }
 
@@ -212,19 +324,29 @@ fn role(frame: &Bytes) -> Role {
 
 async fn serve(
     mut conn: Dedicated,
-    mut requests: mpsc::UnboundedReceiver<Vec<Bytes>>,
+    mut requests: mpsc::UnboundedReceiver<Ask>,
     events: mpsc::Sender<Event>,
+    bound: Duration,
 ) -> Result<(), String> {
     let mut waiting: VecDeque<Expect> = VecDeque::new();
     let mut held = Held::default();
     loop {
         let frame = tokio::select! {
-            request = requests.recv() => {
-                let Some(args) = request else { return Ok(()) };
-                conn.send(&args).await.map_err(|e| e.to_string())?;
-                waiting.push_back(expect(&args));
-                continue;
-            }
+            request = requests.recv() => match request {
+                Some(Ask::Request(args)) => {
+                    conn.send(&args).await.map_err(|e| e.to_string())?;
+                    waiting.push_back(expect(&args));
+                    continue;
+                }
+                Some(Ask::Leave(farewell)) => {
+                    if held.any() || !waiting.is_empty() {
+                        leave(&mut conn, bound).await;
+                    }
+                    drop(farewell);
+                    return Ok(());
+                }
+                None => return Ok(()),
+            },
             frame = conn.read_frame() => frame.map_err(|r| r.to_string())?,
         };
         let frame = match frame {
@@ -290,4 +412,21 @@ async fn serve(
             events.send(event).await.map_err(|_| "client gone")?;
         }
     }
+}
+
+/// Drop every subscription and wait (at most `bound`) for the server to say so: `RESET`'s
+/// reply comes after it has unsubscribed the connection from everything.
+async fn leave(conn: &mut Dedicated, bound: Duration) {
+    let reset = [Bytes::from_static(b"RESET")];
+    let confirmed = async {
+        conn.send(&reset).await.ok()?;
+        loop {
+            match conn.read_frame().await {
+                Ok(Ok(frame)) if &frame[..] == b"+RESET\r\n" => return Some(()),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(bound, confirmed).await;
 }

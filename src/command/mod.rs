@@ -105,7 +105,9 @@ const CONNECTION_STATE: &str =
 /// keygate's treatment of a command, by name (subcommands as `container|sub`).
 fn policy(spec: &Spec) -> Policy {
     match spec.name {
-        "ping" | "echo" | "quit" | "select" | "auth" | "hello" | "reset" => Policy::Local,
+        // PING and ECHO go to the server (Policy::Forward): a PING tells whether the server
+        // answers (`-BUSY` while a script runs, `-LOADING`), as clients and Redis's tests use it.
+        "quit" | "select" | "auth" | "hello" | "reset" => Policy::Local,
         // CLIENT acts on the connection: keygate answers it, refusing the subcommands that would
         // act on shared backend connections (see session::local).
         "client" => Policy::Local,
@@ -154,7 +156,9 @@ impl Command {
     /// with Redis's "unknown command" error by the caller.
     pub fn parse(args: Vec<Bytes>) -> Command {
         let mut name = [0u8; 32];
-        let lower = lower_into(&args[0], &mut name);
+        // `container|sub` names exist only as subcommands: sent as the command itself
+        // (`CLIENT|ID`) they are unknown, as in Redis.
+        let lower = lower_into(&args[0], &mut name).filter(|name| !name.contains(&b'|'));
         let Some(id) = lower.and_then(lookup) else {
             let policy = match lower {
                 Some(b"post" | b"host:") => Policy::Close,
@@ -273,6 +277,18 @@ mod tests {
         assert_eq!(c.policy, Policy::Local);
         assert_eq!(cmd(&["nosuchcommand"]).id, UNKNOWN);
         assert_eq!(cmd(&["x".repeat(100).as_str()]).id, UNKNOWN);
+        // A subcommand's table name sent as the command is unknown, as in Redis.
+        for name in [
+            "CLIENT|ID",
+            "client|list",
+            "SLOWLOG|GET",
+            "config|get",
+            "xinfo|stream",
+        ] {
+            let c = cmd(&[name, "x"]);
+            assert_eq!(c.id, UNKNOWN, "{name}");
+            assert!(c.spec.is_none(), "{name}");
+        }
     }
 
     #[test]

@@ -13,12 +13,14 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::{Handled, Session};
 use crate::backend::{Feed, Flavor};
+use crate::command::{flags, Command};
 use crate::dispatch::Reply;
 use crate::error::Error;
+use crate::monitor::Watcher;
 use crate::resp::{self, value};
 
 /// A client's CLIENT TRACKING: its options, and the invalidation feed.
@@ -55,17 +57,78 @@ pub(super) async fn next_tracking_event(tracking: Option<&mut Tracking>) -> Trac
     }
 }
 
+/// A monitoring client's lines: keygate's own for what clients send (see crate::monitor), and
+/// from every primary's MONITOR the lines of commands scripts call (`[0 lua] ...`), which only
+/// the servers see.
+pub(super) struct Monitor {
+    own: Watcher,
+    servers: Feed,
+}
+
+/// MONITOR's next line (only polled while the client monitors).
+pub(super) async fn next_line(monitor: Option<&mut Monitor>) -> Option<Result<Bytes, Error>> {
+    let Some(monitor) = monitor else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            own = monitor.own.lines.recv() => return match own {
+                Ok(line) => Some(Ok(line)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(Err(Error::Internal(
+                    "the MONITOR client fell too far behind",
+                ))),
+                Err(broadcast::error::RecvError::Closed) => None,
+            },
+            line = monitor.servers.feed.recv() => match line {
+                Some(Ok(line)) if from_script(&line) => return Some(Ok(line)),
+                Some(Ok(_)) => continue,
+                other => return other,
+            },
+        }
+    }
+}
+
+/// A server's MONITOR line for a command a script called: `+<time> [<db> lua] ...`.
+fn from_script(line: &[u8]) -> bool {
+    let Some(open) = line.iter().position(|&c| c == b'[') else {
+        return false;
+    };
+    let Some(close) = line[open..].iter().position(|&c| c == b']') else {
+        return false;
+    };
+    line[open..open + close].ends_with(b" lua")
+}
+
 impl Session {
-    /// MONITOR: every primary's command lines, merged. As in Redis, MONITOR on a client already
-    /// monitoring is ignored, without a reply.
+    /// MONITOR: from now on, the lines of every command keygate's clients send, and of those
+    /// scripts call on every primary. As in Redis, MONITOR on a client already monitoring is
+    /// ignored, without a reply.
     pub(super) fn monitor(&mut self) -> Result<Handled, Error> {
         if self.monitor.is_some() {
             return Ok(Handled::quiet());
         }
-        let (feed, confirmed) =
+        let (servers, confirmed) =
             self.feed(Flavor::default(), vec![Bytes::from_static(b"MONITOR")])?;
-        self.monitor = Some(feed);
+        self.monitor = Some(Monitor {
+            own: self.proxy.monitors.watch(),
+            servers,
+        });
         Ok(Handled::reply(confirmed))
+    }
+
+    /// Show a command this client sent to those monitoring, as Redis would: not if it is
+    /// refused before it runs (unknown, wrong arity) nor an administrative one.
+    pub(super) fn show(&self, cmd: &Command) {
+        let Some(spec) = cmd.spec else { return };
+        if spec.arity_ok(cmd.args.len()) && !spec.has(flags::ADMIN) {
+            // A SELECT the server accepted counts from the next command on.
+            let db = self
+                .pending_select
+                .as_ref()
+                .and_then(|db| u32::try_from(db.load(std::sync::atomic::Ordering::Relaxed)).ok())
+                .unwrap_or(self.flavor.db);
+            self.proxy.monitors.show(db, &self.peer, &cmd.args);
+        }
     }
 
     /// A feed over every primary, each connection set up with `setup`; the reply is `+OK` once

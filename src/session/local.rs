@@ -1,5 +1,5 @@
 //! The commands keygate answers itself, because they read or change connection state and the
-//! backend connection is shared: PING, ECHO, QUIT, SELECT, AUTH, HELLO, RESET and CLIENT (LIST
+//! backend connection is shared: QUIT, SELECT, AUTH, HELLO, RESET and CLIENT (LIST
 //! and KILL over keygate's own clients, see clients); SLOWLOG from keygate's own slowlog; MONITOR
 //! and CLIENT TRACKING start feeds (see session::feeds). Their replies follow Redis 7's texts, so
 //! clients behave exactly as they do against Redis.
@@ -25,12 +25,6 @@ impl Session {
     pub(super) fn local(&mut self, cmd: &Command) -> Result<Handled, Error> {
         let args = &cmd.args;
         match cmd.name() {
-            "ping" => match args.len() {
-                1 => Handled::ready(resp::simple("PONG")),
-                2 => Handled::ready(resp::bulk(Some(&args[1]))),
-                _ => Err(Error::WrongArity("ping")),
-            },
-            "echo" => Handled::ready(resp::bulk(Some(&args[1]))),
             "quit" => {
                 self.closing = true;
                 Handled::ready(resp::simple("OK"))
@@ -62,7 +56,8 @@ impl Session {
             "client" => self.client(cmd),
             "monitor" => self.monitor(),
             "slowlog" => self.slowlog(cmd),
-            other => unreachable!("{other} has no local handler"),
+            // Command::parse gives Policy::Local only to the names above.
+            _ => Err(Error::Internal("a local command without a handler")),
         }
     }
 
@@ -138,11 +133,7 @@ impl Session {
             match resp::parse_int(version) {
                 Some(2) => resp3 = false,
                 Some(3) => resp3 = true,
-                Some(_) => {
-                    return Err(Error::Coded(
-                        "NOPROTO sorry, this protocol version is not supported.",
-                    ))
-                }
+                Some(_) => return Err(Error::Coded("NOPROTO unsupported protocol version")),
                 None => {
                     return Err(Error::Invalid(
                         "Protocol version is not an integer or out of range",
@@ -267,8 +258,9 @@ impl Session {
             "reply" => {
                 let mode = &args[2];
                 if mode.eq_ignore_ascii_case(b"on") {
+                    // Answered even right after CLIENT REPLY SKIP, as in Redis.
                     self.replies_off = false;
-                    Handled::ready(resp::simple("OK"))
+                    Handled::ready(resp::simple("OK")).map(Handled::heard)
                 } else if mode.eq_ignore_ascii_case(b"off") {
                     self.replies_off = true;
                     Ok(Handled::quiet())
@@ -318,9 +310,14 @@ impl Session {
         let slowlog = &self.proxy.slowlog;
         match cmd.sub_lower().as_deref() {
             Some("get") => {
+                const COUNT: &str = "count should be greater than or equal to -1";
                 let count = match args.get(2) {
                     None => None,
-                    Some(n) => Some(resp::parse_int(n).ok_or(Error::Invalid(NOT_INTEGER))?),
+                    Some(n) => Some(
+                        resp::parse_int(n)
+                            .filter(|&n| n >= -1)
+                            .ok_or(Error::Invalid(COUNT))?,
+                    ),
                 };
                 Handled::ready(slowlog.get(tenant.as_deref(), count))
             }
@@ -536,7 +533,7 @@ impl Handled {
     pub(super) fn quiet() -> Self {
         Handled {
             reply: Reply::Ready(Bytes::new()),
-            quiet: true,
+            voice: super::Voice::Quiet,
             blocking: false,
         }
     }

@@ -18,8 +18,9 @@ mod transaction;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::Release;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -32,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::access::Pending;
-use crate::backend::{Caller, Event, Feed, Flavor, ReplyResult};
+use crate::backend::{Caller, Event, Flavor, ReplyResult};
 use crate::clients::{Registered, Shown};
 use crate::command::{flags, Command, CommandId, Policy, Spec, UNKNOWN};
 use crate::config::ReadFrom;
@@ -125,8 +126,8 @@ struct Session {
     pending_select: Option<Arc<AtomicU64>>,
     /// The subscriber connection, while the client subscribes (see session::pubsub).
     sub: Option<pubsub::Sub>,
-    /// MONITOR's feed, while the client monitors (see session::feeds).
-    monitor: Option<Feed>,
+    /// MONITOR's lines, while the client monitors (see session::feeds).
+    monitor: Option<feeds::Monitor>,
     /// CLIENT TRACKING's invalidation feed, while on (see session::feeds).
     tracking: Option<feeds::Tracking>,
     /// `read_from = "prefer_replica"`: when this client last sent a write.
@@ -420,6 +421,7 @@ async fn serve<R, W>(
                 ..
             })
         );
+        let input_flag = session.sub.as_ref().map(pubsub::Sub::input);
         tokio::select! {
             biased;
             written = out.write_to(&mut wr), if out.wants_write() => match written {
@@ -461,7 +463,8 @@ async fn serve<R, W>(
                     session.closing = true;
                 }
             },
-            line = next_line(session.monitor.as_mut()), if session.monitor.is_some() && out.len() < OUTPUT_HIGH_WATER => match line {
+            // Once MONITOR's +OK (and any reply before it) is out.
+            line = feeds::next_line(session.monitor.as_mut()), if session.monitor.is_some() && pending.is_empty() && out.len() < OUTPUT_HIGH_WATER => match line {
                 Some(Ok(line)) => out.push(line),
                 Some(Err(e)) => {
                     tracing::info!(error = %e, "MONITOR feed ended: closing the client");
@@ -473,7 +476,7 @@ async fn serve<R, W>(
                     session.closing = true;
                 }
             },
-            read = tokio::io::AsyncReadExt::read_buf(&mut rd, &mut input), if can_read => match read {
+            read = flagged(tokio::io::AsyncReadExt::read_buf(&mut rd, &mut input), input_flag), if can_read => match read {
                 Ok(0) | Err(_) => {
                     session.closing = true;
                     // Redis frees a client that leaves while blocked; so does keygate, which
@@ -561,11 +564,53 @@ async fn next_event(sub: &mut Option<pubsub::Sub>) -> Option<Event> {
     }
 }
 
-/// MONITOR's next line (only polled while the client monitors).
-async fn next_line(feed: Option<&mut Feed>) -> Option<Result<Bytes, Error>> {
-    match feed {
-        Some(feed) => feed.feed.recv().await,
-        None => std::future::pending().await,
+/// A subscribed client's read, flagging its input (see `backend::Leaving`): the flag is set by
+/// the wake-up that readiness brings, cleared when the read is polled, and set again if the read
+/// found the client gone (it stays set until the subscriber connection is dropped). Other
+/// clients' reads are polled as they are.
+async fn flagged(
+    read: impl std::future::Future<Output = std::io::Result<usize>>,
+    input: Option<Arc<AtomicBool>>,
+) -> std::io::Result<usize> {
+    let mut read = std::pin::pin!(read);
+    let Some(input) = input else {
+        return read.await;
+    };
+    let waker = Arc::new(FlagWaker {
+        input: input.clone(),
+        inner: std::sync::Mutex::new(None),
+    });
+    std::future::poll_fn(|cx| {
+        *waker.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        input.store(false, Release);
+        let flagging = std::task::Waker::from(waker.clone());
+        let polled = read
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&flagging));
+        if matches!(polled, std::task::Poll::Ready(Ok(0) | Err(_))) {
+            input.store(true, Release);
+        }
+        polled
+    })
+    .await
+}
+
+/// Sets a subscribed client's input flag, then wakes its task.
+struct FlagWaker {
+    input: Arc<AtomicBool>,
+    inner: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for FlagWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.input.store(true, Release);
+        if let Some(waker) = &*self.inner.lock().unwrap_or_else(|e| e.into_inner()) {
+            waker.wake_by_ref();
+        }
     }
 }
 
@@ -679,6 +724,9 @@ impl Session {
     fn handle(&mut self, args: Vec<Bytes>, drained: Drained, arrived: Instant) -> Option<Slot> {
         let origin = Origin::of(&args, arrived);
         let cmd = Command::parse(args);
+        if self.proxy.monitors.active() {
+            self.show(&cmd);
+        }
         self.proxy.metrics.request(cmd.id);
         self.last_command = cmd.id;
         let command = cmd.id;
@@ -702,12 +750,12 @@ impl Session {
         skipped: bool,
         origin: Origin,
     ) -> Option<Slot> {
-        let (reply, quiet, blocking) = match outcome {
+        let (reply, voice, blocking) = match outcome {
             Ok(Outcome::Handled(Handled {
                 reply,
-                quiet,
+                voice,
                 blocking,
-            })) => (reply, quiet, blocking),
+            })) => (reply, voice, blocking),
             Ok(Outcome::Held(cmd, fix)) => {
                 self.held = Some(Held {
                     cmd,
@@ -718,12 +766,17 @@ impl Session {
                 });
                 return None;
             }
-            Err(e) => (Reply::Ready(e.to_reply()), false, false),
+            Err(e) => (Reply::Ready(e.to_reply()), Voice::Normal, false),
+        };
+        let silent = match voice {
+            Voice::Normal => skipped || self.replies_off,
+            Voice::Quiet => true,
+            Voice::Heard => false,
         };
         Some(Slot {
             reply,
             command,
-            silent: quiet || skipped || self.replies_off,
+            silent,
             blocking,
             origin,
         })
@@ -809,19 +862,14 @@ impl Session {
             }
             self.must_drain = false;
             self.script_lane = None;
-            if let Some(db) = self.pending_select.take() {
-                if let Ok(db) = u32::try_from(db.load(Relaxed)) {
-                    self.flavor.db = db;
-                    self.publish();
-                }
-            }
+            self.apply_select();
         }
         let handled = match cmd.policy {
             Policy::Local => {
                 let handled = self.local(&cmd);
-                // Local commands are the ones that change what CLIENT LIST shows; PING and the
-                // like (often a health check's hot loop) change nothing there.
-                if !matches!(cmd.name(), "ping" | "echo" | "quit" | "slowlog") {
+                // Local commands are the ones that change what CLIENT LIST shows; QUIT and
+                // SLOWLOG change nothing there.
+                if !matches!(cmd.name(), "quit" | "slowlog") {
                     self.publish();
                 }
                 handled
@@ -830,6 +878,24 @@ impl Session {
                 command: spec.name.replace('|', " ").to_ascii_uppercase(),
                 reason,
             }),
+            // PUBLISH, PUBSUB NUMSUB ...: once the subscribers that are leaving are gone from
+            // their servers, so they are never counted (see backend::subscriber).
+            Policy::Forward if spec.has(flags::PUBSUB) && self.proxy.subscribers_leaving.any() => {
+                let proxy = self.proxy.clone();
+                let caller = self.caller();
+                let bound = self.proxy.config.load().upstream.request_timeout;
+                self.must_drain = true;
+                let reply = Reply::Later(Box::pin(async move {
+                    proxy.subscribers_leaving.settled(bound).await;
+                    let topology = proxy.topology.load_full();
+                    let reply = match route::plan(&cmd, &topology) {
+                        Ok(plan) => dispatch::run(&proxy, &topology, caller, cmd.args, plan, false),
+                        Err(e) => return e.to_reply(),
+                    };
+                    tenancy::settle(reply).await
+                }));
+                Ok(Handled::reply(self.unconfine(reply, fix)))
+            }
             Policy::Forward => {
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;
@@ -854,7 +920,7 @@ impl Session {
                     dispatch::blocking(&self.proxy, &topology, self.caller(), backend, cmd.args);
                 Ok(Handled {
                     reply: self.unconfine(reply, fix),
-                    quiet: false,
+                    voice: Voice::Normal,
                     blocking: true,
                 })
             }
@@ -875,11 +941,29 @@ impl Session {
                 }));
                 Ok(Handled::reply(self.unconfine(reply, fix)))
             }
-            Policy::Subscribe => return self.subscribe(cmd, drained),
+            // Confirmations are sent even with CLIENT REPLY OFF or SKIP, as Redis 7 sends them
+            // (a client waiting for one would otherwise hang).
+            Policy::Subscribe => {
+                return self.subscribe(cmd, drained).map(|outcome| match outcome {
+                    Outcome::Handled(handled) => Outcome::Handled(handled.heard()),
+                    held => held,
+                })
+            }
             Policy::Transaction => unreachable!("session::transaction takes these"),
             Policy::Close => unreachable!("handled in try_handle"),
         };
         handled.map(Outcome::Handled)
+    }
+
+    /// A SELECT the server has answered (its earlier replies are all in): its database becomes
+    /// the client's, for the pools its next requests use.
+    fn apply_select(&mut self) {
+        if let Some(db) = self.pending_select.take() {
+            if let Ok(db) = u32::try_from(db.load(Relaxed)) {
+                self.flavor.db = db;
+                self.publish();
+            }
+        }
     }
 
     /// Whether this command may be served by a replica (`read_from`): read-only, and for
@@ -1000,17 +1084,36 @@ impl Session {
 /// A command's outcome: its reply, and whether CLIENT REPLY rules drop that reply.
 struct Handled {
     reply: Reply,
-    quiet: bool,
+    voice: Voice,
     /// It is a blocking command's.
     blocking: bool,
+}
+
+/// Whether a reply reaches the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Voice {
+    /// Unless CLIENT REPLY OFF or SKIP silences it.
+    Normal,
+    /// Never (CLIENT REPLY OFF and SKIP themselves).
+    Quiet,
+    /// Always: CLIENT REPLY ON's `+OK`, and (un)subscribe confirmations.
+    Heard,
 }
 
 impl Handled {
     fn reply(reply: Reply) -> Self {
         Handled {
             reply,
-            quiet: false,
+            voice: Voice::Normal,
             blocking: false,
+        }
+    }
+
+    /// Sent whatever CLIENT REPLY says.
+    fn heard(self) -> Self {
+        Handled {
+            voice: Voice::Heard,
+            ..self
         }
     }
 

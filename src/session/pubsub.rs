@@ -18,6 +18,8 @@
 //! outside the tenant's prefix is dropped, never delivered.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
@@ -42,6 +44,11 @@ pub(super) struct Sub {
 }
 
 impl Sub {
+    /// The client's input flag (see backend::Leaving).
+    pub(super) fn input(&self) -> Arc<AtomicBool> {
+        self.conn.input.clone()
+    }
+
     /// Wait for the next event, or `None` once the connection is gone.
     pub(super) async fn next(&mut self) -> Option<Event> {
         self.conn.events.recv().await
@@ -77,6 +84,10 @@ impl Session {
             return Ok((cmd, fix));
         }
         let name = cmd.spec.map_or("unknown", |s| s.name);
+        // An UNSUBSCRIBE still in flight may end subscribed mode: decide once it is answered.
+        if !drained() && !name.contains("subscribe") {
+            return Err(Ok(Outcome::Held(cmd, fix)));
+        }
         if name == "ping" {
             let mut out = BytesMut::new();
             resp::put_header(&mut out, b'*', 2);
@@ -86,10 +97,6 @@ impl Session {
         }
         if allowed_in_subscribed_mode(name) {
             return Ok((cmd, fix));
-        }
-        // An UNSUBSCRIBE still in flight may end subscribed mode: decide once it is answered.
-        if !drained() {
-            return Err(Ok(Outcome::Held(cmd, fix)));
         }
         Err(Err(Error::NotInContext(cmd.args[0].clone())))
     }
@@ -119,7 +126,7 @@ impl Session {
                     .get(shard.unwrap_or(0))
                     .ok_or(Error::NoPrimary)?;
                 self.sub = Some(Sub {
-                    conn: backend.subscribe(self.flavor)?,
+                    conn: backend.subscribe(self.flavor, self.proxy.subscribers_leaving.clone())?,
                     waiting: VecDeque::new(),
                     subscribed: false,
                 });

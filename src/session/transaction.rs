@@ -28,6 +28,7 @@
 
 use bytes::Bytes;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -59,6 +60,10 @@ pub(super) struct Transaction {
     /// The reply to the MULTI keygate sent itself when it pinned (the client already had its
     /// +OK). Kept so the request is written: one whose receiver is gone is skipped.
     _multi_ack: Option<oneshot::Receiver<ReplyResult>>,
+    /// Commands sent on the pinned connection inside MULTI.
+    sent: usize,
+    /// SELECTs queued inside MULTI: their place among `sent`, and the database.
+    selects: Vec<(usize, u32)>,
 }
 
 impl Transaction {
@@ -71,6 +76,8 @@ impl Transaction {
             queued: Vec::new(),
             fixing: false,
             _multi_ack: None,
+            sent: 0,
+            selects: Vec::new(),
         }
     }
 }
@@ -140,7 +147,11 @@ impl Session {
             }
             "exec" | "discard" => {
                 let txn = self.txn.take().expect("checked above");
-                if name == "exec" && txn.aborted {
+                // A transaction whose connection broke cannot run: the commands queued on it
+                // were lost (or refused: a server busy with a script refuses a new
+                // connection's setup), as a queueing error loses them.
+                let broken = txn.pinned.as_ref().is_some_and(|(p, _)| p.broken());
+                if name == "exec" && (txn.aborted || broken) {
                     // Dropping the pinned connection closes it, and Redis discards the MULTI.
                     drop(txn.pinned);
                     return Step::Done(Err(Error::Coded(
@@ -158,6 +169,14 @@ impl Session {
                     (Some(seat), "exec") if txn.fixing => Step::Done(Ok(Handled::reply(
                         exec_reply(reply, txn.queued, seat.tenant.clone()),
                     ))),
+                    (None, "exec") if !txn.selects.is_empty() => {
+                        let verdict = self.select_verdict();
+                        Step::Done(Ok(Handled::reply(selected_by_exec(
+                            reply,
+                            txn.selects,
+                            verdict,
+                        ))))
+                    }
                     _ => Step::Done(Ok(Handled::reply(reply))),
                 }
             }
@@ -202,8 +221,17 @@ impl Session {
     ) -> Step {
         let name = spec.name;
         let in_multi = self.txn.as_ref().is_some_and(|t| t.in_multi);
+        let mut select = None;
+        if name == "select" {
+            match self.select_in_transaction(&cmd, in_multi) {
+                Ok(Selected::Answered(handled)) => return Step::Done(Ok(handled)),
+                Ok(Selected::Send(db)) => select = Some(db),
+                Err(e) => return self.queue_error(e, in_multi),
+            }
+        }
         // Refused commands stay refused; inside MULTI they abort it, as a queueing error does.
         let refusal = match cmd.policy {
+            _ if select.is_some() => None,
             Policy::Refuse(reason) if name != "watch" && name != "unwatch" => {
                 Some(Error::Refused {
                     command: name.replace('|', " ").to_ascii_uppercase(),
@@ -213,7 +241,7 @@ impl Session {
             Policy::Subscribe => Some(Error::Invalid(
                 "keygate: pub/sub is not supported inside a transaction or while watching keys",
             )),
-            Policy::Local if !matches!(name, "ping" | "echo") => Some(Error::Invalid(
+            Policy::Local => Some(Error::Invalid(
                 "keygate: this command is not supported inside a transaction",
             )),
             // The transaction's connection is not the tenant's backend user: a script there
@@ -239,19 +267,26 @@ impl Session {
             Ok(_) | Err(Error::CrossSlot) => return self.queue_error(Error::CrossSlot, in_multi),
             Err(e) => return self.queue_error(e, in_multi),
         };
-        let txn = self.txn.as_mut().expect("in a transaction");
         let keyless = target.slot.is_none()
             && target.backend == 0
             && crate::command::keys::positions(spec, &cmd.args).is_empty();
-        match &txn.pinned {
-            Some((_, pinned_to)) if keyless || *pinned_to == target => {}
+        let pinned_to = self
+            .txn
+            .as_ref()
+            .and_then(|txn| txn.pinned.as_ref())
+            .map(|(_, to)| *to);
+        match pinned_to {
+            Some(pinned_to) if keyless || pinned_to == target => {}
             Some(_) => return self.queue_error(Error::CrossSlot, in_multi),
             None => {
                 // First command that needs the connection: pin, after earlier replies are in.
                 if !drained() {
                     return Step::Hold(cmd, fix);
                 }
+                // A SELECT just before: the pinned connection is for its database.
+                self.apply_select();
                 let pinned = topology.backends[target.backend].pin(self.flavor);
+                let txn = self.txn.as_mut().expect("in a transaction");
                 if in_multi {
                     // MULTI's +OK was already sent to the client; this one is read and dropped.
                     txn._multi_ack = Some(pinned.send(vec![Bytes::from_static(b"MULTI")]));
@@ -259,12 +294,33 @@ impl Session {
                 txn.pinned = Some((pinned, target));
             }
         }
+        let txn = self.txn.as_mut().expect("in a transaction");
         if name == "watch" {
             txn.watching = true;
         }
         let (pinned, _) = txn.pinned.as_ref().expect("pinned above");
         let reply = Reply::Backend(pinned.send(cmd.args));
+        if in_multi {
+            if let Some(Some(db)) = select {
+                txn.selects.push((txn.sent, db));
+            }
+            txn.sent += 1;
+        }
         if !in_multi {
+            if let Some(db) = select {
+                let db = db.unwrap_or(u32::MAX);
+                // Watching: the pinned connection switches now; the client's own database
+                // once the server accepted it (applied when the pin ends).
+                let verdict = self.select_verdict();
+                let reply = Reply::Later(Box::pin(async move {
+                    let reply = tenancy::settle(reply).await;
+                    if &reply[..] == b"+OK\r\n" {
+                        verdict.store(db as u64, Relaxed);
+                    }
+                    reply
+                }));
+                return Step::Done(Ok(Handled::reply(reply)));
+            }
             // Watching: run now, its reply un-prefixed as outside a transaction.
             return Step::Done(Ok(Handled::reply(self.unconfine(reply, fix))));
         }
@@ -273,6 +329,51 @@ impl Session {
             txn.queued.push(Queued::Sent(fix));
         }
         Step::Done(Ok(Handled::reply(reply)))
+    }
+
+    /// SELECT while WATCHing or inside MULTI. With one database (tenants, sharded modes) it is
+    /// answered as outside (inside MULTI: queued, its answer placed in EXEC's reply); standalone,
+    /// it goes to the pinned connection, and the client's database follows once the server ran
+    /// it (see `select_verdict`).
+    fn select_in_transaction(&mut self, cmd: &Command, in_multi: bool) -> Result<Selected, Error> {
+        let db = resp::parse_int(&cmd.args[1]).and_then(|db| u32::try_from(db).ok());
+        let sharded = self.proxy.topology.load().kind.sharded();
+        if self.tenant.is_none() && !sharded {
+            // The server checks the argument (inside MULTI: when EXEC runs it).
+            return Ok(Selected::Send(db));
+        }
+        let db = match resp::parse_int(&cmd.args[1]) {
+            Some(db) if (0..=i32::MAX as i64).contains(&db) => db as u32,
+            Some(_) => return Err(Error::Invalid("DB index is out of range")),
+            None => return Err(Error::Invalid("value is not an integer or out of range")),
+        };
+        if db != 0 {
+            return Err(match self.tenant {
+                Some(_) => Error::Invalid(
+                    "keygate: tenants use database 0 only; their keys are kept apart by prefix",
+                ),
+                None => Error::Invalid("SELECT is not allowed in cluster mode"),
+            });
+        }
+        let ok = resp::simple("OK");
+        Ok(Selected::Answered(match (in_multi, &self.tenant) {
+            (true, Some(_)) => self.queue_answer(ok),
+            // Sharded, no tenant: SELECT 0 changes nothing and is queued on the server.
+            (true, None) => return Ok(Selected::Send(Some(0))),
+            (false, _) => Handled::reply(Reply::Ready(ok)),
+        }))
+    }
+
+    /// Where a SELECT sent on the pinned connection reports the database the server accepted;
+    /// it becomes the client's when the transaction ends (see `Session::route`). Starts at the
+    /// database the client has now, so a refused SELECT changes nothing.
+    fn select_verdict(&mut self) -> Arc<AtomicU64> {
+        if let Some(verdict) = &self.pending_select {
+            return verdict.clone();
+        }
+        let verdict = Arc::new(AtomicU64::new(self.flavor.db as u64));
+        self.pending_select = Some(verdict.clone());
+        verdict
     }
 
     /// Mark an open MULTI as failed: EXEC will answer EXECABORT.
@@ -290,6 +391,28 @@ impl Session {
         }
         Step::Done(Err(error))
     }
+}
+
+/// What SELECT inside a transaction does.
+enum Selected {
+    Answered(Handled),
+    /// Sent to the pinned connection; the database it names, if it is one.
+    Send(Option<u32>),
+}
+
+/// EXEC's reply, passed on; each SELECT in it the server ran makes its database the client's.
+fn selected_by_exec(reply: Reply, selects: Vec<(usize, u32)>, verdict: Arc<AtomicU64>) -> Reply {
+    Reply::Later(Box::pin(async move {
+        let bytes = tenancy::settle(reply).await;
+        if let Some(elements) = value::elements(&bytes) {
+            for (at, db) in selects {
+                if elements.get(at).is_some_and(|e| &e[..] == b"+OK\r\n") {
+                    verdict.store(db as u64, Relaxed);
+                }
+            }
+        }
+        bytes
+    }))
 }
 
 /// EXEC's reply for a tenant: each element as the tenant would see it outside a transaction,

@@ -49,10 +49,12 @@ pub fn rewrite(
             if !allow_scripts {
                 return Err(Refused::Scripts);
             }
+            // Redis checks numkeys before it looks the script up.
+            let keys = counted(args, 2, name)?;
             if name.starts_with("evalsha") && !known_script(&args[1].to_ascii_lowercase()) {
                 return Err(Refused::NoScript);
             }
-            for at in counted(args, 2)? {
+            for at in keys {
                 key(args, at);
             }
             Ok(ReplyFix::None)
@@ -64,13 +66,13 @@ pub fn rewrite(
             Ok(ReplyFix::RecordScript)
         }
         "zunion" | "zinter" | "zdiff" | "sintercard" | "zintercard" => {
-            for at in counted(args, 1)? {
+            for at in counted(args, 1, name)? {
                 key(args, at);
             }
             Ok(ReplyFix::None)
         }
         "lmpop" | "zmpop" => {
-            for at in counted(args, 1)? {
+            for at in counted(args, 1, name)? {
                 key(args, at);
             }
             Ok(ReplyFix::PoppedKey)
@@ -83,14 +85,14 @@ pub fn rewrite(
             Ok(ReplyFix::PoppedKey)
         }
         "blmpop" | "bzmpop" => {
-            for at in counted(args, 2)? {
+            for at in counted(args, 2, name)? {
                 key(args, at);
             }
             Ok(ReplyFix::PoppedKey)
         }
         "zunionstore" | "zinterstore" | "zdiffstore" => {
             key(args, 1);
-            for at in counted(args, 2)? {
+            for at in counted(args, 2, name)? {
                 key(args, at);
             }
             Ok(ReplyFix::None)
@@ -123,17 +125,61 @@ pub fn rewrite(
     }
 }
 
-/// `numkeys` at `at` (a strict integer, at least 1, no more than the arguments after it), then
-/// that many key positions.
-fn counted(args: &[Bytes], at: usize) -> Result<std::ops::Range<usize>, Refused> {
-    let n = args
-        .get(at)
-        .and_then(|a| parse_int(a))
-        .ok_or(Refused::Syntax("numkeys is not an integer"))?;
-    if n < 0 || n as usize > args.len() - at - 1 {
-        return Err(Refused::Syntax("numkeys does not match the arguments"));
+/// `numkeys` at `at` (an integer no larger than the number of arguments after it), then that
+/// many key positions. A bad count gets the error `name` gets from Redis 7 for it.
+fn counted(args: &[Bytes], at: usize, name: &str) -> Result<std::ops::Range<usize>, Refused> {
+    let n = args.get(at).and_then(|a| parse_int(a));
+    let rest = args.len() - at - 1;
+    let (not_integer, too_few, too_many) = match name {
+        "eval" | "eval_ro" | "evalsha" | "evalsha_ro" => (
+            NOT_INTEGER,
+            "Number of keys can't be negative",
+            TOO_MANY_KEYS,
+        ),
+        "fcall" | "fcall_ro" => (
+            "Bad number of keys provided",
+            "Number of keys can't be negative",
+            TOO_MANY_KEYS,
+        ),
+        "sintercard" => (NUMKEYS, NUMKEYS, TOO_MANY_KEYS),
+        "lmpop" | "zmpop" | "blmpop" | "bzmpop" => (NUMKEYS, NUMKEYS, "syntax error"),
+        "zunion" | "zinter" | "zdiff" | "zintercard" | "zunionstore" | "zinterstore"
+        | "zdiffstore" => (NOT_INTEGER, at_least_one(name), "syntax error"),
+        _ => (
+            "numkeys is not an integer",
+            "numkeys is negative",
+            "syntax error",
+        ),
+    };
+    // Scripts may take no keys; the others need one at least.
+    let least = if name.starts_with("eval") || name.starts_with("fcall") {
+        0
+    } else {
+        1
+    };
+    match n {
+        None => Err(Refused::Syntax(not_integer)),
+        Some(n) if n < least => Err(Refused::Syntax(too_few)),
+        Some(n) if n as u64 > rest as u64 => Err(Refused::Syntax(too_many)),
+        Some(n) => Ok(at + 1..at + 1 + n as usize),
     }
-    Ok(at + 1..at + 1 + n as usize)
+}
+
+const NOT_INTEGER: &str = "value is not an integer or out of range";
+const NUMKEYS: &str = "numkeys should be greater than 0";
+const TOO_MANY_KEYS: &str = "Number of keys can't be greater than number of args";
+
+/// Redis's error for a sorted-set operation given no input key.
+fn at_least_one(name: &str) -> &'static str {
+    match name {
+        "zunion" => "at least 1 input key is needed for 'zunion' command",
+        "zinter" => "at least 1 input key is needed for 'zinter' command",
+        "zdiff" => "at least 1 input key is needed for 'zdiff' command",
+        "zintercard" => "at least 1 input key is needed for 'zintercard' command",
+        "zunionstore" => "at least 1 input key is needed for 'zunionstore' command",
+        "zinterstore" => "at least 1 input key is needed for 'zinterstore' command",
+        _ => "at least 1 input key is needed for 'zdiffstore' command",
+    }
 }
 
 /// XREAD [COUNT n] [BLOCK ms] STREAMS k.. id..; XREADGROUP GROUP g c [COUNT n] [BLOCK ms]
@@ -269,6 +315,35 @@ mod tests {
         assert!(run("ZINTER -1 a", true).is_err());
         assert!(run("ZINTER x a", true).is_err());
         assert!(run("ZINTER 01 a", true).is_err());
+        // With Redis 7's own texts, command by command.
+        let error = |l: &str| match run(l, true) {
+            Err(Refused::Syntax(text)) => text,
+            other => panic!("{l}: {other:?}"),
+        };
+        let too_many = "Number of keys can't be greater than number of args";
+        let numkeys = "numkeys should be greater than 0";
+        let not_integer = "value is not an integer or out of range";
+        assert_eq!(error("EVAL s 3 a"), too_many);
+        assert_eq!(error("EVAL s x a"), not_integer);
+        assert_eq!(error("EVAL s -1 a"), "Number of keys can't be negative");
+        assert_eq!(error("EVALSHA other 3 a"), too_many);
+        assert_eq!(error("FCALL f x a"), "Bad number of keys provided");
+        assert_eq!(error("FCALL_RO f 2"), too_many);
+        assert_eq!(error("SINTERCARD 0 a"), numkeys);
+        assert_eq!(error("SINTERCARD x a"), numkeys);
+        assert_eq!(error("SINTERCARD 3 a"), too_many);
+        assert_eq!(error("LMPOP 0 a LEFT"), numkeys);
+        assert_eq!(error("LMPOP 5 a LEFT"), "syntax error");
+        assert_eq!(error("ZINTERCARD x a"), not_integer);
+        assert_eq!(error("ZINTERCARD 3 a"), "syntax error");
+        assert_eq!(
+            error("ZUNIONSTORE d 0 a"),
+            "at least 1 input key is needed for 'zunionstore' command"
+        );
+        assert_eq!(
+            error("ZINTER -1 a"),
+            "at least 1 input key is needed for 'zinter' command"
+        );
     }
 
     #[test]

@@ -228,6 +228,8 @@ pub struct Keygate {
     pub admin: SocketAddr,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// To check, when the test ends, that no client session panicked.
+    proxy: std::sync::Arc<keygate::server::Proxy>,
 }
 
 impl Keygate {
@@ -290,6 +292,7 @@ impl Keygate {
     fn run(server: Server) -> Keygate {
         let addr = server.local_addr();
         let admin = server.admin_addr().unwrap();
+        let proxy = server.proxy();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         Keygate {
@@ -297,6 +300,7 @@ impl Keygate {
             admin,
             shutdown,
             task: Some(task),
+            proxy,
         }
     }
 
@@ -337,6 +341,16 @@ impl Keygate {
 impl Drop for Keygate {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        // A panic in a session closes only that client's connection, which a test may not
+        // notice: every test fails loudly on one instead.
+        let panics = self
+            .proxy
+            .metrics
+            .session_panics
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if panics > 0 && !std::thread::panicking() {
+            panic!("{panics} keygate client session(s) panicked (see the ERROR log above)");
+        }
     }
 }
 

@@ -1,0 +1,308 @@
+//! Exactly Redis: what Redis's own test suite and redis-py's found keygate doing differently
+//! (scripts/redis-suites.sh runs both). Each test sends the same bytes to keygate and to the
+//! Redis behind it and compares the replies byte for byte, or checks the one thing that matters
+//! (no hang, no lie, no ghost subscriber).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{as_tenant, http_get, Keygate, Raw, Redis};
+
+const TENANTS: &str = "[[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n\
+    allow_scripts = true\n";
+
+fn text(reply: Vec<u8>) -> String {
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Send `bytes` to both and read for `wait`: everything each sent back must be the same.
+async fn same_bytes(through: &mut Raw, direct: &mut Raw, bytes: &[u8], wait: Duration) {
+    through.send(bytes).await;
+    direct.send(bytes).await;
+    let (a, b) = (drain(through, wait).await, drain(direct, wait).await);
+    assert_eq!(
+        text(a),
+        text(b),
+        "keygate vs Redis for {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+}
+
+/// Every reply that arrives within `wait`.
+async fn drain(raw: &mut Raw, wait: Duration) -> Vec<u8> {
+    let mut all = Vec::new();
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, raw.reply()).await {
+            Ok(Some(reply)) => all.extend_from_slice(&reply),
+            _ => return all,
+        }
+    }
+}
+
+/// A subcommand's table name sent as the command (`CLIENT|ID x`) is an unknown command, as in
+/// Redis, in pass-through and tenant mode; it once reached an `unreachable!` and killed the
+/// session (and left `keygate_client_connections` one too high).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subcommand_names_sent_as_commands_are_unknown() {
+    let redis = Redis::start();
+    for tenants in ["", TENANTS] {
+        let kg = Keygate::start_with(&redis.addr(), tenants).await;
+        let mut through = match tenants {
+            "" => kg.raw().await,
+            _ => as_tenant(&kg, "acme").await,
+        };
+        let mut direct = Raw::connect(redis.addr().parse().unwrap()).await;
+        for line in [
+            "CLIENT|ID x",
+            "CLIENT|LIST x",
+            "CLIENT|GETNAME x",
+            "SLOWLOG|GET x",
+            "SLOWLOG|LEN x",
+            "CONFIG|GET GET_XX",
+            "OBJECT|ENCODING k",
+            "XINFO|STREAM",
+            "client|id",
+        ] {
+            let request = format!("{line}\r\n");
+            same_bytes(
+                &mut through,
+                &mut direct,
+                request.as_bytes(),
+                Duration::from_millis(100),
+            )
+            .await;
+        }
+        assert_eq!(through.call(&[b"PING"]).await, b"+PONG\r\n");
+        drop(through);
+        // Every connection is counted out again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, metrics) = http_get(kg.admin, "/metrics").await;
+            if metrics.contains("\nkeygate_client_connections 0\n") {
+                assert!(metrics.contains("\nkeygate_session_panics_total 0\n"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{metrics}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// CLIENT REPLY: ON is answered right after SKIP; with OFF or SKIP, (un)subscribe confirmations
+/// still arrive (Redis 7 sends them), in RESP2 and RESP3. Clients waiting for them used to hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reply_modes_never_swallow_what_redis_sends() {
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let wait = Duration::from_millis(300);
+    for hello in ["HELLO 2\r\n", "HELLO 3\r\n"] {
+        for script in [
+            "CLIENT REPLY SKIP\r\nCLIENT REPLY ON\r\nPING\r\n",
+            "CLIENT REPLY SKIP\r\nPING\r\nPING\r\n",
+            "CLIENT REPLY OFF\r\nSET k v\r\nSUBSCRIBE a b\r\nPSUBSCRIBE p*\r\nUNSUBSCRIBE\r\nPUNSUBSCRIBE\r\nCLIENT REPLY ON\r\nPING\r\n",
+            "CLIENT REPLY SKIP\r\nSUBSCRIBE a\r\nUNSUBSCRIBE a\r\nPING\r\n",
+            "CLIENT REPLY OFF\r\nUNSUBSCRIBE x\r\nCLIENT REPLY ON\r\n",
+        ] {
+            let mut through = kg.raw().await;
+            let mut direct = Raw::connect(redis.addr().parse().unwrap()).await;
+            // HELLO's reply describes the server: compared by its first byte only.
+            through.send(hello.as_bytes()).await;
+            direct.send(hello.as_bytes()).await;
+            let (a, b) = (drain(&mut through, wait).await, drain(&mut direct, wait).await);
+            assert_eq!(a.first(), b.first());
+            same_bytes(&mut through, &mut direct, script.as_bytes(), wait).await;
+        }
+    }
+}
+
+/// A script running longer than `request_timeout` gets its reply (scripts have no timeout);
+/// any other command that does gets an error that says it may have run (it did), and the
+/// client's next command is served at once: a slow command is not a broken server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_command_is_never_reported_as_not_run() {
+    let redis = Redis::start_with(&["--enable-debug-command", "yes"]);
+    let kg = Keygate::start(&redis.addr()).await; // request_timeout 1s
+    let mut raw = kg.raw().await;
+    let reply = text(
+        raw.call(&[
+            b"EVAL",
+            b"local t = redis.call('time') local start = t[1] * 1e6 + t[2] \
+              repeat t = redis.call('time') until t[1] * 1e6 + t[2] - start > 1500000 \
+              redis.call('set', KEYS[1], 'done') return 1",
+            b"1",
+            b"k",
+        ])
+        .await,
+    );
+    assert_eq!(reply, ":1\r\n");
+    let reply = text(raw.call(&[b"DEBUG", b"SLEEP", b"1.5"]).await);
+    assert!(
+        reply.contains("did not answer within 1s")
+            && reply.contains("the command was sent and may have run"),
+        "{reply}"
+    );
+    // The next command is served (after the server wakes), not refused as unavailable.
+    let started = Instant::now();
+    assert_eq!(raw.call(&[b"GET", b"k"]).await, b"$4\r\ndone\r\n");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// Subscribers that disconnect are gone from the server before keygate forwards a PUBLISH (or
+/// PUBSUB NUMSUB) that would count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_subscribers_are_never_counted() {
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut publisher = kg.raw().await;
+    let mut counted = 0;
+    for round in 0..50 {
+        let mut a = kg.raw().await;
+        let mut b = kg.raw().await;
+        assert!(text(a.call(&[b"SUBSCRIBE", b"ch"]).await).contains("subscribe"));
+        assert!(text(b.call(&[b"PSUBSCRIBE", b"c*"]).await).contains("psubscribe"));
+        drop(a);
+        drop(b);
+        if std::env::var("FIDELITY_SLEEP").is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reply = match round % 2 {
+            0 => publisher.call(&[b"PUBLISH", b"ch", b"x"]).await,
+            _ => publisher.call(&[b"PUBSUB", b"NUMSUB", b"ch"]).await,
+        };
+        if reply != b":0\r\n" && reply != b"*2\r\n$2\r\nch\r\n:0\r\n" {
+            counted += 1;
+        }
+    }
+    assert_eq!(counted, 0, "closed subscribers counted in {counted} of 50");
+}
+
+/// Error texts keygate writes itself are Redis's: SLOWLOG GET's count, HELLO's protocol, and a
+/// tenant's malformed numkeys (keygate checks them before it prefixes keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_texts_are_redis_texts() {
+    let redis = Redis::start();
+    let mut direct = Raw::connect(redis.addr().parse().unwrap()).await;
+    let wait = Duration::from_millis(100);
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut through = kg.raw().await;
+    for line in ["SLOWLOG GET -2", "SLOWLOG GET abc", "HELLO 4", "HELLO x"] {
+        let request = format!("{line}\r\n");
+        same_bytes(&mut through, &mut direct, request.as_bytes(), wait).await;
+    }
+    let kg = Keygate::start_with(&redis.addr(), TENANTS).await;
+    let mut tenant = as_tenant(&kg, "acme").await;
+    assert_eq!(
+        text(direct.call(&[b"FUNCTION", b"LOAD", b"#!lua name=fidelity\nredis.register_function('f', function(k, a) return 1 end)"]).await),
+        "$8\r\nfidelity\r\n"
+    );
+    for line in [
+        "SINTERCARD 0 a",
+        "SINTERCARD x a",
+        "SINTERCARD 3 a",
+        "ZINTERCARD 0 a",
+        "ZINTERCARD x a",
+        "ZINTERCARD 3 a",
+        "ZUNION 0 a",
+        "ZINTER x a",
+        "ZDIFF 3 a",
+        "ZUNIONSTORE d 0 a",
+        "ZINTERSTORE d 3 a",
+        "ZDIFFSTORE d x a",
+        "LMPOP 0 a LEFT",
+        "LMPOP x a LEFT",
+        "LMPOP 5 a LEFT",
+        "ZMPOP 2 a MIN",
+        "EVAL return 3 a",
+        "EVAL return x a",
+        "EVAL return -1 a",
+        "EVALSHA e0e1f9fabfc9d4800c877a703b823ac0578ff8db 3 a",
+        "FCALL f 3 a",
+        "FCALL f x a",
+        "FCALL f -1 a",
+        "FCALL_RO f 2",
+    ] {
+        let request = format!("{line}\r\n");
+        same_bytes(&mut tenant, &mut direct, request.as_bytes(), wait).await;
+    }
+}
+
+/// SELECT while WATCHing or inside MULTI, as in Redis: on the transaction's connection, and the
+/// client's database follows once the server ran it (WATCH remembers the database of its key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_inside_transactions_as_redis() {
+    let (behind, beside) = (Redis::start(), Redis::start());
+    let kg = Keygate::start(&behind.addr()).await;
+    let mut through = kg.raw().await;
+    let mut direct = Raw::connect(beside.addr().parse().unwrap()).await;
+    let script = [
+        "SELECT 5",
+        "SET x 30",
+        "WATCH x",
+        "SELECT 1",
+        "SET x 10",
+        "SELECT 5",
+        "MULTI",
+        "PING",
+        "EXEC",
+        "GET x",
+        "MULTI",
+        "SELECT 2",
+        "SET y 1",
+        "EXEC",
+        "GET y",
+        "SELECT 0",
+        "GET y",
+        "WATCH x",
+        "SELECT 7",
+        "UNWATCH",
+        "SET z 1",
+        "SELECT 0",
+        "GET z",
+        "SELECT 7",
+        "GET z",
+        "MULTI",
+        "SELECT abc",
+        "EXEC",
+        "SELECT 3",
+        "MULTI",
+        "SELECT 99999",
+        "SET w 1",
+        "EXEC",
+        "GET w",
+    ];
+    for line in script {
+        let request = format!("{line}\r\n");
+        same_bytes(
+            &mut through,
+            &mut direct,
+            request.as_bytes(),
+            Duration::from_millis(50),
+        )
+        .await;
+    }
+}
+
+/// A transaction's connection that breaks is never reopened: what the client queues after that
+/// fails, EXEC answers EXECABORT, and nothing of the transaction runs outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_transaction_never_runs_outside_multi() {
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut raw = kg.raw().await;
+    assert_eq!(raw.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(raw.call(&[b"SET", b"a", b"1"]).await, b"+QUEUED\r\n");
+    // Every connection keygate has is killed, the pinned one among them.
+    let killed = common::redis_cli(redis.port, &["CLIENT", "KILL", "TYPE", "normal"]);
+    assert!(killed.trim().parse::<u32>().unwrap() >= 1, "{killed}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reply = text(raw.call(&[b"SET", b"b", b"2"]).await);
+    assert!(reply.starts_with("-ERR keygate:"), "{reply}");
+    assert_eq!(
+        raw.call(&[b"EXEC"]).await,
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(raw.call(&[b"EXISTS", b"a", b"b"]).await, b":0\r\n");
+}

@@ -482,7 +482,9 @@ impl Default for LimitsFile {
             max_request_bytes: 512 * 1024 * 1024,
             max_request_args: 1024 * 1024,
             max_pipeline: 1024,
-            max_reply_depth: 512,
+            // Redis itself sends replies about 8 000 deep (a script returning a table that
+            // holds itself, cut at Lua's stack limit): deeper than that is no server's reply.
+            max_reply_depth: 10_000,
             client_idle_timeout: Duration::ZERO,
             client_output_limit: 64 * 1024 * 1024,
             frame_timeout: Duration::from_secs(60),

@@ -176,6 +176,9 @@ pub fn blocking(
     let proxy = proxy.clone();
     let wait = args[0].eq_ignore_ascii_case(b"wait");
     Reply::Later(Box::pin(async move {
+        // INFO's blocked_clients, while this client waits here.
+        proxy.metrics.clients_blocked.fetch_add(1, Relaxed);
+        let _blocked = Unblock(&proxy.metrics.clients_blocked);
         let mut asking = false;
         for attempt in 0..MAX_ATTEMPTS {
             let mut conn = match backend.blocking(caller.flavor).await {
@@ -293,6 +296,15 @@ fn scan_reply(reply: Bytes, shard: usize, shards: usize, epoch: u64) -> Bytes {
     out.freeze()
 }
 
+/// Counts a client out of `clients_blocked` when its blocking command ends, however it ends.
+struct Unblock<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Unblock<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// INFO with no section, or asking for `keygate`, `default`, `all` or `everything`.
 fn wants_keygate_section(args: &[Bytes]) -> bool {
     args.len() == 1
@@ -311,10 +323,12 @@ fn info_header(proxy: &Proxy, topology: &Topology) -> String {
         .filter(|b| b.connections_up() > 0)
         .count();
     let mut text = format!(
-        "# keygate\r\nkeygate_version:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\ntenants:{}\r\nupstream_kind:{}\r\nshards:{}\r\nshards_connected:{up}\r\ntopology_epoch:{}\r\n",
+        "# keygate\r\nkeygate_version:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\nblocked_clients:{}\r\npaused_clients:{}\r\ntenants:{}\r\nupstream_kind:{}\r\nshards:{}\r\nshards_connected:{up}\r\ntopology_epoch:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         proxy.started.elapsed().as_secs(),
         proxy.metrics.clients_connected.load(Relaxed),
+        proxy.metrics.clients_blocked.load(Relaxed) + proxy.pause.held() as u64,
+        proxy.pause.held(),
         proxy.tenants.load().len(),
         topology.kind.name(),
         topology.backends.len(),

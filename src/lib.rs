@@ -20,6 +20,7 @@
 //! - `write_queue`: batched, zero-copy socket writes for both sides.
 //! - `admin`, `metrics`, `status`: /health, /ready, /metrics, POST /reload, the status page.
 //! - `monitor`: MONITOR's lines for what clients send to keygate, as Redis writes them.
+//! - `pause`: CLIENT PAUSE / UNPAUSE over keygate's own clients.
 //! - `error`: the one error enum; every client-facing error text.
 //!
 //! Everything from `resp` to `route` does no I/O, so it is unit-tested, benchmarked and fuzzed
@@ -52,6 +53,7 @@ pub mod error;
 pub mod histogram;
 pub mod metrics;
 pub mod monitor;
+pub mod pause;
 pub mod refresh;
 pub mod reload;
 pub mod resp;

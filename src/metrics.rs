@@ -25,6 +25,8 @@ pub struct Metrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub clients_connected: AtomicU64,
+    /// Clients waiting in a blocking command (BLPOP, XREAD BLOCK, WAIT ...).
+    pub clients_blocked: AtomicU64,
     pub clients_accepted: AtomicU64,
     pub clients_rejected: AtomicU64,
     /// Connections refused for `access.max_unauthenticated_per_address`, and unauthenticated
@@ -56,6 +58,7 @@ impl Default for Metrics {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             clients_connected: AtomicU64::new(0),
+            clients_blocked: AtomicU64::new(0),
             clients_accepted: AtomicU64::new(0),
             clients_rejected: AtomicU64::new(0),
             unauthenticated_refused: AtomicU64::new(0),

@@ -132,6 +132,7 @@ pub async fn apply(proxy: &Arc<Proxy>, mut config: Config) -> Result<String, Str
 
     proxy.tenancy.store(!tenants.is_empty(), Relaxed);
     proxy.tenants.store(Arc::new(Tenants::new(tenants)));
+    proxy.slowlog.configure(&config.slowlog);
     proxy.config.store(Arc::new(config));
     proxy.swap_topology(topology);
     Ok(summary)

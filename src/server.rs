@@ -68,6 +68,8 @@ pub struct Proxy {
     pub subscribers_leaving: Arc<crate::backend::Leaving>,
     /// MONITOR's lines for what clients send (see monitor).
     pub monitors: Arc<crate::monitor::Monitors>,
+    /// CLIENT PAUSE over keygate's clients (see pause).
+    pub pause: Arc<crate::pause::Pause>,
     next_client_id: AtomicU64,
 }
 
@@ -117,7 +119,7 @@ impl Server {
             .cloned()
             .map(|t| Arc::new(TenantState::for_upstream(t, &config.upstream)))
             .collect();
-        let slowlog_len = config.slowlog.max_len;
+        let slowlog = Slowlog::new(&config.slowlog);
         let proxy = Arc::new(Proxy {
             tenancy: AtomicBool::new(!tenants.is_empty()),
             tenants: ArcSwap::from_pointee(Tenants::new(tenants)),
@@ -129,7 +131,7 @@ impl Server {
             config_path: OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
             config_seen: std::sync::Mutex::new(None),
-            slowlog: Slowlog::new(slowlog_len),
+            slowlog,
             started: std::time::Instant::now(),
             samples: Default::default(),
             auth_failures: Default::default(),
@@ -138,6 +140,7 @@ impl Server {
             clients: Default::default(),
             subscribers_leaving: Default::default(),
             monitors: Default::default(),
+            pause: Default::default(),
             next_client_id: AtomicU64::new(1),
         });
         let kind = proxy.config.load().upstream.kind;

@@ -1,6 +1,8 @@
 //! keygate's own slowlog: requests whose reply left keygate more than `slowlog.threshold` after
 //! the request arrived (measured end to end in keygate, so it includes queueing, the backend and
-//! the network to it). SLOWLOG GET/LEN/RESET through keygate answer from here, in Redis's
+//! the network to it). `CONFIG SET slowlog-log-slower-than` and `slowlog-max-len` sent through
+//! keygate (not by a tenant) change keygate's settings too, as they change the server's, until
+//! the next reload. SLOWLOG GET/LEN/RESET through keygate answer from here, in Redis's
 //! format; a tenant sees and resets only its own entries.
 //!
 //! Arguments are not kept for every request (that would cost on the hot path): an entry holds the
@@ -8,6 +10,7 @@
 //! arguments (`... (N more arguments)`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +38,10 @@ pub struct Entry {
 
 pub struct Slowlog {
     entries: Mutex<Log>,
-    max_len: usize,
+    /// Entries kept; 0 turns the slowlog off.
+    max_len: AtomicUsize,
+    /// Requests this slow or slower are kept, in microseconds; `u64::MAX`: none.
+    threshold_us: AtomicU64,
 }
 
 #[derive(Default)]
@@ -48,15 +54,44 @@ struct Log {
 }
 
 impl Slowlog {
-    pub fn new(max_len: usize) -> Slowlog {
-        Slowlog {
+    pub fn new(settings: &crate::config::Slowlog) -> Slowlog {
+        let log = Slowlog {
             entries: Mutex::new(Log::default()),
-            max_len,
-        }
+            max_len: AtomicUsize::new(0),
+            threshold_us: AtomicU64::new(u64::MAX),
+        };
+        log.configure(settings);
+        log
+    }
+
+    /// Take the config's settings (at start and on reload).
+    pub fn configure(&self, settings: &crate::config::Slowlog) {
+        self.set_max_len(settings.max_len);
+        self.set_threshold(Some(settings.threshold));
+    }
+
+    /// `CONFIG SET slowlog-max-len`, as Redis takes it: older entries beyond it go.
+    pub fn set_max_len(&self, max_len: usize) {
+        self.max_len.store(max_len, Ordering::Relaxed);
+        let mut log = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        log.entries.truncate(max_len);
+    }
+
+    /// `CONFIG SET slowlog-log-slower-than`: `None` (a negative value) keeps nothing.
+    pub fn set_threshold(&self, threshold: Option<Duration>) {
+        let us = threshold.map_or(u64::MAX, |t| t.as_micros().min(u64::MAX as u128 - 1) as u64);
+        self.threshold_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Is a request that took this long slow?
+    pub fn is_slow(&self, took: Duration) -> bool {
+        let us = self.threshold_us.load(Ordering::Relaxed);
+        us != u64::MAX && took.as_micros() >= us as u128 && self.max_len.load(Ordering::Relaxed) > 0
     }
 
     pub fn record(&self, mut entry: Entry) {
-        if self.max_len == 0 {
+        let max_len = self.max_len.load(Ordering::Relaxed);
+        if max_len == 0 {
             return;
         }
         entry.at = SystemTime::now()
@@ -74,7 +109,7 @@ impl Slowlog {
             *next += 1;
         }
         log.entries.push_front(entry);
-        log.entries.truncate(self.max_len);
+        log.entries.truncate(max_len);
     }
 
     /// SLOWLOG LEN, for `tenant` (or everyone's when `None`).

@@ -306,3 +306,120 @@ async fn a_broken_transaction_never_runs_outside_multi() {
     );
     assert_eq!(raw.call(&[b"EXISTS", b"a", b"b"]).await, b":0\r\n");
 }
+
+/// CLIENT PAUSE WRITE holds keygate's clients' writes (and what each sent after one), never
+/// their reads, until CLIENT UNPAUSE or the timeout; INFO counts the held clients; ALL holds
+/// every command but CLIENT UNPAUSE. Tenants may not pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pause_holds_keygates_clients() {
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut admin = kg.raw().await;
+    let mut writer = kg.raw().await;
+    let mut reader = kg.raw().await;
+    assert_eq!(writer.call(&[b"SET", b"k", b"before"]).await, b"+OK\r\n");
+    assert_eq!(
+        admin.call(&[b"CLIENT", b"PAUSE", b"60000", b"WRITE"]).await,
+        b"+OK\r\n"
+    );
+    writer.send(b"SET k during\r\nGET k\r\n").await;
+    assert_eq!(reader.call(&[b"GET", b"k"]).await, b"$6\r\nbefore\r\n");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), writer.reply())
+            .await
+            .is_err(),
+        "a write went through a pause"
+    );
+    let info = text(admin.call(&[b"INFO", b"keygate"]).await);
+    assert!(info.contains("\r\nblocked_clients:1\r\n"), "{info}");
+    assert_eq!(admin.call(&[b"CLIENT", b"UNPAUSE"]).await, b"+OK\r\n");
+    assert_eq!(writer.reply().await.unwrap(), b"+OK\r\n");
+    assert_eq!(writer.reply().await.unwrap(), b"$6\r\nduring\r\n");
+
+    // ALL, ended by its timeout; CLIENT UNPAUSE is never held.
+    let started = Instant::now();
+    assert_eq!(
+        admin.call(&[b"CLIENT", b"PAUSE", b"300", b"ALL"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(reader.call(&[b"GET", b"k"]).await, b"$6\r\nduring\r\n");
+    assert!(started.elapsed() >= Duration::from_millis(280));
+    assert_eq!(
+        admin.call(&[b"CLIENT", b"PAUSE", b"60000", b"ALL"]).await,
+        b"+OK\r\n"
+    );
+    reader.send(b"PING\r\n").await;
+    assert_eq!(admin.call(&[b"CLIENT", b"UNPAUSE"]).await, b"+OK\r\n");
+    assert_eq!(reader.reply().await.unwrap(), b"+PONG\r\n");
+    assert_eq!(
+        text(admin.call(&[b"CLIENT", b"PAUSE", b"-1"]).await),
+        "-ERR timeout is negative\r\n"
+    );
+
+    let kg = Keygate::start_with(&redis.addr(), TENANTS).await;
+    let mut tenant = as_tenant(&kg, "acme").await;
+    let reply = text(tenant.call(&[b"CLIENT", b"PAUSE", b"1000"]).await);
+    assert!(
+        reply.contains("is not available through keygate"),
+        "{reply}"
+    );
+}
+
+/// CONFIG SET slowlog-log-slower-than / slowlog-max-len change keygate's slowlog as they change
+/// the server's (what Redis's own slowlog tests do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slowlog_follows_config_set() {
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut raw = kg.raw().await;
+    let set = |name: &'static str, value: &'static str| {
+        [&b"CONFIG"[..], b"SET", name.as_bytes(), value.as_bytes()]
+    };
+    assert_eq!(
+        raw.call(&set("slowlog-log-slower-than", "0")).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(raw.call(&set("slowlog-max-len", "3")).await, b"+OK\r\n");
+    for _ in 0..10 {
+        assert_eq!(raw.call(&[b"PING"]).await, b"+PONG\r\n");
+    }
+    assert_eq!(raw.call(&[b"SLOWLOG", b"LEN"]).await, b":3\r\n");
+    assert_eq!(
+        raw.call(&set("slowlog-log-slower-than", "-1")).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(raw.call(&[b"SLOWLOG", b"RESET"]).await, b"+OK\r\n");
+    assert_eq!(raw.call(&[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(raw.call(&[b"SLOWLOG", b"LEN"]).await, b":0\r\n");
+    // The server took them too.
+    let got = common::redis_cli(redis.port, &["CONFIG", "GET", "slowlog-max-len"]);
+    assert!(got.contains('3'), "{got}");
+}
+
+/// While a script runs, a client whose database needs a new connection gets the server's own
+/// -BUSY (not "unavailable"), and SCRIPT KILL gets through from any database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_server_answers_busy_to_new_connections() {
+    let redis = Redis::start_with(&["--busy-reply-threshold", "50"]);
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut other = kg.raw().await;
+    assert_eq!(other.call(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+    let mut looping = kg.raw().await;
+    looping.send(b"EVAL \"while true do end\" 0\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // As from Redis: SELECT itself is refused while a script runs.
+    let reply = text(other.call(&[b"SELECT", b"6"]).await);
+    assert!(reply.starts_with("-BUSY"), "{reply}");
+    let reply = text(other.call(&[b"GET", b"k"]).await);
+    assert!(
+        reply.starts_with("-BUSY Redis is busy running a script"),
+        "{reply}"
+    );
+    let reply = text(other.call(&[b"PING"]).await);
+    assert!(reply.starts_with("-BUSY"), "{reply}");
+    assert_eq!(other.call(&[b"SCRIPT", b"KILL"]).await, b"+OK\r\n");
+    let reply = text(looping.reply().await.unwrap());
+    assert!(reply.contains("Script killed by user"), "{reply}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(other.call(&[b"GET", b"k"]).await, b"$-1\r\n");
+}

@@ -150,16 +150,27 @@ async fn run(
                     }
                 }
             }
+            // A server busy with a script refuses a new connection's SELECT (or READONLY):
+            // it is there, only busy. The requests waiting get its own -BUSY, as they would
+            // from it, and the next request tries again.
+            Err(reason) if pinned.is_none() && busy(&reason).is_some() => {
+                let text = busy(&reason).unwrap_or_default().to_string();
+                requests_get(requests, Error::Text(text), BUSY_RETRY).await;
+                continue;
+            }
             Err(reason) => (reason, true),
         };
         if let Some(broken) = &pinned {
             broken.store(true, Ordering::Release);
-            if counts && stats.scripts.load(Ordering::Acquire) == 0 {
+            if counts && busy(&reason).is_none() && stats.scripts.load(Ordering::Acquire) == 0 {
                 breaker.failure(&reason);
             }
-            let error = Error::BackendLost {
-                addr: addr.clone(),
-                reason: format!("{reason}; the transaction's connection is gone").into(),
+            let error = match busy(&reason) {
+                Some(text) => Error::Text(text.to_string()),
+                None => Error::BackendLost {
+                    addr: addr.clone(),
+                    reason: format!("{reason}; the transaction's connection is gone").into(),
+                },
             };
             while let Some(request) = requests.recv().await {
                 let _ = request.reply.send(Err(error.clone()));
@@ -193,6 +204,36 @@ async fn run(
                     None => return,
                 },
             }
+        }
+    }
+}
+
+/// How soon a connection refused by a busy server is tried again.
+const BUSY_RETRY: Duration = Duration::from_millis(10);
+
+/// The server's `BUSY ...` error, when a connection's setup was refused with it.
+fn busy(reason: &str) -> Option<&str> {
+    let at = reason.find("-BUSY ")?;
+    Some(reason[at + 1..].trim_end())
+}
+
+/// Answer every request that arrives within `wait` with `error`, then return.
+async fn requests_get(
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    error: Error,
+    wait: Duration,
+) {
+    let until = time::sleep(wait);
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            _ = &mut until => return,
+            request = requests.recv() => match request {
+                Some(request) => {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+                None => return,
+            },
         }
     }
 }

@@ -271,6 +271,39 @@ impl Session {
                     Err(Error::Invalid("syntax error"))
                 }
             }
+            "pause" | "unpause" if self.tenancy() => Err(Error::Refused {
+                command: format!("CLIENT {}", sub.to_ascii_uppercase()),
+                reason: "would pause every tenant's clients",
+            }),
+            "pause" => {
+                if args.len() != 3 && args.len() != 4 {
+                    return Err(Error::WrongArity("client|pause"));
+                }
+                let millis = match resp::parse_int(&args[2]) {
+                    Some(ms) if ms < 0 => return Err(Error::Invalid("timeout is negative")),
+                    Some(ms) => ms as u64,
+                    None => {
+                        return Err(Error::Invalid("timeout is not an integer or out of range"))
+                    }
+                };
+                let mode = match args.get(3) {
+                    None => crate::pause::Mode::All,
+                    Some(m) if m.eq_ignore_ascii_case(b"all") => crate::pause::Mode::All,
+                    Some(m) if m.eq_ignore_ascii_case(b"write") => crate::pause::Mode::Write,
+                    Some(_) => return Err(Error::Invalid("syntax error")),
+                };
+                let until = tokio::time::Instant::now()
+                    + std::time::Duration::from_millis(millis.min(i64::MAX as u64 / 2));
+                self.proxy.pause.pause(until, mode);
+                tracing::info!(client = self.id, millis, ?mode, "CLIENT PAUSE");
+                Handled::ready(resp::simple("OK"))
+            }
+            "unpause" => {
+                arity(2, "client|unpause")?;
+                self.proxy.pause.unpause();
+                tracing::info!(client = self.id, "CLIENT UNPAUSE");
+                Handled::ready(resp::simple("OK"))
+            }
             "help" => {
                 let lines = [
                     "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands keygate answers:",
@@ -287,6 +320,8 @@ impl Session {
                     "KILL <ip:port>", "    Kill the client connected from <ip:port>.",
                     "KILL <option> <value> [<option> <value> [...]]", "    Kill clients by ID, TYPE, USER (tenant), ADDR, LADDR, SKIPME (default yes); returns how many.",
                     "REPLY (ON|OFF|SKIP)", "    Control the replies sent to the current connection.",
+                    "PAUSE <timeout> [WRITE|ALL]", "    Suspend keygate's clients (all commands, or those that may write) for <timeout> milliseconds.",
+                    "UNPAUSE", "    Stop the current client pause, resuming traffic.",
                     "HELP", "    Print this help.",
                 ];
                 Handled::ready(help(&lines))

@@ -132,8 +132,6 @@ struct Session {
     tracking: Option<feeds::Tracking>,
     /// `read_from = "prefer_replica"`: when this client last sent a write.
     last_write: Option<Instant>,
-    /// Requests slower than this go to the slowlog.
-    slow: Duration,
     /// Latencies of the replies emitted in this batch, not yet in the shared histogram.
     timings: Option<(CommandId, Timings)>,
     /// Requests decoded so far (the frame deadline restarts with each).
@@ -142,6 +140,9 @@ struct Session {
     starved: bool,
     /// A request waiting for the client's earlier replies before it can be sent.
     held: Option<Held>,
+    /// The held request waits for a CLIENT PAUSE to end (counted as held while this lives),
+    /// and whether it may write.
+    paused: Option<(crate::pause::Held, bool)>,
     /// The script lane (its flavor) the client's last request went to, while it was a script.
     script_lane: Option<Flavor>,
     /// Its entry among keygate's clients (CLIENT LIST, CLIENT KILL).
@@ -277,15 +278,11 @@ async fn serve<R, W>(
         monitor: None,
         tracking: None,
         last_write: None,
-        slow: if config.slowlog.max_len == 0 {
-            Duration::MAX
-        } else {
-            config.slowlog.threshold
-        },
         timings: None,
         decoded: 0,
         starved: true,
         held: None,
+        paused: None,
         script_lane: None,
         // Its own child of the shutdown token: cancelled by a shutdown, or by CLIENT KILL alone.
         me: proxy.clients.join(id, peer, local, shutdown.child_token()),
@@ -327,9 +324,10 @@ async fn serve<R, W>(
 
     loop {
         // A held request goes once the replies before it are in.
-        if session.held.is_some() && drained(&pending) {
-            let slot = session.resume();
-            pending.push_back(slot);
+        if session.held.is_some() && drained(&pending) && session.paused.is_none() {
+            if let Some(slot) = session.resume() {
+                pending.push_back(slot);
+            }
         }
         // Requests already buffered (held back by max_pipeline) before reading more.
         if !session.closing
@@ -380,7 +378,8 @@ async fn serve<R, W>(
             break;
         }
         // Replies just emitted may release a held request (the loop's top sends it).
-        if session.held.is_some() && drained(&pending) && !session.abort {
+        if session.held.is_some() && drained(&pending) && session.paused.is_none() && !session.abort
+        {
             continue;
         }
         if session.abort || (session.closing && pending.is_empty() && !out.wants_write()) {
@@ -422,6 +421,7 @@ async fn serve<R, W>(
             })
         );
         let input_flag = session.sub.as_ref().map(pubsub::Sub::input);
+        let paused_writes = session.paused.as_ref().is_some_and(|(_, writes)| *writes);
         tokio::select! {
             biased;
             written = out.write_to(&mut wr), if out.wants_write() => match written {
@@ -434,6 +434,10 @@ async fn serve<R, W>(
                 let slot = pending.pop_front().expect("front exists");
                 session.emit(&slot, reply, &mut out, Instant::now());
                 session.flush_timings();
+            }
+            // A request held by CLIENT PAUSE goes once the pause ends (the loop's top sends it).
+            _ = proxy.pause.wait(paused_writes), if session.paused.is_some() => {
+                session.paused = None;
             }
             event = next_event(&mut session.sub), if session.sub.is_some() && out.len() < OUTPUT_HIGH_WATER => {
                 session.on_event(event, &mut out);
@@ -735,12 +739,12 @@ impl Session {
         self.slot(outcome, command, skipped, origin)
     }
 
-    /// Send the held request, now that the replies before it are in.
-    fn resume(&mut self) -> Slot {
+    /// Send the held request, now that the replies before it are in (`None`: held again, by a
+    /// CLIENT PAUSE that began meanwhile).
+    fn resume(&mut self) -> Option<Slot> {
         let held = self.held.take().expect("a held request");
         let outcome = self.route(held.cmd, held.fix, &|| true);
         self.slot(outcome, held.command, held.skipped, held.origin)
-            .expect("a request is never held twice once drained")
     }
 
     fn slot(
@@ -844,6 +848,14 @@ impl Session {
             Ok(go_on) => go_on,
             Err(outcome) => return outcome,
         };
+        // CLIENT PAUSE: held, with everything after it, until the pause ends.
+        if !matches!(spec.name, "client|pause" | "client|unpause") {
+            let writes = self.may_write(&cmd, spec);
+            if self.proxy.pause.holds(writes).is_some() {
+                self.paused = Some((self.proxy.pause.hold(), writes));
+                return Ok(Outcome::Held(cmd, fix));
+            }
+        }
         let (cmd, fix) = match self.transaction(cmd, spec, fix, drained) {
             transaction::Step::Done(result) => {
                 self.must_drain = true;
@@ -896,6 +908,22 @@ impl Session {
                 }));
                 Ok(Handled::reply(self.unconfine(reply, fix)))
             }
+            // CONFIG SET of the slowlog's settings: keygate's slowlog follows the server's.
+            Policy::Forward if spec.name == "config|set" && self.tenant.is_none() => {
+                let follow = SlowlogSettings::of(&cmd.args[2..]);
+                let topology = self.proxy.topology.load();
+                let plan = route::plan(&cmd, &topology)?;
+                let reply =
+                    dispatch::run(&self.proxy, &topology, self.caller(), cmd.args, plan, false);
+                let proxy = self.proxy.clone();
+                Ok(Handled::reply(Reply::Later(Box::pin(async move {
+                    let reply = tenancy::settle(reply).await;
+                    if &reply[..] == b"+OK\r\n" {
+                        follow.apply(&proxy.slowlog);
+                    }
+                    reply
+                }))))
+            }
             Policy::Forward => {
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;
@@ -916,8 +944,13 @@ impl Session {
                     _ => return Err(Error::CrossSlot),
                 };
                 self.must_drain = true;
-                let reply =
-                    dispatch::blocking(&self.proxy, &topology, self.caller(), backend, cmd.args);
+                let mut caller = self.caller();
+                if matches!(spec.name, "script|kill" | "function|kill") {
+                    // While a script runs the server refuses SELECT: these need no database,
+                    // and must get through.
+                    caller.flavor.db = 0;
+                }
+                let reply = dispatch::blocking(&self.proxy, &topology, caller, backend, cmd.args);
                 Ok(Handled {
                     reply: self.unconfine(reply, fix),
                     voice: Voice::Normal,
@@ -953,6 +986,16 @@ impl Session {
             Policy::Close => unreachable!("handled in try_handle"),
         };
         handled.map(Outcome::Handled)
+    }
+
+    /// Whether a command may write or replicate, as CLIENT PAUSE WRITE judges it (Redis's
+    /// `write` and `may-replicate` flags; a script by its shebang; EXEC by what it queued).
+    fn may_write(&self, cmd: &Command, spec: &Spec) -> bool {
+        match spec.name {
+            "exec" => self.txn_writes(),
+            "eval" => !crate::pause::script_without_writes(&cmd.args[1]),
+            _ => spec.has(flags::WRITE | flags::MAY_REPLICATE),
+        }
     }
 
     /// A SELECT the server has answered (its earlier replies are all in): its database becomes
@@ -1062,7 +1105,7 @@ impl Session {
             }
         }
         // Blocking commands are slow by design; Redis leaves them out of its slowlog too.
-        if took >= self.slow && !slot.blocking {
+        if !slot.blocking && self.proxy.slowlog.is_slow(took) {
             self.log_slow(slot, took);
         }
         if bytes.first() == Some(&b'-') {
@@ -1077,6 +1120,41 @@ impl Session {
         }
         if !slot.silent {
             out.push(bytes);
+        }
+    }
+}
+
+/// The slowlog settings a `CONFIG SET` names (parameter-value pairs), as Redis reads them:
+/// `slowlog-log-slower-than` in microseconds (negative: log nothing), `slowlog-max-len`.
+#[derive(Default)]
+struct SlowlogSettings {
+    threshold: Option<Option<Duration>>,
+    max_len: Option<usize>,
+}
+
+impl SlowlogSettings {
+    fn of(pairs: &[Bytes]) -> SlowlogSettings {
+        let mut settings = SlowlogSettings::default();
+        for pair in pairs.chunks(2) {
+            let [name, value] = pair else { break };
+            let Some(n) = crate::resp::parse_int(value) else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case(b"slowlog-log-slower-than") {
+                settings.threshold = Some(u64::try_from(n).ok().map(Duration::from_micros));
+            } else if name.eq_ignore_ascii_case(b"slowlog-max-len") {
+                settings.max_len = usize::try_from(n).ok();
+            }
+        }
+        settings
+    }
+
+    fn apply(&self, slowlog: &crate::slowlog::Slowlog) {
+        if let Some(threshold) = self.threshold {
+            slowlog.set_threshold(threshold);
+        }
+        if let Some(max_len) = self.max_len {
+            slowlog.set_max_len(max_len);
         }
     }
 }

@@ -466,12 +466,24 @@ impl Session {
         let prefix = tenant.config.prefix.as_bytes();
         let pattern =
             rewrite::confine_pattern(prefix, None).expect("the bare prefix is a valid pattern");
+        // What client libraries read (redis-py's test suite: redis_version, arch_bits,
+        // cluster_enabled), describing keygate as the tenant sees it; nothing of the server's
+        // that would tell the tenant about others.
+        let topology = self.proxy.topology.load();
+        let cluster = topology.kind == crate::config::UpstreamKind::Cluster;
         let info = format!(
-            "# Server\r\nredis_version:{}\r\nkeygate_version:{}\r\n\r\n# keygate\r\ntenant:{}\r\n\r\n# Clients\r\nconnected_clients:{}",
+            "# Server\r\nredis_version:{}\r\nredis_mode:{}\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nkeygate_version:{}\r\n\r\n# keygate\r\ntenant:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Cluster\r\ncluster_enabled:{}\r\n",
             crate::command::REDIS_VERSION,
+            if cluster { "cluster" } else { "standalone" },
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            usize::BITS,
+            std::process::id(),
+            self.proxy.started.elapsed().as_secs(),
             env!("CARGO_PKG_VERSION"),
             tenant.config.name,
             tenant.connections(),
+            u8::from(cluster),
         );
         let topology = self.proxy.topology.load_full();
         crate::dispatch::tenant_keyspace(

@@ -38,7 +38,7 @@ use super::tenancy::{self, Fix};
 use super::{Drained, Handled, Session};
 
 use crate::backend::{Pinned, ReplyResult};
-use crate::command::{Command, Policy, Spec};
+use crate::command::{flags, Command, Policy, Spec};
 use crate::dispatch::Reply;
 use crate::error::Error;
 use crate::resp::{self, value};
@@ -62,6 +62,8 @@ pub(super) struct Transaction {
     _multi_ack: Option<oneshot::Receiver<ReplyResult>>,
     /// Commands sent on the pinned connection inside MULTI.
     sent: usize,
+    /// Some command queued may write or replicate (CLIENT PAUSE WRITE holds EXEC then).
+    writes: bool,
     /// SELECTs queued inside MULTI: their place among `sent`, and the database.
     selects: Vec<(usize, u32)>,
 }
@@ -77,6 +79,7 @@ impl Transaction {
             fixing: false,
             _multi_ack: None,
             sent: 0,
+            writes: false,
             selects: Vec::new(),
         }
     }
@@ -197,6 +200,11 @@ impl Session {
         }
     }
 
+    /// Whether a command queued in this client's MULTI may write or replicate.
+    pub(super) fn txn_writes(&self) -> bool {
+        self.txn.as_ref().is_some_and(|t| t.writes)
+    }
+
     /// Whether the client is inside MULTI.
     pub(super) fn in_multi(&self) -> bool {
         self.txn.as_ref().is_some_and(|t| t.in_multi)
@@ -305,6 +313,7 @@ impl Session {
                 txn.selects.push((txn.sent, db));
             }
             txn.sent += 1;
+            txn.writes |= spec.has(flags::WRITE | flags::MAY_REPLICATE);
         }
         if !in_multi {
             if let Some(db) = select {

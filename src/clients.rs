@@ -43,6 +43,7 @@ impl Clients {
             active_ms: AtomicU64::new(0),
             last_command: AtomicU32::new(NO_COMMAND),
             kill,
+            blocked: Mutex::new(None),
         });
         self.all
             .lock()
@@ -68,6 +69,11 @@ impl Clients {
             }
             None => false,
         }
+    }
+
+    /// The client with this id.
+    pub fn get(&self, id: u64) -> Option<Arc<Client>> {
+        self.all.lock().expect("clients lock").get(&id).cloned()
     }
 
     /// The clients `filter` keeps, oldest first.
@@ -133,9 +139,25 @@ pub struct Client {
     last_command: AtomicU32,
     /// Cancelled by CLIENT KILL.
     pub kill: CancellationToken,
+    /// While it waits in a blocking command: the server, and the server's id for the
+    /// connection it is blocked on (CLIENT UNBLOCK).
+    blocked: Mutex<Option<(Arc<str>, i64)>>,
 }
 
 impl Client {
+    /// It waits on `server`'s connection `conn_id` (`None`: no longer).
+    pub fn set_blocked(&self, on: Option<(Arc<str>, i64)>) {
+        *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = on;
+    }
+
+    /// Where it is blocked, if it is.
+    pub fn blocked(&self) -> Option<(Arc<str>, i64)> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Replace what CLIENT LIST shows of it.
     pub fn publish(&self, shown: Shown) {
         *self.shown.lock().expect("client lock") = shown;
@@ -164,7 +186,9 @@ impl Client {
 
     /// Its line in CLIENT LIST / CLIENT INFO format. keygate keeps no per-client query or
     /// output buffer sizes of Redis's kind, so those fields are 0; `fd` is -1.
-    pub fn line(&self, current: Option<&str>) -> String {
+    /// The client's CLIENT LIST line. `current`: this is the client asking, running that
+    /// command, which takes `qbuf` bytes of its query buffer (as Redis shows it).
+    pub fn line(&self, current: Option<(&str, usize)>) -> String {
         let shown = self.shown();
         let text = |b: &Option<Bytes>| {
             b.as_deref()
@@ -173,14 +197,17 @@ impl Client {
         };
         let idle_ms =
             (self.since.elapsed().as_millis() as u64).saturating_sub(self.active_ms.load(Relaxed));
-        let cmd = current.unwrap_or_else(|| match self.last_command.load(Relaxed) {
-            NO_COMMAND => "NULL",
-            id => command::name_of(id as CommandId),
+        let qbuf = current.map_or(0, |(_, qbuf)| qbuf);
+        let cmd = current.map(|(name, _)| name).unwrap_or_else(|| {
+            match self.last_command.load(Relaxed) {
+                NO_COMMAND => "NULL",
+                id => command::name_of(id as CommandId),
+            }
         });
         let mut line = String::with_capacity(320);
         let _ = writeln!(
             line,
-            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi=-1 qbuf={qbuf} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.peer,
             self.local,

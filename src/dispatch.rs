@@ -205,6 +205,16 @@ pub fn blocking(
                     Err(e) => return e.to_reply(),
                 }
             }
+            // CLIENT UNBLOCK through keygate finds the connection this client waits on.
+            let kill = args[0].eq_ignore_ascii_case(b"script")
+                || args[0].eq_ignore_ascii_case(b"function");
+            let client = proxy.clients.get(caller.id).filter(|_| !kill);
+            if let Some(client) = &client {
+                if let Some(conn_id) = conn.conn.server_id().await {
+                    client.set_blocked(Some((backend.addr.clone(), conn_id)));
+                }
+            }
+            let _unblocked = client.map(Unblocked);
             let reply = match conn.conn.call(&args).await {
                 Ok(reply) => reply,
                 // The connection is dropped with `conn`: it is no longer known to be in step.
@@ -294,6 +304,15 @@ fn scan_reply(reply: Bytes, shard: usize, shards: usize, epoch: u64) -> Bytes {
     resp::put_bulk(&mut out, Some(next.to_string().as_bytes()));
     out.put_slice(keys);
     out.freeze()
+}
+
+/// Forgets where a client is blocked when its blocking command ends, however it ends.
+struct Unblocked(Arc<crate::clients::Client>);
+
+impl Drop for Unblocked {
+    fn drop(&mut self) {
+        self.0.set_blocked(None);
+    }
 }
 
 /// Counts a client out of `clients_blocked` when its blocking command ends, however it ends.

@@ -423,3 +423,49 @@ async fn a_busy_server_answers_busy_to_new_connections() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(other.call(&[b"GET", b"k"]).await, b"$-1\r\n");
 }
+
+/// CLIENT UNBLOCK with keygate's client id: keygate has the server unblock the connection the
+/// client waits on, and the client gets what Redis sends (nil, or -UNBLOCKED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_unblock_by_keygates_id() {
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut blocked = kg.raw().await;
+    let mut other = kg.raw().await;
+    let id = text(blocked.call(&[b"CLIENT", b"ID"]).await);
+    let id = id.trim_start_matches(':').trim_end().to_string();
+    assert_eq!(
+        other.call(&[b"CLIENT", b"UNBLOCK", id.as_bytes()]).await,
+        b":0\r\n"
+    );
+    for (mode, expected) in [
+        (&b"TIMEOUT"[..], "*-1\r\n"),
+        (
+            b"ERROR",
+            "-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n",
+        ),
+    ] {
+        blocked.send(b"BLPOP nothing-here 0\r\n").await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let reply = other
+                .call(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), mode])
+                .await;
+            if reply == b":1\r\n" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never blocked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(text(blocked.reply().await.unwrap()), expected);
+    }
+    assert_eq!(
+        text(
+            other
+                .call(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), b"NOW"])
+                .await
+        ),
+        "-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n"
+    );
+    assert_eq!(blocked.call(&[b"PING"]).await, b"+PONG\r\n");
+}

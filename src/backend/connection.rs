@@ -496,6 +496,8 @@ pub struct Dedicated {
     pub(super) scanner: Scanner,
     pub(super) addr: Arc<str>,
     flavor: Flavor,
+    /// The server's CLIENT ID for this connection, once asked.
+    server_id: Option<i64>,
 }
 
 impl Dedicated {
@@ -511,6 +513,7 @@ impl Dedicated {
             stream,
             input: BytesMut::with_capacity(4096),
             scanner: Scanner::new(opts.max_reply_depth),
+            server_id: None,
             addr: addr.clone(),
             flavor,
         })
@@ -522,6 +525,16 @@ impl Dedicated {
 
     /// Send one request and wait, however long it takes, for its reply. On an error the
     /// connection must be dropped: it is no longer known to be in step.
+    /// The server's id for this connection (CLIENT ID, asked once).
+    pub async fn server_id(&mut self) -> Option<i64> {
+        if self.server_id.is_none() {
+            let ask = [Bytes::from_static(b"CLIENT"), Bytes::from_static(b"ID")];
+            let reply = self.call(&ask).await.ok()?;
+            self.server_id = crate::resp::parse_int(reply.get(1..reply.len().checked_sub(2)?)?);
+        }
+        self.server_id
+    }
+
     pub async fn call(&mut self, args: &[Bytes]) -> ReplyResult {
         let addr = self.addr.clone();
         let lost = |reason: String| Error::BackendLost {

@@ -28,6 +28,16 @@ pub fn encode_request(args: &[Bytes], out: &mut BytesMut) {
     }
 }
 
+/// How many bytes `encode_request` writes for `args` (a request's size in a query buffer).
+pub fn request_len(args: &[Bytes]) -> usize {
+    let header = |n: usize| 3 + n.to_string().len();
+    header(args.len())
+        + args
+            .iter()
+            .map(|a| header(a.len()) + a.len() + 2)
+            .sum::<usize>()
+}
+
 /// `+text\r\n`
 pub fn simple(text: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(text.len() + 3);
@@ -130,6 +140,18 @@ pub fn parse_int(s: &[u8]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn request_len_counts_the_encoding() {
+        let args = [
+            bytes::Bytes::from_static(b"client"),
+            bytes::Bytes::from_static(b"list"),
+        ];
+        let mut out = bytes::BytesMut::new();
+        super::encode_request(&args, &mut out);
+        assert_eq!(super::request_len(&args), out.len());
+        assert_eq!(out.len(), 26);
+    }
+
     use super::*;
 
     #[test]

@@ -237,14 +237,17 @@ impl Session {
                 Handled::ready(resp::simple("OK"))
             }
             "info" => {
-                let line = self.me.client.line(Some("client|info"));
+                let line = self
+                    .me
+                    .client
+                    .line(Some(("client|info", resp::request_len(args))));
                 Handled::ready(resp::bulk(Some(line.as_bytes())))
             }
             "tracking" => self.tracking(&args[2..]),
             "caching" => self.caching(args),
             "trackinginfo" => Handled::ready(self.tracking_info()),
             "getredir" => Handled::ready(resp::integer(if self.tracking.is_some() { 0 } else { -1 })),
-            "list" => self.client_list(&args[2..]),
+            "list" => self.client_list(&args[2..], resp::request_len(args)),
             "kill" => self.client_kill(&args[2..]),
             // keygate never evicts a client for its memory; the flag has nothing to change.
             "no-evict" => {
@@ -271,6 +274,7 @@ impl Session {
                     Err(Error::Invalid("syntax error"))
                 }
             }
+            "unblock" => self.client_unblock(&args[2..]),
             "pause" | "unpause" if self.tenancy() => Err(Error::Refused {
                 command: format!("CLIENT {}", sub.to_ascii_uppercase()),
                 reason: "would pause every tenant's clients",
@@ -322,6 +326,7 @@ impl Session {
                     "REPLY (ON|OFF|SKIP)", "    Control the replies sent to the current connection.",
                     "PAUSE <timeout> [WRITE|ALL]", "    Suspend keygate's clients (all commands, or those that may write) for <timeout> milliseconds.",
                     "UNPAUSE", "    Stop the current client pause, resuming traffic.",
+                    "UNBLOCK <clientid> [TIMEOUT|ERROR]", "    Unblock the specified blocked client (keygate's id, a tenant's own).",
                     "HELP", "    Print this help.",
                 ];
                 Handled::ready(help(&lines))
@@ -387,7 +392,7 @@ impl Session {
     }
 
     /// CLIENT LIST [TYPE type] [ID id ...], over keygate's own clients.
-    fn client_list(&mut self, args: &[Bytes]) -> Result<Handled, Error> {
+    fn client_list(&mut self, args: &[Bytes], qbuf: usize) -> Result<Handled, Error> {
         let mut kind = None;
         let mut ids: Option<Vec<i64>> = None;
         match args {
@@ -411,7 +416,7 @@ impl Session {
                 && kind.is_none_or(|k| k == ClientType::of(c))
                 && ids.as_ref().is_none_or(|ids| ids.contains(&(c.id as i64)))
         }) {
-            let current = (client.id == self.id).then_some("client|list");
+            let current = (client.id == self.id).then_some(("client|list", qbuf));
             text.push_str(&client.line(current));
         }
         Handled::ready(resp::bulk(Some(text.as_bytes())))
@@ -507,6 +512,51 @@ impl Session {
             self.kill(client);
         }
         Handled::ready(resp::integer(victims.len() as i64))
+    }
+
+    /// CLIENT UNBLOCK id [TIMEOUT|ERROR]: keygate knows which server connection the client
+    /// waits on, and has the server unblock that one; the client then gets what Redis sends it
+    /// (a nil, or `-UNBLOCKED`).
+    fn client_unblock(&mut self, args: &[Bytes]) -> Result<Handled, Error> {
+        let (id, mode) = match args {
+            [id] => (id, Bytes::from_static(b"TIMEOUT")),
+            [id, mode]
+                if mode.eq_ignore_ascii_case(b"timeout") || mode.eq_ignore_ascii_case(b"error") =>
+            {
+                (id, mode.clone())
+            }
+            [_, _] => {
+                return Err(Error::Invalid(
+                    "CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+                ))
+            }
+            _ => return Err(Error::WrongArity("client|unblock")),
+        };
+        let id = resp::parse_int(id).ok_or(Error::Invalid(NOT_INTEGER))?;
+        let blocked = u64::try_from(id)
+            .ok()
+            .and_then(|id| self.proxy.clients.get(id))
+            .filter(|client| self.visible(client))
+            .and_then(|client| client.blocked());
+        let Some((addr, conn_id)) = blocked else {
+            return Handled::ready(resp::integer(0));
+        };
+        let topology = self.proxy.topology.load();
+        let Some(backend) = topology
+            .backend_by_addr(&addr)
+            .map(|i| topology.backends[i].clone())
+        else {
+            return Handled::ready(resp::integer(0));
+        };
+        let args = vec![
+            Bytes::from_static(b"CLIENT"),
+            Bytes::from_static(b"UNBLOCK"),
+            Bytes::from(conn_id.to_string()),
+            mode,
+        ];
+        Ok(Handled::reply(Reply::Backend(
+            backend.send(self.caller(), args),
+        )))
     }
 
     fn kill(&mut self, client: &Client) {

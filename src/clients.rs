@@ -34,6 +34,7 @@ impl Clients {
         local: SocketAddr,
         kill: CancellationToken,
     ) -> Registered {
+        let (inject, injected) = tokio::sync::mpsc::channel(INJECTED);
         let client = Arc::new(Client {
             id,
             peer,
@@ -44,6 +45,7 @@ impl Clients {
             last_command: AtomicU32::new(NO_COMMAND),
             kill,
             blocked: Mutex::new(None),
+            inject,
         });
         self.all
             .lock()
@@ -52,6 +54,7 @@ impl Clients {
         Registered {
             clients: self.clone(),
             client,
+            injected,
         }
     }
 
@@ -95,7 +98,14 @@ impl Clients {
 pub struct Registered {
     clients: Arc<Clients>,
     pub client: Arc<Client>,
+    /// Frames other clients send this one (invalidations of a tracking client that redirects
+    /// to it), for the session to write.
+    pub injected: tokio::sync::mpsc::Receiver<Bytes>,
 }
+
+/// Frames waiting for a client that does not take them: more are dropped, as Redis drops
+/// output for a client past its output limit (by disconnecting it).
+const INJECTED: usize = 1024;
 
 impl Drop for Registered {
     fn drop(&mut self) {
@@ -142,12 +152,18 @@ pub struct Client {
     /// While it waits in a blocking command: the server, and the server's id for the
     /// connection it is blocked on (CLIENT UNBLOCK).
     blocked: Mutex<Option<(Arc<str>, i64)>>,
+    inject: tokio::sync::mpsc::Sender<Bytes>,
 }
 
 impl Client {
     /// It waits on `server`'s connection `conn_id` (`None`: no longer).
     pub fn set_blocked(&self, on: Option<(Arc<str>, i64)>) {
         *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = on;
+    }
+
+    /// Hand this client a frame to write (`false`: it is gone, or not taking them).
+    pub fn inject(&self, frame: Bytes) -> bool {
+        self.inject.try_send(frame).is_ok()
     }
 
     /// Where it is blocked, if it is.

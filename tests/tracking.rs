@@ -1,6 +1,7 @@
-//! CLIENT TRACKING through keygate (RESP3): invalidation push messages for keys written by any
-//! client, from every shard, a tenant's only and without its prefix; Redis's option checks and
-//! replies; REDIRECT and RESP2 refused with a clear error on an open connection.
+//! CLIENT TRACKING through keygate: invalidation push messages for keys the client read and
+//! any client wrote, from every shard, a tenant's only and without its prefix; REDIRECT to
+//! another keygate client (RESP2 subscribers of `__redis__:invalidate`); Redis's option checks
+//! and replies.
 
 mod common;
 
@@ -69,18 +70,12 @@ async fn invalidations_from_every_shard() {
     assert_eq!(cache.call(&[b"CLIENT", b"GETREDIR"]).await, b":-1\r\n");
 }
 
-/// Redis's option checks and texts; BCAST with prefixes; REDIRECT and RESP2 refused.
+/// Redis's option checks and texts; BCAST with prefixes; REDIRECT to a client that does not
+/// exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_are_checked_as_redis_checks_them() {
     let backend = Redis::start();
     let kg = Keygate::start(&backend.addr()).await;
-    let mut resp2 = kg.raw().await;
-    let refused = text(resp2.call(&[b"CLIENT", b"TRACKING", b"ON"]).await);
-    assert!(
-        refused
-            .starts_with("-ERR 'CLIENT TRACKING' is not available through keygate: it needs RESP3"),
-        "{refused}"
-    );
     let mut raw = kg.raw().await;
     assert!(raw.call(&[b"HELLO", b"3"]).await.starts_with(b"%"));
     for (args, want) in [
@@ -94,13 +89,12 @@ async fn options_are_checked_as_redis_checks_them() {
     ] {
         assert_eq!(text(raw.call(args).await), want, "{args:?}");
     }
-    let redirect = text(
-        raw.call(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", b"5"])
-            .await,
-    );
-    assert!(
-        redirect.starts_with("-ERR 'CLIENT TRACKING REDIRECT' is not available through keygate"),
-        "{redirect}"
+    assert_eq!(
+        text(
+            raw.call(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", b"5000"])
+                .await
+        ),
+        "-ERR The client ID you want redirect to does not exist\r\n"
     );
     // OPTIN: CLIENT CACHING as Redis allows it.
     assert_eq!(
@@ -151,6 +145,7 @@ async fn tenants_hear_of_their_own_keys_only() {
     .await;
     let mut cache = as_tenant(&kg, "acme").await;
     resp3_tracking(&mut cache, &[]).await;
+    assert_eq!(cache.call(&[b"GET", b"k"]).await, b"_\r\n");
     let mut globex = as_tenant(&kg, "globex").await;
     let mut acme = as_tenant(&kg, "acme").await;
     assert_eq!(globex.call(&[b"SET", b"k", b"theirs"]).await, b"+OK\r\n");
@@ -194,4 +189,74 @@ async fn a_new_primary_set_disconnects_tracking_clients() {
     let (status, body) = common::http(kg.admin, "POST", "/reload").await;
     assert_eq!(status, 200, "{body}");
     cache.expect_closed().await;
+}
+
+/// Default tracking as Redis keeps it: only keys the client read are invalidated, each once
+/// until read again; NOLOOP spares its own writes; OPTIN tracks only after CLIENT CACHING YES.
+/// A RESP2 client redirects its invalidations to another keygate client subscribed to
+/// `__redis__:invalidate`; a flush invalidates everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_tracking_and_redirect_as_redis() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut writer = kg.raw().await;
+    // RESP2, redirected to a subscriber.
+    let mut sink = kg.raw().await;
+    let id = text(sink.call(&[b"CLIENT", b"ID"]).await);
+    let id = id.trim_start_matches(':').trim_end().to_string();
+    assert!(text(sink.call(&[b"SUBSCRIBE", b"__redis__:invalidate"]).await).contains("subscribe"));
+    let mut cache = kg.raw().await;
+    assert_eq!(
+        cache
+            .call(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", id.as_bytes()])
+            .await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        text(cache.call(&[b"CLIENT", b"GETREDIR"]).await),
+        format!(":{id}\r\n")
+    );
+    writer.call(&[b"MSET", b"a", b"1", b"b", b"1"]).await;
+    cache.call(&[b"GET", b"a"]).await;
+    writer.call(&[b"INCR", b"b"]).await; // never read: no invalidation
+    writer.call(&[b"INCR", b"a"]).await;
+    let message =
+        |keys: &str| format!("*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n{keys}");
+    assert_eq!(
+        text(sink.reply().await.unwrap()),
+        message("*1\r\n$1\r\na\r\n")
+    );
+    // Invalidated once: not again until read again.
+    writer.call(&[b"INCR", b"a"]).await;
+    cache.call(&[b"GET", b"b"]).await;
+    writer.call(&[b"INCR", b"b"]).await;
+    assert_eq!(
+        text(sink.reply().await.unwrap()),
+        message("*1\r\n$1\r\nb\r\n")
+    );
+    cache.call(&[b"GET", b"a"]).await;
+    writer.call(&[b"FLUSHALL"]).await;
+    assert_eq!(text(sink.reply().await.unwrap()), message("*-1\r\n"));
+
+    // RESP3, NOLOOP: its own write is not invalidated for it, another client's is.
+    let mut own = kg.raw().await;
+    resp3_tracking(&mut own, &[b"NOLOOP"]).await;
+    own.call(&[b"GET", b"x"]).await;
+    assert_eq!(own.call(&[b"SET", b"x", b"1"]).await, b"+OK\r\n");
+    own.call(&[b"GET", b"x"]).await;
+    writer.call(&[b"SET", b"x", b"2"]).await;
+    assert_eq!(own.reply().await.unwrap(), invalidate(&["x"]));
+
+    // OPTIN: only the read right after CLIENT CACHING YES.
+    let mut optin = kg.raw().await;
+    resp3_tracking(&mut optin, &[b"OPTIN"]).await;
+    optin.call(&[b"GET", b"p"]).await;
+    assert_eq!(
+        optin.call(&[b"CLIENT", b"CACHING", b"YES"]).await,
+        b"+OK\r\n"
+    );
+    optin.call(&[b"GET", b"q"]).await;
+    writer.call(&[b"SET", b"p", b"1"]).await;
+    writer.call(&[b"SET", b"q", b"1"]).await;
+    assert_eq!(optin.reply().await.unwrap(), invalidate(&["q"]));
 }

@@ -1,15 +1,20 @@
 //! MONITOR and CLIENT TRACKING: frames the servers push on their own, from a connection of the
 //! client's own to every primary (see backend::feed), merged for the client.
 //!
-//! CLIENT TRACKING is kept for RESP3 clients (invalidations arrive as push messages on their own
-//! connection) and is always BCAST on keygate's tracking connections: the client's reads run on
-//! shared connections, so Redis cannot know which keys *this* client read. BCAST without a prefix
-//! (a tenant: with its own prefix) sends an invalidation for every key written, a superset of
-//! what default tracking sends; a cache only drops more entries than it had to, never keeps a
-//! stale one. OPTIN, OPTOUT and NOLOOP are accepted on the same terms (CLIENT CACHING is
-//! checked as Redis checks it and changes nothing). REDIRECT is refused: keygate's client ids are
-//! not the server's.
+//! CLIENT TRACKING: the client's reads run on shared connections, so the server cannot know
+//! which keys *this* client read. keygate's tracking connections are therefore always BCAST (a
+//! tenant's: with its own prefix), hearing of every key written, and keygate keeps the tracking
+//! table itself: in the default mode it remembers the keys each tracking client read (its
+//! read-only commands' keys; with OPTIN only after CLIENT CACHING YES, with OPTOUT unless after
+//! CLIENT CACHING NO) and passes on an invalidation only for those, forgetting each key once
+//! invalidated, as Redis does; NOLOOP drops the invalidations of the client's own writes. BCAST
+//! clients get every invalidation under their prefixes. Invalidations go to the client itself
+//! (RESP3 push frames) or, with REDIRECT (keygate's client ids), to another keygate client: as a
+//! push if it speaks RESP3, as a `message` on `__redis__:invalidate` if it is a RESP2 subscriber,
+//! as Redis delivers them. Keys read inside scripts are not tracked (the script's declared keys
+//! are not known to be read).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -22,6 +27,7 @@ use crate::dispatch::Reply;
 use crate::error::Error;
 use crate::monitor::Watcher;
 use crate::resp::{self, value};
+use crate::write_queue::WriteQueue;
 
 /// A client's CLIENT TRACKING: its options, and the invalidation feed.
 pub(super) struct Tracking {
@@ -36,6 +42,15 @@ pub(super) struct Tracking {
     /// keys the feed never hears of.
     primaries: Vec<Arc<str>>,
     swapped: watch::Receiver<()>,
+    /// REDIRECT: the keygate client that gets the invalidations.
+    redirect: Option<u64>,
+    /// Default mode: the keys (as the server names them) the client read since their last
+    /// invalidation.
+    keys: HashSet<Bytes>,
+    /// NOLOOP: the client's own writes whose invalidations are still to come, per key.
+    own_writes: HashMap<Bytes, u32>,
+    /// CLIENT CACHING YES/NO, for the command right after it.
+    caching: Option<bool>,
 }
 
 /// What a tracking client's feed brought.
@@ -168,6 +183,7 @@ impl Session {
         };
         let (mut bcast, mut optin, mut optout, mut noloop) = (false, false, false, false);
         let mut prefixes: Vec<Bytes> = Vec::new();
+        let mut redirect = None;
         let mut rest = options.iter();
         while let Some(option) = rest.next() {
             match option.to_ascii_lowercase().as_slice() {
@@ -175,12 +191,23 @@ impl Session {
                 b"optin" => optin = true,
                 b"optout" => optout = true,
                 b"noloop" => noloop = true,
-                b"prefix" => prefixes.push(rest.next().ok_or(Error::Invalid("syntax error"))?.clone()),
+                b"prefix" => {
+                    prefixes.push(rest.next().ok_or(Error::Invalid("syntax error"))?.clone())
+                }
                 b"redirect" => {
-                    return Err(Error::Refused {
-                        command: "CLIENT TRACKING REDIRECT".into(),
-                        reason: "names a server connection, and keygate's clients are not the server's; use RESP3 (HELLO 3): invalidations then arrive on this connection",
-                    })
+                    let id = rest.next().ok_or(Error::Invalid("syntax error"))?;
+                    let id = crate::resp::parse_int(id)
+                        .ok_or(Error::Invalid("value is not an integer or out of range"))?;
+                    let exists = u64::try_from(id)
+                        .ok()
+                        .and_then(|id| self.proxy.clients.get(id))
+                        .is_some_and(|c| self.visible(&c));
+                    if !exists {
+                        return Err(Error::Invalid(
+                            "The client ID you want redirect to does not exist",
+                        ));
+                    }
+                    redirect = Some(id as u64);
                 }
                 _ => return Err(Error::Invalid("syntax error")),
             }
@@ -215,28 +242,19 @@ impl Session {
                 }
             }
         }
-        if let Some(current) = &self.tracking {
+        if let Some(current) = &mut self.tracking {
             if current.bcast != bcast {
                 return Err(Error::Invalid("You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode."));
             }
-            if (
-                current.optin,
-                current.optout,
-                current.noloop,
-                &current.prefixes,
-            ) == (optin, optout, noloop, &prefixes)
-            {
-                return Handled::ready(resp::simple("OK"));
+            if current.prefixes != prefixes && !prefixes.is_empty() {
+                return Err(Error::Invalid(
+                    "keygate: turn tracking OFF before changing its prefixes",
+                ));
             }
-            return Err(Error::Invalid(
-                "keygate: turn tracking OFF before changing its options",
-            ));
-        }
-        if !self.flavor.resp3 {
-            return Err(Error::Refused {
-                command: "CLIENT TRACKING".into(),
-                reason: "needs RESP3 through keygate (HELLO 3): invalidations arrive as push messages on this connection",
-            });
+            // As Redis: the new options replace the old; the keys tracked stay.
+            (current.optin, current.optout, current.noloop) = (optin, optout, noloop);
+            current.redirect = redirect;
+            return Handled::ready(resp::simple("OK"));
         }
         let mut setup: Vec<Bytes> = ["CLIENT", "TRACKING", "ON", "BCAST"]
             .iter()
@@ -263,7 +281,12 @@ impl Session {
         }
         let swapped = self.proxy.topology_swapped.subscribe();
         let primaries = self.primaries();
-        let (feed, confirmed) = self.feed(self.flavor, setup)?;
+        // Invalidations come as push frames: the feed speaks RESP3, whatever the client does.
+        let flavor = Flavor {
+            resp3: true,
+            ..self.flavor
+        };
+        let (feed, confirmed) = self.feed(flavor, setup)?;
         self.tracking = Some(Tracking {
             primaries,
             swapped,
@@ -273,6 +296,10 @@ impl Session {
             optout,
             noloop,
             prefixes,
+            redirect,
+            keys: HashSet::new(),
+            own_writes: HashMap::new(),
+            caching: None,
         });
         Ok(Handled::reply(confirmed))
     }
@@ -304,9 +331,11 @@ impl Session {
         } else {
             return Err(Error::Invalid("syntax error"));
         };
-        match &self.tracking {
-            Some(t) if yes && t.optin => Handled::ready(resp::simple("OK")),
-            Some(t) if !yes && t.optout => Handled::ready(resp::simple("OK")),
+        match &mut self.tracking {
+            Some(t) if (yes && t.optin) || (!yes && t.optout) => {
+                t.caching = Some(yes);
+                Handled::ready(resp::simple("OK"))
+            }
             Some(t) if !yes && t.optin => Err(Error::Invalid(
                 "CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
             )),
@@ -349,7 +378,7 @@ impl Session {
             resp::put_bulk(&mut out, Some(flag));
         }
         resp::put_bulk(&mut out, Some(b"redirect"));
-        out.extend_from_slice(&resp::integer(if self.tracking.is_some() { 0 } else { -1 }));
+        out.extend_from_slice(&resp::integer(self.redirect_id()));
         resp::put_bulk(&mut out, Some(b"prefixes"));
         let prefixes = self.tracking.as_ref().map_or(&[][..], |t| &t.prefixes[..]);
         resp::put_header(&mut out, b'*', prefixes.len() as i64);
@@ -359,34 +388,152 @@ impl Session {
         out.freeze()
     }
 
-    /// An invalidation push as this client must see it: a tenant's keys without its prefix.
-    pub(super) fn invalidation(&self, frame: Bytes) -> Option<Bytes> {
-        let Some(seat) = &self.tenant else {
-            return Some(frame);
-        };
-        let prefix = seat.tenant.config.prefix.as_bytes();
-        let parts = value::elements(&frame)?;
-        let [kind, keys] = &parts[..] else {
-            return None;
-        };
-        let Some(value::Value::Array(Some(keys))) = value::parse(keys) else {
-            // `_`: everything was flushed; nothing to rewrite.
-            return Some(frame);
-        };
-        let mut out = BytesMut::new();
-        resp::put_header(&mut out, b'>', 2);
-        out.extend_from_slice(kind);
-        let mine: Vec<&[u8]> = keys
-            .iter()
-            .filter_map(|key| match key {
-                value::Value::Bulk(Some(key)) => key.strip_prefix(prefix),
-                _ => None,
-            })
-            .collect();
-        resp::put_header(&mut out, b'*', mine.len() as i64);
-        for key in mine {
-            resp::put_bulk(&mut out, Some(key));
+    /// CLIENT GETREDIR: the client invalidations are redirected to, 0 when tracking without
+    /// redirection, -1 when not tracking.
+    pub(super) fn redirect_id(&self) -> i64 {
+        match &self.tracking {
+            None => -1,
+            Some(t) => t.redirect.map_or(0, |id| id as i64),
         }
-        Some(out.freeze())
     }
+
+    /// A command the client sent while tracking, its keys as the server names them: the keys
+    /// of a read are tracked (default mode, as OPTIN/OPTOUT and CLIENT CACHING say); with
+    /// NOLOOP, the keys of a write are its own. Nothing for BCAST clients.
+    pub(super) fn track(&mut self, cmd: &Command, spec: &crate::command::Spec) {
+        let Some(t) = self.tracking.as_mut() else {
+            return;
+        };
+        let caching = t.caching.take();
+        if t.bcast {
+            return;
+        }
+        let reads = spec.has(flags::READONLY);
+        let writes = spec.has(flags::WRITE);
+        let tracked = reads
+            && match (t.optin, t.optout) {
+                (true, _) => caching == Some(true),
+                (_, true) => caching != Some(false),
+                _ => true,
+            };
+        if !tracked && !(writes && t.noloop) {
+            return;
+        }
+        for at in crate::command::keys::positions(spec, &cmd.args) {
+            let key = cmd.args[at].clone();
+            if tracked {
+                t.keys.insert(key);
+            } else {
+                *t.own_writes.entry(key).or_default() += 1;
+            }
+        }
+    }
+
+    /// An invalidation from the feed: what of it this client's tracking passes on (default mode:
+    /// only keys it read, each forgotten once invalidated; NOLOOP: not its own writes), with a
+    /// tenant's keys without its prefix, and delivered: to the client itself (RESP3) or to the
+    /// client it redirects to.
+    pub(super) fn invalidated(&mut self, frame: Bytes, out: &mut WriteQueue) {
+        let Some(t) = self.tracking.as_mut() else {
+            return;
+        };
+        let prefix = self
+            .tenant
+            .as_ref()
+            .map_or(&b""[..], |seat| seat.tenant.config.prefix.as_bytes());
+        let Some(parts) = value::elements(&frame) else {
+            return;
+        };
+        let [_, keys] = &parts[..] else {
+            return;
+        };
+        // `_` (or a nil): everything was flushed.
+        let keys = match value::parse(keys) {
+            Some(value::Value::Array(Some(keys))) => Some(keys),
+            _ => None,
+        };
+        let keys: Option<Vec<Bytes>> = match keys {
+            None => {
+                t.keys.clear();
+                t.own_writes.clear();
+                None
+            }
+            Some(keys) => {
+                let mut kept = Vec::new();
+                for key in keys {
+                    let value::Value::Bulk(Some(key)) = key else {
+                        continue;
+                    };
+                    if t.noloop {
+                        if let Some(n) = t.own_writes.get_mut(&key) {
+                            *n -= 1;
+                            if *n == 0 {
+                                t.own_writes.remove(&key);
+                            }
+                            t.keys.remove(&key);
+                            continue;
+                        }
+                    }
+                    if !t.bcast && !t.keys.remove(&key) {
+                        continue;
+                    }
+                    if let Some(mine) = key.strip_prefix(prefix) {
+                        kept.push(Bytes::copy_from_slice(mine));
+                    }
+                }
+                if kept.is_empty() {
+                    return;
+                }
+                Some(kept)
+            }
+        };
+        match t.redirect {
+            None if self.flavor.resp3 => out.push(invalidate_frame(b'>', None, keys.as_deref())),
+            // RESP2 without REDIRECT: nowhere to deliver, as in Redis.
+            None => {}
+            Some(id) => {
+                let Some(target) = self.proxy.clients.get(id) else {
+                    return;
+                };
+                let shown = target.shown();
+                let frame = match (shown.resp3, shown.pubsub) {
+                    (true, _) => invalidate_frame(b'>', None, keys.as_deref()),
+                    (false, true) => {
+                        invalidate_frame(b'*', Some(b"__redis__:invalidate"), keys.as_deref())
+                    }
+                    // A RESP2 client not subscribed gets nothing, as from Redis.
+                    (false, false) => return,
+                };
+                target.inject(frame);
+            }
+        }
+    }
+}
+
+/// An invalidation: a push `>2 invalidate keys`, or a RESP2 pub/sub `message` on `channel`;
+/// `None` keys: everything (a nil).
+fn invalidate_frame(kind: u8, channel: Option<&[u8]>, keys: Option<&[Bytes]>) -> Bytes {
+    let mut out = BytesMut::new();
+    match channel {
+        None => {
+            resp::put_header(&mut out, kind, 2);
+            resp::put_bulk(&mut out, Some(b"invalidate"));
+        }
+        Some(channel) => {
+            resp::put_header(&mut out, kind, 3);
+            resp::put_bulk(&mut out, Some(b"message"));
+            resp::put_bulk(&mut out, Some(channel));
+        }
+    }
+    match keys {
+        Some(keys) => {
+            resp::put_header(&mut out, b'*', keys.len() as i64);
+            for key in keys {
+                resp::put_bulk(&mut out, Some(key));
+            }
+        }
+        None if kind == b'>' => out.extend_from_slice(b"_\r\n"),
+        None => resp::put_header(&mut out, b'*', -1),
+    }
+    out.freeze()
 }

@@ -246,7 +246,7 @@ impl Session {
             "tracking" => self.tracking(&args[2..]),
             "caching" => self.caching(args),
             "trackinginfo" => Handled::ready(self.tracking_info()),
-            "getredir" => Handled::ready(resp::integer(if self.tracking.is_some() { 0 } else { -1 })),
+            "getredir" => Handled::ready(resp::integer(self.redirect_id())),
             "list" => self.client_list(&args[2..], resp::request_len(args)),
             "kill" => self.client_kill(&args[2..]),
             // keygate never evicts a client for its memory; the flag has nothing to change.
@@ -384,7 +384,7 @@ impl Session {
     }
 
     /// The clients this one may see and kill: with tenants, those of its own tenant only.
-    fn visible(&self, client: &Client) -> bool {
+    pub(super) fn visible(&self, client: &Client) -> bool {
         match &self.tenant {
             Some(seat) => client.shown().tenant.as_deref() == Some(&seat.tenant.config.name),
             None => !self.tenancy(),

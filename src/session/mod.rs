@@ -450,11 +450,7 @@ async fn serve<R, W>(
                         session.closing = true;
                     }
                 }
-                feeds::TrackingEvent::Push(Some(Ok(push))) => {
-                    if let Some(push) = session.invalidation(push) {
-                        out.push(push);
-                    }
-                }
+                feeds::TrackingEvent::Push(Some(Ok(push))) => session.invalidated(push, &mut out),
                 feeds::TrackingEvent::Push(Some(Err(e))) => {
                     // A cache that can miss invalidations must not go on: disconnect, so the
                     // client's library drops its cache and reconnects.
@@ -467,6 +463,12 @@ async fn serve<R, W>(
                     session.closing = true;
                 }
             },
+            // Invalidations another client's tracking redirects to this one.
+            frame = session.me.injected.recv(), if out.len() < OUTPUT_HIGH_WATER => {
+                if let Some(frame) = frame {
+                    out.push(frame);
+                }
+            }
             // Once MONITOR's +OK (and any reply before it) is out.
             line = feeds::next_line(session.monitor.as_mut()), if session.monitor.is_some() && pending.is_empty() && out.len() < OUTPUT_HIGH_WATER => match line {
                 Some(Ok(line)) => out.push(line),
@@ -925,6 +927,9 @@ impl Session {
                 }))))
             }
             Policy::Forward => {
+                if self.tracking.is_some() {
+                    self.track(&cmd, spec);
+                }
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;
                 let read = self.replica_read(&topology, spec);

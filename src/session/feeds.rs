@@ -416,7 +416,7 @@ impl Session {
                 (_, true) => caching != Some(false),
                 _ => true,
             };
-        if !tracked && !(writes && t.noloop) {
+        if !(tracked || (writes && t.noloop)) {
             return;
         }
         for at in crate::command::keys::positions(spec, &cmd.args) {

@@ -131,6 +131,17 @@ fn policy(spec: &Spec) -> Policy {
     }
 }
 
+/// Whether a command may write or be propagated to replicas: Redis's `write` and
+/// `may-replicate` flags (COMMAND INFO in Redis 7.0 does not report the latter, so the table
+/// lacks it: these are the commands Redis 7.0 marks so).
+pub fn may_replicate(spec: &Spec) -> bool {
+    spec.has(flags::WRITE | flags::MAY_REPLICATE)
+        || matches!(
+            spec.name,
+            "eval" | "evalsha" | "fcall" | "pfcount" | "publish" | "spublish"
+        )
+}
+
 /// Find a command (or `container|sub`) by its lower-case name.
 pub fn lookup(lower: &[u8]) -> Option<usize> {
     COMMANDS

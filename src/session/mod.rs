@@ -999,7 +999,7 @@ impl Session {
         match spec.name {
             "exec" => self.txn_writes(),
             "eval" => !crate::pause::script_without_writes(&cmd.args[1]),
-            _ => spec.has(flags::WRITE | flags::MAY_REPLICATE),
+            _ => crate::command::may_replicate(spec),
         }
     }
 

@@ -38,7 +38,7 @@ use super::tenancy::{self, Fix};
 use super::{Drained, Handled, Session};
 
 use crate::backend::{Pinned, ReplyResult};
-use crate::command::{flags, Command, Policy, Spec};
+use crate::command::{Command, Policy, Spec};
 use crate::dispatch::Reply;
 use crate::error::Error;
 use crate::resp::{self, value};
@@ -307,13 +307,15 @@ impl Session {
             txn.watching = true;
         }
         let (pinned, _) = txn.pinned.as_ref().expect("pinned above");
+        let writes = crate::command::may_replicate(spec)
+            && !(spec.name == "eval" && crate::pause::script_without_writes(&cmd.args[1]));
         let reply = Reply::Backend(pinned.send(cmd.args));
         if in_multi {
             if let Some(Some(db)) = select {
                 txn.selects.push((txn.sent, db));
             }
             txn.sent += 1;
-            txn.writes |= spec.has(flags::WRITE | flags::MAY_REPLICATE);
+            txn.writes |= writes;
         }
         if !in_multi {
             if let Some(db) = select {

@@ -912,6 +912,18 @@ impl Session {
             }
             // CONFIG SET of the slowlog's settings: keygate's slowlog follows the server's.
             Policy::Forward if spec.name == "config|set" && self.tenant.is_none() => {
+                // The server's password is keygate's own way in (upstream.password): one client
+                // changing it would lock every client out.
+                if cmd.args[2..]
+                    .iter()
+                    .step_by(2)
+                    .any(|name| name.eq_ignore_ascii_case(b"requirepass"))
+                {
+                    return Err(Error::Refused {
+                        command: "CONFIG SET requirepass".into(),
+                        reason: "would change the password keygate itself reaches the server with (upstream.password), locking every client out",
+                    });
+                }
                 let follow = SlowlogSettings::of(&cmd.args[2..]);
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;

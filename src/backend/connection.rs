@@ -155,7 +155,9 @@ async fn run(
             // from it, and the next request tries again.
             Err(reason) if pinned.is_none() && busy(&reason).is_some() => {
                 let text = busy(&reason).unwrap_or_default().to_string();
-                requests_get(requests, Error::Text(text), BUSY_RETRY).await;
+                if !requests_get(requests, Error::Text(text), BUSY_RETRY).await {
+                    return;
+                }
                 continue;
             }
             Err(reason) => (reason, true),
@@ -189,21 +191,12 @@ async fn run(
         }
         let delay = backoff.next();
         warn!(backend = %addr, %reason, retry_in = ?delay, "backend connection down");
-        let retry = time::sleep(delay);
-        tokio::pin!(retry);
-        loop {
-            tokio::select! {
-                _ = &mut retry => break,
-                request = requests.recv() => match request {
-                    Some(request) => {
-                        let _ = request.reply.send(Err(Error::BackendDown {
-                            addr: addr.clone(),
-                            reason: reason.clone(),
-                        }));
-                    }
-                    None => return,
-                },
-            }
+        let down = Error::BackendDown {
+            addr: addr.clone(),
+            reason,
+        };
+        if !requests_get(requests, down, delay).await {
+            return;
         }
     }
 }
@@ -217,22 +210,23 @@ fn busy(reason: &str) -> Option<&str> {
     Some(reason[at + 1..].trim_end())
 }
 
-/// Answer every request that arrives within `wait` with `error`, then return.
+/// Answer every request that arrives within `wait` with `error` (no connection to send it on);
+/// `false` if the slot was dropped meanwhile.
 async fn requests_get(
     requests: &mut mpsc::UnboundedReceiver<Request>,
     error: Error,
     wait: Duration,
-) {
+) -> bool {
     let until = time::sleep(wait);
     tokio::pin!(until);
     loop {
         tokio::select! {
-            _ = &mut until => return,
+            _ = &mut until => return true,
             request = requests.recv() => match request {
                 Some(request) => {
                     let _ = request.reply.send(Err(error.clone()));
                 }
-                None => return,
+                None => return false,
             },
         }
     }

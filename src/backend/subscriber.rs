@@ -96,7 +96,7 @@ impl Leaving {
 
     /// Are there subscribers whose count PUBLISH or PUBSUB may report?
     pub fn any(&self) -> bool {
-        self.open.load(Ordering::Acquire) > 0
+        self.open.load(Ordering::Acquire) > 0 || self.count.load(Ordering::Acquire) > 0
     }
 }
 
@@ -140,8 +140,8 @@ pub struct Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.leaving.open.fetch_sub(1, Ordering::AcqRel);
-        // Counted as leaving before its input flag goes: a PUBLISH never sees neither.
+        // Counted as leaving before its input flag goes, and open until both are settled: a
+        // PUBLISH never sees neither.
         if !self.task.is_finished() {
             // If the task is gone by now, the message (and the count with it) is dropped.
             let _ = self
@@ -154,6 +154,8 @@ impl Drop for Subscriber {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         inputs.retain(|input| !Arc::ptr_eq(input, &self.input));
+        drop(inputs);
+        self.leaving.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -571,9 +571,9 @@ async fn next_event(sub: &mut Option<pubsub::Sub>) -> Option<Event> {
 }
 
 /// A subscribed client's read, flagging its input (see `backend::Leaving`): the flag is set by
-/// the wake-up that readiness brings, cleared when the read is polled, and set again if the read
-/// found the client gone (it stays set until the subscriber connection is dropped). Other
-/// clients' reads are polled as they are.
+/// the wake-up that readiness brings and whenever the read finds something (data, or the client
+/// gone: then it stays set until the subscriber connection is dropped), and cleared only while
+/// the read is pending. Other clients' reads are polled as they are.
 async fn flagged(
     read: impl std::future::Future<Output = std::io::Result<usize>>,
     input: Option<Arc<AtomicBool>>,
@@ -588,12 +588,17 @@ async fn flagged(
     });
     std::future::poll_fn(|cx| {
         *waker.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-        input.store(false, Release);
         let flagging = std::task::Waker::from(waker.clone());
-        let polled = read
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(&flagging));
-        if matches!(polled, std::task::Poll::Ready(Ok(0) | Err(_))) {
+        let mut flagging = std::task::Context::from_waker(&flagging);
+        // The flag is cleared only while the read is pending, never between a poll that found
+        // input and the session taking it: a PUBLISH checking meanwhile must see it set.
+        let mut polled = read.as_mut().poll(&mut flagging);
+        if polled.is_pending() {
+            input.store(false, Release);
+            // Input that came between the poll and the store woke nothing new: look again.
+            polled = read.as_mut().poll(&mut flagging);
+        }
+        if polled.is_ready() {
             input.store(true, Release);
         }
         polled

@@ -14,7 +14,9 @@ for target in resp_decode reply_scan command_rewrite cluster_slots; do
   # New inputs go to a scratch directory; the committed seeds are only read.
   work=$(mktemp -d)
   log=$(mktemp)
-  if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$work" "corpus/$target" -- \
+  dict=()
+  case $target in resp_decode | command_rewrite) dict=(-dict=commands.dict) ;; esac
+  if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$work" "corpus/$target" -- "${dict[@]}" \
       -max_total_time="$seconds" >"$log" 2>&1; then
     echo "fuzz-smoke: $target failed:" >&2
     tail -n 60 "$log" >&2

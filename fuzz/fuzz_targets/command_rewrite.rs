@@ -14,19 +14,34 @@ use libfuzzer_sys::fuzz_target;
 const PREFIX: &[u8] = b"t1:";
 
 fuzz_target!(|data: &[u8]| {
-    let args: Vec<Bytes> = data.split(|&b| b == 0).map(Bytes::copy_from_slice).collect();
+    let args: Vec<Bytes> = data
+        .split(|&b| b == 0)
+        .map(Bytes::copy_from_slice)
+        .collect();
     if args.is_empty() || args.len() > 64 {
         return;
     }
-    // Use a real command name half of the time, so the search reaches the rewriters.
+    // Use a real command name half of the time, so the search reaches the rewriters; now and
+    // then its full `container|sub` table name, which Redis (and keygate) must treat as unknown.
     let mut args = args;
     if let Some(first) = args[0].first() {
         if first % 2 == 0 {
             let spec = &COMMANDS[*first as usize % COMMANDS.len()];
-            args[0] = Bytes::copy_from_slice(spec.name.split('|').next().unwrap().as_bytes());
+            let name = if first % 8 == 0 {
+                spec.name
+            } else {
+                spec.name.split('|').next().unwrap()
+            };
+            args[0] = Bytes::copy_from_slice(name.as_bytes());
         }
     }
+    let named_with_bar = args[0].contains(&b'|');
     let mut cmd = Command::parse(args);
+    assert!(
+        !named_with_bar || cmd.spec.is_none(),
+        "a container|sub name sent as the command must be unknown: {:?}",
+        cmd.args[0]
+    );
     let Some(spec) = cmd.spec else { return };
     if !spec.arity_ok(cmd.args.len()) {
         return;
@@ -36,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
             rewrite::prefix_keys(spec, &mut cmd.args, PREFIX);
             true
         }
-        Some(Rule::Custom) => custom::rewrite(spec.name, &mut cmd.args, PREFIX, true, |_| true).is_ok(),
+        Some(Rule::Custom) => {
+            custom::rewrite(spec.name, &mut cmd.args, PREFIX, true, |_| true).is_ok()
+        }
         _ => false,
     };
     if rewritten && spec.name != "script|load" && spec.name != "script|exists" {

@@ -10,7 +10,10 @@ use libfuzzer_sys::fuzz_target;
 type Outcome = (Vec<Vec<bytes::Bytes>>, Option<String>);
 
 fn decode(pieces: &[&[u8]]) -> Outcome {
-    let limits = Limits { max_bulk: 1 << 20, max_args: 1 << 12 };
+    let limits = Limits {
+        max_bulk: 1 << 20,
+        max_args: 1 << 12,
+    };
     let mut decoder = Decoder::new(limits);
     let mut buf = BytesMut::new();
     let mut requests = Vec::new();

@@ -303,6 +303,17 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_dictionary_lists_every_command() {
+        let dict = include_str!("../../fuzz/commands.dict");
+        for spec in COMMANDS {
+            let lower = format!("\"{}\"", spec.name);
+            let upper = lower.to_ascii_uppercase();
+            assert!(dict.lines().any(|l| l == lower), "{lower} missing");
+            assert!(dict.lines().any(|l| l == upper), "{upper} missing");
+        }
+    }
+
+    #[test]
     fn stateful_commands_get_connections_of_their_own() {
         for args in [
             &["blpop", "k", "0"][..],

@@ -19,19 +19,43 @@ use tokio_util::sync::CancellationToken;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the kernel's ephemeral range (32768 and up by default), so no outgoing connection
+    // takes it between this check and the bind; never handed out twice in one test binary.
+    pick_port(
+        |port| port_free(port) && port_free_to_listen(port),
+        10000..20000,
+    )
 }
 
 /// A free port whose cluster bus port (port + 10000) is free too.
 pub fn free_cluster_port() -> u16 {
+    pick_port(
+        |port| port_free(port) && port_free_to_listen(port) && port_free_to_listen(port + 10000),
+        20000..22700,
+    )
+}
+
+fn port_free(port: u16) -> bool {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    if given.contains(&port) {
+        return false;
+    }
+    given.push(port);
+    true
+}
+
+fn port_free_to_listen(port: u16) -> bool {
+    StdListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A random port in `range` that `free` accepts. Ports are chosen at random (not from port 0)
+/// because tests run in parallel and in several processes: the kernel hands out freed
+/// ephemeral ports again at once, and outgoing connections take them too.
+fn pick_port(free: impl Fn(u16) -> bool, range: std::ops::Range<u16>) -> u16 {
     loop {
-        let port = 20000 + fastrand::u16(..25000);
-        let free = |p: u16| StdListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10000) {
+        let port = fastrand::u16(range.clone());
+        if free(port) {
             return port;
         }
     }

@@ -100,7 +100,15 @@ pub struct Registered {
     pub client: Arc<Client>,
     /// Frames other clients send this one (invalidations of a tracking client that redirects
     /// to it), for the session to write.
-    pub injected: tokio::sync::mpsc::Receiver<Bytes>,
+    pub injected: tokio::sync::mpsc::Receiver<Injected>,
+}
+
+/// A frame another client hands this one, and the tenant it is for: the session writes it only
+/// while it is still that tenant's (a client that authenticated as another tenant since the
+/// frame was sent never sees it).
+pub struct Injected {
+    pub frame: Bytes,
+    pub tenant: Option<String>,
 }
 
 /// Frames waiting for a client that does not take them: more are dropped, as Redis drops
@@ -152,7 +160,7 @@ pub struct Client {
     /// While it waits in a blocking command: the server, and the server's id for the
     /// connection it is blocked on (CLIENT UNBLOCK).
     blocked: Mutex<Option<(Arc<str>, i64)>>,
-    inject: tokio::sync::mpsc::Sender<Bytes>,
+    inject: tokio::sync::mpsc::Sender<Injected>,
 }
 
 impl Client {
@@ -161,9 +169,10 @@ impl Client {
         *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = on;
     }
 
-    /// Hand this client a frame to write (`false`: it is gone, or not taking them).
-    pub fn inject(&self, frame: Bytes) -> bool {
-        self.inject.try_send(frame).is_ok()
+    /// Hand this client a frame to write if it is (still) `tenant`'s client (`false`: it is
+    /// gone, or not taking them).
+    pub fn inject(&self, frame: Bytes, tenant: Option<String>) -> bool {
+        self.inject.try_send(Injected { frame, tenant }).is_ok()
     }
 
     /// Where it is blocked, if it is.

@@ -132,17 +132,22 @@ async fn options_are_checked_as_redis_checks_them() {
     );
 }
 
+/// Keygate in front of `backend` with tenants acme and globex (passwords `<name>-pw`).
+async fn two_tenants(backend: &Redis) -> Keygate {
+    Keygate::start_with(
+        &backend.addr(),
+        "[[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n\
+         [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\n",
+    )
+    .await
+}
+
 /// A tenant's cache hears of its own keys only, named as it names them; another tenant writing
 /// the same key name sends it nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_hear_of_their_own_keys_only() {
     let backend = Redis::start();
-    let kg = Keygate::start_with(
-        &backend.addr(),
-        "[[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n\
-         [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\n",
-    )
-    .await;
+    let kg = two_tenants(&backend).await;
     let mut cache = as_tenant(&kg, "acme").await;
     resp3_tracking(&mut cache, &[]).await;
     assert_eq!(cache.call(&[b"GET", b"k"]).await, b"_\r\n");
@@ -155,6 +160,51 @@ async fn tenants_hear_of_their_own_keys_only() {
     // Switching tenant would leave the feed on the old one's keys: refused.
     let switch = text(cache.call(&[b"AUTH", b"globex", b"globex-pw"]).await);
     assert!(switch.contains("turn CLIENT TRACKING off"), "{switch}");
+}
+
+/// A hostile tenant cannot aim its invalidations at another tenant's client, nor keep them
+/// flowing to a client of its own that has since authenticated as another tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_never_crosses_tenants() {
+    let backend = Redis::start();
+    let kg = two_tenants(&backend).await;
+    let client_id = |reply: Vec<u8>| text(reply).trim_start_matches(':').trim_end().to_string();
+    let mut victim = as_tenant(&kg, "globex").await;
+    let victim_id = client_id(victim.call(&[b"CLIENT", b"ID"]).await);
+    let mut cache = as_tenant(&kg, "acme").await;
+    let redirect = [&b"CLIENT"[..], b"TRACKING", b"ON", b"REDIRECT"];
+    assert_eq!(
+        text(
+            cache
+                .call(&[&redirect[..], &[victim_id.as_bytes()]].concat())
+                .await
+        ),
+        "-ERR The client ID you want redirect to does not exist\r\n"
+    );
+    // A sink of acme's own (RESP3, so it gets pushes unsubscribed), then it becomes globex.
+    let mut sink = as_tenant(&kg, "acme").await;
+    assert!(sink.call(&[b"HELLO", b"3"]).await.starts_with(b"%"));
+    let sink_id = client_id(sink.call(&[b"CLIENT", b"ID"]).await);
+    assert_eq!(
+        cache
+            .call(&[&redirect[..], &[sink_id.as_bytes()]].concat())
+            .await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        sink.call(&[b"AUTH", b"globex", b"globex-pw"]).await,
+        b"+OK\r\n"
+    );
+    cache.call(&[b"GET", b"secret-name"]).await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    assert_eq!(acme.call(&[b"SET", b"secret-name", b"1"]).await, b"+OK\r\n");
+    assert_eq!(acme.call(&[b"FLUSHALL"]).await, b"+OK\r\n");
+    // Nothing of acme's reached it: its next reply is its PING's.
+    assert_eq!(sink.call(&[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(
+        text(cache.call(&[b"CLIENT", b"GETREDIR"]).await),
+        format!(":{sink_id}\r\n")
+    );
 }
 
 /// A reload that changes the primaries disconnects a tracking client (its feed would miss the

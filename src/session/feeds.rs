@@ -496,6 +496,12 @@ impl Session {
                     return;
                 };
                 let shown = target.shown();
+                // Only to a client of the same tenant (it may have authenticated as another
+                // since REDIRECT named it; the session checks again as it writes the frame).
+                let tenant = self.tenant_name().map(String::from);
+                if shown.tenant != tenant {
+                    return;
+                }
                 let frame = match (shown.resp3, shown.pubsub) {
                     (true, _) => invalidate_frame(b'>', None, keys.as_deref()),
                     (false, true) => {
@@ -504,7 +510,7 @@ impl Session {
                     // A RESP2 client not subscribed gets nothing, as from Redis.
                     (false, false) => return,
                 };
-                target.inject(frame);
+                target.inject(frame, tenant);
             }
         }
     }

@@ -464,9 +464,11 @@ async fn serve<R, W>(
                 }
             },
             // Invalidations another client's tracking redirects to this one.
-            frame = session.me.injected.recv(), if out.len() < OUTPUT_HIGH_WATER => {
-                if let Some(frame) = frame {
-                    out.push(frame);
+            injected = session.me.injected.recv(), if out.len() < OUTPUT_HIGH_WATER => {
+                if let Some(injected) = injected {
+                    if injected.tenant.as_deref() == session.tenant_name() {
+                        out.push(injected.frame);
+                    }
                 }
             }
             // Once MONITOR's +OK (and any reply before it) is out.

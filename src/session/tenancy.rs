@@ -47,6 +47,11 @@ impl Session {
         self.proxy.tenancy.load(Relaxed)
     }
 
+    /// The tenant this client authenticated as, if any.
+    pub(super) fn tenant_name(&self) -> Option<&str> {
+        self.tenant.as_ref().map(|seat| &*seat.tenant.config.name)
+    }
+
     /// AUTH [user] password, with tenants configured. A failure leaves the identity unchanged.
     pub(super) fn tenant_auth(
         &mut self,

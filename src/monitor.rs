@@ -10,45 +10,76 @@
 //! the commands a script calls (`[0 lua] ...`), still comes from the servers' own MONITOR (see
 //! session::feeds).
 //!
-//! Lines go out on a broadcast channel; a monitor that falls more than `BACKLOG` lines behind
-//! is disconnected, as Redis disconnects one past its output buffer limit. With no monitor,
-//! a request costs one atomic load here.
+//! Each monitoring client has a queue of its own lines. One that falls more than `BEHIND`
+//! bytes behind (it does not read, or reads slower than clients send) is disconnected at once,
+//! as Redis disconnects a client past its output buffer's hard limit: a monitor that never
+//! reads holds at most `BEHIND` bytes of keygate's memory, and (its connection to each server's
+//! MONITOR closing with it) no more than about as much of the servers'. With no monitor, a
+//! request costs one atomic load here.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-/// Lines a monitor may fall behind before it is disconnected.
-const BACKLOG: usize = 65536;
+/// Bytes of lines a monitor may fall behind before it is disconnected (Redis's default hard
+/// limit for pub/sub clients' output, 32 MiB).
+pub const BEHIND: usize = 32 << 20;
 
+#[derive(Default)]
 pub struct Monitors {
     /// Clients monitoring now.
     count: AtomicUsize,
-    lines: broadcast::Sender<Bytes>,
+    watchers: Mutex<Vec<Arc<Lines>>>,
 }
 
-impl Default for Monitors {
-    fn default() -> Self {
-        Monitors {
-            count: AtomicUsize::new(0),
-            lines: broadcast::channel(BACKLOG).0,
-        }
-    }
+/// One monitor's lines not yet taken.
+#[derive(Default)]
+struct Lines {
+    queue: Mutex<(VecDeque<Bytes>, usize)>,
+    added: Notify,
+    /// Cancelled once it fell `BEHIND` bytes behind; its queue is dropped then.
+    lagged: CancellationToken,
 }
 
 /// A monitoring client's subscription; counted while it lives.
 pub struct Watcher {
     monitors: Arc<Monitors>,
-    pub lines: broadcast::Receiver<Bytes>,
+    lines: Arc<Lines>,
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
+        let mut watchers = self.monitors.watchers.lock().expect("monitors lock");
+        watchers.retain(|w| !Arc::ptr_eq(w, &self.lines));
         self.monitors.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Watcher {
+    /// The next line (waits for one; never returns once lagged: see `lagged`).
+    pub async fn recv(&self) -> Bytes {
+        loop {
+            if !self.lines.lagged.is_cancelled() {
+                let mut queue = self.lines.queue.lock().expect("monitor lock");
+                if let Some(line) = queue.0.pop_front() {
+                    queue.1 -= line.len();
+                    return line;
+                }
+            }
+            // A line added after the check leaves a permit: this returns at once then.
+            self.lines.added.notified().await;
+        }
+    }
+
+    /// Cancelled once the monitor fell `BEHIND` bytes behind: disconnect it.
+    pub fn lagged(&self) -> CancellationToken {
+        self.lines.lagged.clone()
     }
 }
 
@@ -60,16 +91,34 @@ impl Monitors {
 
     /// Start receiving lines.
     pub fn watch(self: &Arc<Self>) -> Watcher {
+        let lines = Arc::new(Lines::default());
+        let mut watchers = self.watchers.lock().expect("monitors lock");
+        watchers.push(lines.clone());
         self.count.fetch_add(1, Ordering::Relaxed);
         Watcher {
             monitors: self.clone(),
-            lines: self.lines.subscribe(),
+            lines,
         }
     }
 
     /// Show a command a client sent.
     pub fn show(&self, db: u32, peer: &SocketAddr, args: &[Bytes]) {
-        let _ = self.lines.send(line(db, &peer.to_string(), args, now()));
+        let line = line(db, &peer.to_string(), args, now());
+        for watcher in self.watchers.lock().expect("monitors lock").iter() {
+            let mut queue = watcher.queue.lock().expect("monitor lock");
+            if watcher.lagged.is_cancelled() {
+                continue;
+            }
+            if queue.1 + line.len() > BEHIND {
+                *queue = Default::default();
+                watcher.lagged.cancel();
+                continue;
+            }
+            queue.1 += line.len();
+            queue.0.push_back(line.clone());
+            drop(queue);
+            watcher.added.notify_one();
+        }
     }
 }
 

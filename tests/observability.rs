@@ -342,3 +342,51 @@ async fn monitor_shows_what_the_client_sent() {
     // connect) never show: only what the client sent.
     assert_eq!(lines.iter().filter(|l| l.contains("MULTI")).count(), 1);
 }
+
+/// A monitor that never reads hurts nobody: the client it watches goes on being answered, and
+/// once it falls `monitor::BEHIND` bytes behind it is disconnected at once (not when it reads
+/// again), so keygate holds no more than that for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_that_never_reads_is_disconnected() {
+    use tokio::io::AsyncReadExt;
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut monitor = kg.raw().await;
+    assert_eq!(monitor.call(&[b"MONITOR"]).await, b"+OK\r\n");
+    let mut client = kg.raw().await;
+    let value = vec![b'v'; 1000];
+    let mut batch = bytes::BytesMut::new();
+    for _ in 0..1000 {
+        keygate::resp::encode_request(
+            &[
+                bytes::Bytes::from_static(b"SET"),
+                bytes::Bytes::from_static(b"k"),
+                bytes::Bytes::from(value.clone()),
+            ],
+            &mut batch,
+        );
+    }
+    // Twice BEHIND in lines: more than the monitor's queue and both sockets' buffers hold.
+    let rounds = 2 * keygate::monitor::BEHIND / (1000 * 1000) + 1;
+    for _ in 0..rounds {
+        client.send(&batch).await;
+        for _ in 0..1000 {
+            assert_eq!(client.reply().await.unwrap(), b"+OK\r\n");
+        }
+    }
+    assert_eq!(client.call(&[b"PING"]).await, b"+PONG\r\n");
+    // Closed already: what it reads now is what sat in the sockets, then EOF (or a reset).
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        monitor.stream.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the monitor was disconnected");
+    let _ = read;
+    assert!(
+        rest.len() < rounds * 1000 * 1000,
+        "it got {} bytes: every line",
+        rest.len()
+    );
+}

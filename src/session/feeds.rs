@@ -18,7 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{Handled, Session};
 use crate::backend::{Feed, Flavor};
@@ -87,13 +88,7 @@ pub(super) async fn next_line(monitor: Option<&mut Monitor>) -> Option<Result<By
     };
     loop {
         tokio::select! {
-            own = monitor.own.lines.recv() => return match own {
-                Ok(line) => Some(Ok(line)),
-                Err(broadcast::error::RecvError::Lagged(_)) => Some(Err(Error::Internal(
-                    "the MONITOR client fell too far behind",
-                ))),
-                Err(broadcast::error::RecvError::Closed) => None,
-            },
+            own = monitor.own.recv() => return Some(Ok(own)),
             line = monitor.servers.feed.recv() => match line {
                 Some(Ok(line)) if from_script(&line) => return Some(Ok(line)),
                 Some(Ok(_)) => continue,
@@ -101,6 +96,12 @@ pub(super) async fn next_line(monitor: Option<&mut Monitor>) -> Option<Result<By
             },
         }
     }
+}
+
+/// Cancelled once a monitoring client fell `monitor::BEHIND` bytes behind (watched even while
+/// its output is full: it is disconnected then, not when it reads again).
+pub(super) fn monitor_lagged(monitor: Option<&Monitor>) -> Option<CancellationToken> {
+    monitor.map(|monitor| monitor.own.lagged())
 }
 
 /// A server's MONITOR line for a command a script called: `+<time> [<db> lua] ...`.

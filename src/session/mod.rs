@@ -422,6 +422,7 @@ async fn serve<R, W>(
         );
         let input_flag = session.sub.as_ref().map(pubsub::Sub::input);
         let paused_writes = session.paused.as_ref().is_some_and(|(_, writes)| *writes);
+        let monitor_lagged = feeds::monitor_lagged(session.monitor.as_ref());
         tokio::select! {
             biased;
             written = out.write_to(&mut wr), if out.wants_write() => match written {
@@ -470,6 +471,12 @@ async fn serve<R, W>(
                         out.push(injected.frame);
                     }
                 }
+            }
+            // A monitor too far behind is dropped at once, its unread output with it, as Redis
+            // drops a client past its output limit.
+            _ = cancelled(monitor_lagged.as_ref()), if monitor_lagged.is_some() => {
+                tracing::info!(behind = crate::monitor::BEHIND, "MONITOR client fell too far behind: disconnected");
+                session.abort = true;
             }
             // Once MONITOR's +OK (and any reply before it) is out.
             line = feeds::next_line(session.monitor.as_mut()), if session.monitor.is_some() && pending.is_empty() && out.len() < OUTPUT_HIGH_WATER => match line {
@@ -631,6 +638,14 @@ impl std::task::Wake for FlagWaker {
 type Drained<'a> = &'a dyn Fn() -> bool;
 
 /// No reply the client is waiting for is still with a backend.
+/// Resolves once `token` is cancelled; never without one.
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn drained(pending: &VecDeque<Slot>) -> bool {
     pending
         .iter()

@@ -55,6 +55,29 @@ assert anchor in text
 open(path, "w").write(text.replace(anchor, auth, 1))
 PY
 fi
+# Tenant mode: a tenant may not FLUSH the server's functions nor CONFIG SET the server, which
+# the harness does before each external-server test group; there (KEYGATE_AUTH set) it tries
+# them and goes on, so each test meets keygate's refusal itself and is counted.
+python3 - "$tcl_dir/tests/support/server.tcl" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+if "KEYGATE_AUTH" not in text:
+    tenant = "[info exists ::env(KEYGATE_AUTH)]"
+    for line in [
+        "    r function flush\n",
+        "        dict set saved_config $param [lindex [r config get $param] 1]\n",
+        "        r config set $param $val\n",
+    ]:
+        assert line in text, line
+        indent = line[: len(line) - len(line.lstrip())]
+        cmd = line.strip()
+        text = text.replace(
+            line,
+            f"{indent}if {{{tenant}}} {{ catch {{{cmd}}} }} else {{ {cmd} }}\n",
+        )
+    open(path, "w").write(text)
+PY
 py_dir=$work/redis-5.0.8
 if [ ! -d "$py_dir" ]; then
   (cd "$work" && python3 -m pip download -q --no-binary :all: --no-deps redis==5.0.8 && tar xzf redis-5.0.8.tar.gz)

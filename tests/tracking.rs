@@ -162,6 +162,42 @@ async fn tenants_hear_of_their_own_keys_only() {
     assert!(switch.contains("turn CLIENT TRACKING off"), "{switch}");
 }
 
+/// A tenant's RESP2 cache redirects to a client of its own subscribed to
+/// `__redis__:invalidate`, as redis-py and the Redis test suite do: it hears of its own keys,
+/// named as it names them, and of no other tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_resp2_redirect_hears_its_own_keys() {
+    let backend = Redis::start();
+    let kg = two_tenants(&backend).await;
+    let mut sink = as_tenant(&kg, "acme").await;
+    let id = text(sink.call(&[b"CLIENT", b"ID"]).await);
+    let id = id.trim_start_matches(':').trim_end().to_string();
+    let confirmed = text(sink.call(&[b"SUBSCRIBE", b"__redis__:invalidate"]).await);
+    assert_eq!(
+        confirmed,
+        "*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n"
+    );
+    let mut cache = as_tenant(&kg, "acme").await;
+    assert_eq!(
+        cache
+            .call(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", id.as_bytes()])
+            .await,
+        b"+OK\r\n"
+    );
+    cache.call(&[b"GET", b"k"]).await;
+    let mut globex = as_tenant(&kg, "globex").await;
+    assert_eq!(globex.call(&[b"SET", b"k", b"theirs"]).await, b"+OK\r\n");
+    let mut acme = as_tenant(&kg, "acme").await;
+    assert_eq!(acme.call(&[b"SET", b"k", b"mine"]).await, b"+OK\r\n");
+    assert_eq!(
+        text(sink.reply().await.unwrap()),
+        "*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$1\r\nk\r\n"
+    );
+    // Other `__` channels stay the server's.
+    let refused = text(acme.call(&[b"SUBSCRIBE", b"__keyspace@0__:k"]).await);
+    assert!(refused.starts_with("-NOPERM"), "{refused}");
+}
+
 /// A hostile tenant cannot aim its invalidations at another tenant's client, nor keep them
 /// flowing to a client of its own that has since authenticated as another tenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -421,8 +421,11 @@ enum Record {
 }
 
 /// Channels starting with `__` are the server's own (keyspace notifications): never a tenant's.
+/// Except `__redis__:invalidate`, where a RESP2 client with CLIENT TRACKING REDIRECT hears of
+/// its invalidations: keygate delivers those itself (the tenant's own only, see
+/// session::feeds), and on the server the name is prefixed like any channel of the tenant's.
 fn keyspace_channel(channel: &[u8]) -> Result<(), Error> {
-    if channel.starts_with(b"__") {
+    if channel.starts_with(b"__") && channel != b"__redis__:invalidate" {
         return Err(Error::NoPerm {
             command: String::from_utf8_lossy(channel).into_owned(),
             reason: "is a server channel (keyspace notifications), not available to tenants",

@@ -319,6 +319,8 @@ async fn command_getkeys_answers_what_keygate_prefixes() {
             &[b"EVAL", b"return 1", b"2", b"k1", b"k2", b"arg"],
             keys(&["k1", "k2"]),
         ),
+        // Keys are optional for scripts: none is an empty list, as from Redis.
+        (&[b"EVAL", b"return 1", b"0"], b"*0\r\n".to_vec()),
         // SORT's BY and GET patterns name keys too, and keygate prefixes them.
         (
             &[

@@ -396,7 +396,19 @@ impl Session {
             .filter(|&i| keyed && inner.args[i] != original[i])
             .collect();
         if keys.is_empty() {
-            return Err(Error::Invalid("The command has no key arguments"));
+            // As Redis: a command without key arguments at all is an error; one that takes
+            // keys but was given none is an empty list where keys are optional (scripts and
+            // functions, MIGRATE's KEYS form), else an error.
+            if spec.first_key == 0 && !spec.has(flags::MOVABLEKEYS) {
+                return Err(Error::Invalid("The command has no key arguments"));
+            }
+            if !matches!(
+                spec.name,
+                "eval" | "eval_ro" | "evalsha" | "evalsha_ro" | "fcall" | "fcall_ro" | "migrate"
+            ) {
+                return Err(Error::Invalid("Invalid arguments specified for command"));
+            }
+            return Ok(Fix::Answer(Bytes::from_static(b"*0\r\n")));
         }
         if with_flags {
             let prefixed = keys.iter().map(|&i| inner.args[i].clone()).collect();

@@ -514,6 +514,34 @@ async fn commands_with_moving_keys() {
         b"*2\r\n:0\r\n:0\r\n"
     );
     assert_eq!(a.call(&[b"SCRIPT", b"EXISTS", &sha]).await, b"*1\r\n:1\r\n");
+    // SCRIPT FLUSH empties the tenant's own view, not the server's cache (nor others' views).
+    let theirs = g.call(&[b"SCRIPT", b"LOAD", b"return 7"]).await;
+    let theirs = text(theirs).lines().nth(1).unwrap().to_string();
+    assert_eq!(
+        a.call(&[b"SCRIPT", b"FLUSH", b"LATER"]).await,
+        b"-ERR SCRIPT FLUSH only support SYNC|ASYNC option\r\n"
+    );
+    assert_eq!(a.call(&[b"SCRIPT", b"FLUSH", b"ASYNC"]).await, b"+OK\r\n");
+    assert_eq!(a.call(&[b"SCRIPT", b"EXISTS", &sha]).await, b"*1\r\n:0\r\n");
+    assert_eq!(
+        a.call(&[b"EVALSHA", &sha, b"1", b"k"]).await,
+        b"-NOSCRIPT No matching script. Please use EVAL.\r\n"
+    );
+    assert_eq!(
+        g.call(&[b"SCRIPT", b"EXISTS", theirs.as_bytes()]).await,
+        b"*1\r\n:1\r\n"
+    );
+    assert_eq!(
+        common::redis_cli(
+            backend.port,
+            &["SCRIPT", "EXISTS", std::str::from_utf8(&sha).unwrap()]
+        )
+        .trim(),
+        "1"
+    );
+    assert_eq!(a.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert!(text(a.call(&[b"SCRIPT", b"FLUSH"]).await).contains("cannot run inside MULTI"));
+    assert!(text(a.call(&[b"EXEC"]).await).starts_with("-EXECABORT"));
     let mut tiny = as_tenant(&kg, "tiny").await;
     assert!(text(tiny.call(&[b"EVAL", b"return 1", b"0"]).await).starts_with("-NOPERM"));
     // LMPOP / XREAD: the key in the reply is the tenant's name for it.

@@ -323,6 +323,28 @@ impl Session {
                 }
                 Ok(Fix::Answer(out.freeze()))
             }
+            // The server's script cache is every tenant's: a tenant's SCRIPT FLUSH empties its
+            // own view of it (see TenantState::forget_scripts).
+            Some(Rule::Custom) if name == "script|flush" => {
+                match cmd.args.get(2..).unwrap_or_default() {
+                    [] => {}
+                    [mode]
+                        if mode.eq_ignore_ascii_case(b"sync")
+                            || mode.eq_ignore_ascii_case(b"async") => {}
+                    _ => {
+                        return Err(Error::Invalid(
+                            "SCRIPT FLUSH only support SYNC|ASYNC option",
+                        ))
+                    }
+                }
+                if self.in_multi() {
+                    return Err(Error::Text(
+                        "ERR keygate: 'SCRIPT FLUSH' cannot run inside MULTI for a tenant: it acts at once, on keygate's record of the tenant's scripts".into(),
+                    ));
+                }
+                tenant.forget_scripts();
+                Ok(Fix::Answer(resp::simple("OK")))
+            }
             Some(Rule::Custom) if matches!(name, "script|kill" | "function|kill") => {
                 let seat = self.tenant.as_ref().expect("a tenant's command");
                 self.proxy

@@ -136,6 +136,13 @@ impl TenantState {
         self.record_script(hex.as_bytes());
     }
 
+    /// SCRIPT FLUSH for this tenant: it knows no script from now on (EVALSHA answers
+    /// NOSCRIPT, SCRIPT EXISTS 0) until it loads or runs them again.
+    pub fn forget_scripts(&self) {
+        let mut scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
+        scripts.clear();
+    }
+
     pub fn knows_script(&self, sha: &[u8]) -> bool {
         let scripts = self.scripts.lock().unwrap_or_else(|e| e.into_inner());
         scripts.contains(&sha.to_ascii_lowercase())

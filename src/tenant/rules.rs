@@ -220,6 +220,8 @@ pub fn rule(name: &str) -> Option<Rule> {
         | "script|exists" => Custom,
         // Only while the scripts in flight are all the tenant's (see session::tenancy).
         "script|kill" | "function|kill" => Custom,
+        // Forgets the tenant's own scripts (keygate's record of them), not the server's cache.
+        "script|flush" => Custom,
 
         // Pub/sub: channels are namespaced like keys.
         "publish"
@@ -309,7 +311,6 @@ pub fn rule(name: &str) -> Option<Rule> {
         | "memory|malloc-stats"
         | "memory|purge"
         | "memory|stats"
-        | "script|flush"
         | "script|debug"
         | "function"
         | "function|delete"

@@ -321,6 +321,10 @@ async fn command_getkeys_answers_what_keygate_prefixes() {
         ),
         // Keys are optional for scripts: none is an empty list, as from Redis.
         (&[b"EVAL", b"return 1", b"0"], b"*0\r\n".to_vec()),
+        (
+            &[b"MIGRATE", b"h", b"6379", b"k", b"0", b"5000"],
+            b"-NOPERM keygate: 'migrate' reaches outside the tenant's keyspace\r\n".to_vec(),
+        ),
         // SORT's BY and GET patterns name keys too, and keygate prefixes them.
         (
             &[

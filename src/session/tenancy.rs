@@ -402,6 +402,11 @@ impl Session {
                 "Invalid number of arguments specified for command",
             ));
         }
+        let has_keys = spec.first_key != 0 || spec.has(flags::MOVABLEKEYS);
+        if has_keys && matches!(rules::rule_at(inner.spec_index), Some(Rule::Deny(_))) {
+            // A command refused to the tenant names no keys: the refusal, as running it gets.
+            self.rewrite(tenant, &mut inner, spec, allowed, Record::No)?;
+        }
         let keyed = matches!(
             rules::rule_at(inner.spec_index),
             Some(Rule::Keys | Rule::Custom)
@@ -421,7 +426,7 @@ impl Session {
             // As Redis: a command without key arguments at all is an error; one that takes
             // keys but was given none is an empty list where keys are optional (scripts and
             // functions, MIGRATE's KEYS form), else an error.
-            if spec.first_key == 0 && !spec.has(flags::MOVABLEKEYS) {
+            if !has_keys {
                 return Err(Error::Invalid("The command has no key arguments"));
             }
             if !matches!(

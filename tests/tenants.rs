@@ -854,3 +854,35 @@ async fn client_list_and_kill_stay_within_the_tenant() {
     acme2.expect_closed().await;
     assert_eq!(globex.call(&[b"PING"]).await, b"+PONG\r\n");
 }
+
+/// A tenant's INFO counts its own clients waiting in blocking commands (what Redis's test
+/// suite waits for before it pushes), never another tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_info_counts_its_own_blocked_clients() {
+    let backend = Redis::start();
+    let kg = Keygate::start_with(&backend.addr(), TENANTS).await;
+    let mut a = as_tenant(&kg, "acme").await;
+    let mut g_blocked = as_tenant(&kg, "globex").await;
+    g_blocked.send(b"BLPOP q 0\r\n").await;
+    let blocked = |info: String| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .map(|n| n.trim().to_string())
+            .unwrap_or_else(|| panic!("no blocked_clients in {info}"))
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(blocked(text(a.call(&[b"INFO", b"clients"]).await)), "0");
+    let mut a_blocked = as_tenant(&kg, "acme").await;
+    a_blocked.send(b"BLPOP q 0\r\n").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while blocked(text(a.call(&[b"INFO"]).await)) != "1" {
+        assert!(std::time::Instant::now() < deadline, "never counted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.call(&[b"RPUSH", b"q", b"x"]).await, b":1\r\n");
+    assert_eq!(
+        text(a_blocked.reply().await.unwrap()),
+        "*2\r\n$1\r\nq\r\n$1\r\nx\r\n"
+    );
+    assert_eq!(blocked(text(a.call(&[b"INFO"]).await)), "0");
+}

@@ -519,7 +519,7 @@ impl Session {
         let topology = self.proxy.topology.load();
         let cluster = topology.kind == crate::config::UpstreamKind::Cluster;
         let info = format!(
-            "# Server\r\nredis_version:{}\r\nredis_mode:{}\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nkeygate_version:{}\r\n\r\n# keygate\r\ntenant:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Cluster\r\ncluster_enabled:{}\r\n",
+            "# Server\r\nredis_version:{}\r\nredis_mode:{}\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nkeygate_version:{}\r\n\r\n# keygate\r\ntenant:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n\r\n# Cluster\r\ncluster_enabled:{}\r\n",
             crate::command::REDIS_VERSION,
             if cluster { "cluster" } else { "standalone" },
             std::env::consts::OS,
@@ -530,6 +530,13 @@ impl Session {
             env!("CARGO_PKG_VERSION"),
             tenant.config.name,
             tenant.connections(),
+            // The tenant's clients waiting in a blocking command now.
+            self.proxy
+                .clients
+                .matching(|c| {
+                    c.blocked().is_some() && c.shown().tenant.as_ref() == Some(&tenant.config.name)
+                })
+                .len(),
             u8::from(cluster),
         );
         let topology = self.proxy.topology.load_full();

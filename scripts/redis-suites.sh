@@ -148,7 +148,13 @@ run_tcl() { # $1: mode
   fi
   # A tenant sees database 0 only: --singledb (no SELECT 9), and every connection AUTHs.
   local extra=() auth=(KEYGATE_SUITE=1)
-  if [ "$mode" = tenant ]; then extra=(--singledb); auth=(KEYGATE_AUTH="suite suite-pass"); fi
+  # One test is skipped in tenant mode: "Script return recursive object" switches the harness's
+  # connection to raw replies and, its FUNCTION LOAD refused, fails before switching back, so
+  # the rest of unit/scripting reads garbage and times out (counted as a failure in the README).
+  if [ "$mode" = tenant ]; then
+    extra=(--singledb --skiptest "Script return recursive object")
+    auth=(KEYGATE_AUTH="suite suite-pass")
+  fi
   for unit in "${list[@]}"; do
     # Each unit on a fresh server and keygate: a unit that leaves a script running forever (its
     # test failed before its SCRIPT KILL) would fail every later unit.

@@ -346,3 +346,61 @@ async fn default_tracking_and_redirect_as_redis() {
     writer.call(&[b"SET", b"q", b"1"]).await;
     assert_eq!(optin.reply().await.unwrap(), invalidate(&["q"]));
 }
+
+/// As Redis: BCAST prefixes are added to (never overlapping), NOLOOP in BCAST mode spares the
+/// client's own writes, and a script's declared keys are tracked (so a cache that read through
+/// a script hears of the write, where keygate once sent nothing and the cache waited forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcast_prefixes_noloop_and_scripts_as_redis() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut writer = kg.raw().await;
+    let mut cache = kg.raw().await;
+    resp3_tracking(&mut cache, &[b"BCAST", b"PREFIX", b"a:", b"PREFIX", b"b:"]).await;
+    assert_eq!(
+        cache
+            .call(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST", b"PREFIX", b"c:"])
+            .await,
+        b"+OK\r\n"
+    );
+    for (prefix, existing) in [("a", "a:"), ("c:x", "c:")] {
+        let reply = text(
+            cache
+                .call(&[
+                    b"CLIENT",
+                    b"TRACKING",
+                    b"ON",
+                    b"BCAST",
+                    b"PREFIX",
+                    prefix.as_bytes(),
+                ])
+                .await,
+        );
+        assert_eq!(
+            reply,
+            format!("-ERR Prefix '{prefix}' overlaps with an existing prefix '{existing}'. Prefixes for a single client must not overlap.\r\n")
+        );
+    }
+    writer.call(&[b"SET", b"c:1", b"v"]).await;
+    assert_eq!(cache.reply().await.unwrap(), invalidate(&["c:1"]));
+    writer.call(&[b"SET", b"a:1", b"v"]).await;
+    assert_eq!(cache.reply().await.unwrap(), invalidate(&["a:1"]));
+    writer.call(&[b"SET", b"z:1", b"v"]).await; // no prefix of the client's
+    assert_eq!(cache.call(&[b"PING"]).await, b"+PONG\r\n");
+
+    // NOLOOP in BCAST mode: its own write is not invalidated for it, another's is.
+    let mut own = kg.raw().await;
+    resp3_tracking(&mut own, &[b"BCAST", b"NOLOOP"]).await;
+    assert_eq!(own.call(&[b"SET", b"loopkey", b"1"]).await, b"+OK\r\n");
+    writer.call(&[b"SET", b"otherkey", b"1"]).await;
+    assert_eq!(own.reply().await.unwrap(), invalidate(&["otherkey"]));
+
+    // A script's declared keys are tracked for it.
+    let mut scripted = kg.raw().await;
+    resp3_tracking(&mut scripted, &[]).await;
+    scripted
+        .call(&[b"EVAL", b"return redis.call('get', KEYS[1])", b"1", b"s1"])
+        .await;
+    writer.call(&[b"SET", b"s1", b"2"]).await;
+    assert_eq!(scripted.reply().await.unwrap(), invalidate(&["s1"]));
+}

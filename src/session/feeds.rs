@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
@@ -48,11 +49,18 @@ pub(super) struct Tracking {
     /// Default mode: the keys (as the server names them) the client read since their last
     /// invalidation.
     keys: HashSet<Bytes>,
-    /// NOLOOP: the client's own writes whose invalidations are still to come, per key.
-    own_writes: HashMap<Bytes, u32>,
+    /// NOLOOP: the client's own writes whose invalidations are still to come, per key: how many,
+    /// and when the last was sent. keygate cannot know which client's write the server
+    /// invalidates a key for, so it takes an invalidation within `OWN_WRITE_WINDOW` of the
+    /// client's own write of that key for that write's.
+    own_writes: HashMap<Bytes, (u32, Instant)>,
     /// CLIENT CACHING YES/NO, for the command right after it.
     caching: Option<bool>,
 }
+
+/// How long after a NOLOOP client's own write of a key an invalidation of it is taken for that
+/// write's (the server sends it as it runs the write: on loopback, well under a millisecond).
+const OWN_WRITE_WINDOW: Duration = Duration::from_millis(500);
 
 /// What a tracking client's feed brought.
 pub(super) enum TrackingEvent {
@@ -150,14 +158,26 @@ impl Session {
     /// A feed over every primary, each connection set up with `setup`; the reply is `+OK` once
     /// every server accepted, else the first refusal.
     fn feed(&self, flavor: Flavor, setup: Vec<Bytes>) -> Result<(Feed, Reply), Error> {
-        let topology = self.proxy.topology.load();
         let mut feed = Feed::default();
+        let reply = self.feed_into(&mut feed, flavor, setup)?;
+        Ok((feed, reply))
+    }
+
+    /// More connections, one per primary, set up with `setup`, merged into `feed`; the reply
+    /// as for `feed`.
+    fn feed_into(
+        &self,
+        feed: &mut Feed,
+        flavor: Flavor,
+        setup: Vec<Bytes>,
+    ) -> Result<Reply, Error> {
+        let topology = self.proxy.topology.load();
         let confirmations = topology
             .backends
             .iter()
-            .map(|backend| backend.feed(&mut feed, flavor, setup.clone()))
+            .map(|backend| backend.feed(feed, flavor, setup.clone()))
             .collect::<Result<Vec<_>, Error>>()?;
-        let reply = Reply::Later(Box::pin(async move {
+        Ok(Reply::Later(Box::pin(async move {
             for confirmed in confirmations {
                 match confirmed.await {
                     Ok(Ok(())) => {}
@@ -166,8 +186,7 @@ impl Session {
                 }
             }
             resp::simple("OK")
-        }));
-        Ok((feed, reply))
+        })))
     }
 
     /// CLIENT TRACKING ON|OFF [REDIRECT id] [PREFIX p ...] [BCAST] [OPTIN] [OPTOUT] [NOLOOP].
@@ -247,39 +266,49 @@ impl Session {
             if current.bcast != bcast {
                 return Err(Error::Invalid("You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode."));
             }
-            if current.prefixes != prefixes && !prefixes.is_empty() {
-                return Err(Error::Invalid(
-                    "keygate: turn tracking OFF before changing its prefixes",
-                ));
+            // As Redis, BCAST prefixes are added to those the client has, none overlapping;
+            // each addition is one more connection per primary in the feed, for those alone.
+            let added: Vec<Bytes> = prefixes
+                .iter()
+                .filter(|p| !current.prefixes.contains(p))
+                .cloned()
+                .collect();
+            // BCAST without PREFIX is the empty prefix: every key.
+            let existing = match current.prefixes.is_empty() {
+                true => vec![Bytes::new()],
+                false => current.prefixes.clone(),
+            };
+            for new in &added {
+                if let Some(old) = existing
+                    .iter()
+                    .find(|old| old.starts_with(new) || new.starts_with(old))
+                {
+                    return Err(Error::Text(format!(
+                        "ERR Prefix '{}' overlaps with an existing prefix '{}'. Prefixes for a single client must not overlap.",
+                        String::from_utf8_lossy(new),
+                        String::from_utf8_lossy(old)
+                    )));
+                }
             }
             // As Redis: the new options replace the old; the keys tracked stay.
             (current.optin, current.optout, current.noloop) = (optin, optout, noloop);
             current.redirect = redirect;
-            return Handled::ready(resp::simple("OK"));
-        }
-        let mut setup: Vec<Bytes> = ["CLIENT", "TRACKING", "ON", "BCAST"]
-            .iter()
-            .map(|s| Bytes::from_static(s.as_bytes()))
-            .collect();
-        let tenant_prefix = self
-            .tenant
-            .as_ref()
-            .map(|seat| Bytes::copy_from_slice(seat.tenant.config.prefix.as_bytes()));
-        match (&tenant_prefix, prefixes.is_empty()) {
-            (Some(own), true) => setup.extend([Bytes::from_static(b"PREFIX"), own.clone()]),
-            (Some(own), false) => {
-                for prefix in &prefixes {
-                    let mut full = BytesMut::from(&own[..]);
-                    full.extend_from_slice(prefix);
-                    setup.extend([Bytes::from_static(b"PREFIX"), full.freeze()]);
-                }
+            if added.is_empty() {
+                return Handled::ready(resp::simple("OK"));
             }
-            (None, _) => {
-                for prefix in &prefixes {
-                    setup.extend([Bytes::from_static(b"PREFIX"), prefix.clone()]);
-                }
-            }
+            let mut feed = std::mem::take(&mut current.feed);
+            let setup = bcast_setup(self.tenant_prefix(), &added);
+            let flavor = Flavor {
+                resp3: true,
+                ..self.flavor
+            };
+            let reply = self.feed_into(&mut feed, flavor, setup);
+            let current = self.tracking.as_mut().expect("tracking, as above");
+            current.feed = feed;
+            current.prefixes.extend(added);
+            return Ok(Handled::reply(reply?));
         }
+        let setup = bcast_setup(self.tenant_prefix(), &prefixes);
         let swapped = self.proxy.topology_swapped.subscribe();
         let primaries = self.primaries();
         // Invalidations come as push frames: the feed speaks RESP3, whatever the client does.
@@ -406,12 +435,18 @@ impl Session {
             return;
         };
         let caching = t.caching.take();
-        if t.bcast {
-            return;
-        }
-        let reads = spec.has(flags::READONLY);
-        let writes = spec.has(flags::WRITE);
+        // A script's declared keys are tracked as Redis tracks them when the script reads
+        // anything: keygate cannot see what it calls, and an invalidation too many is only a
+        // cache miss, where one too few would be a stale cache.
+        let script = matches!(
+            spec.name,
+            "eval" | "eval_ro" | "evalsha" | "evalsha_ro" | "fcall" | "fcall_ro"
+        );
+        let reads = spec.has(flags::READONLY) || script;
+        let writes = spec.has(flags::WRITE) && !script;
+        // BCAST tracks no reads, only (with NOLOOP) the client's own writes.
         let tracked = reads
+            && !t.bcast
             && match (t.optin, t.optout) {
                 (true, _) => caching == Some(true),
                 (_, true) => caching != Some(false),
@@ -420,12 +455,14 @@ impl Session {
         if !(tracked || (writes && t.noloop)) {
             return;
         }
+        let now = Instant::now();
         for at in crate::command::keys::positions(spec, &cmd.args) {
             let key = cmd.args[at].clone();
             if tracked {
                 t.keys.insert(key);
             } else {
-                *t.own_writes.entry(key).or_default() += 1;
+                let own = t.own_writes.entry(key).or_insert((0, now));
+                *own = (own.0 + 1, now);
             }
         }
     }
@@ -466,13 +503,17 @@ impl Session {
                         continue;
                     };
                     if t.noloop {
-                        if let Some(n) = t.own_writes.get_mut(&key) {
-                            *n -= 1;
-                            if *n == 0 {
-                                t.own_writes.remove(&key);
+                        if let Some((n, at)) = t.own_writes.remove(&key) {
+                            // Only a recent write is taken for this one's cause: a write that
+                            // changed nothing is never invalidated, and must not hide another
+                            // client's write from this one for long.
+                            if at.elapsed() < OWN_WRITE_WINDOW {
+                                if n > 1 {
+                                    t.own_writes.insert(key.clone(), (n - 1, at));
+                                }
+                                t.keys.remove(&key);
+                                continue;
                             }
-                            t.keys.remove(&key);
-                            continue;
                         }
                     }
                     if !t.bcast && !t.keys.remove(&key) {
@@ -515,6 +556,33 @@ impl Session {
             }
         }
     }
+}
+
+/// `CLIENT TRACKING ON BCAST` for a feed's connections: each of the client's `prefixes` (or,
+/// for a tenant without any, its own prefix) behind the tenant's prefix.
+fn bcast_setup(tenant_prefix: Option<&[u8]>, prefixes: &[Bytes]) -> Vec<Bytes> {
+    let mut setup: Vec<Bytes> = ["CLIENT", "TRACKING", "ON", "BCAST"]
+        .iter()
+        .map(|s| Bytes::from_static(s.as_bytes()))
+        .collect();
+    match (tenant_prefix, prefixes.is_empty()) {
+        (Some(own), true) => {
+            setup.extend([Bytes::from_static(b"PREFIX"), Bytes::copy_from_slice(own)])
+        }
+        (Some(own), false) => {
+            for prefix in prefixes {
+                let mut full = BytesMut::from(own);
+                full.extend_from_slice(prefix);
+                setup.extend([Bytes::from_static(b"PREFIX"), full.freeze()]);
+            }
+        }
+        (None, _) => {
+            for prefix in prefixes {
+                setup.extend([Bytes::from_static(b"PREFIX"), prefix.clone()]);
+            }
+        }
+    }
+    setup
 }
 
 /// An invalidation: a push `>2 invalidate keys`, or a RESP2 pub/sub `message` on `channel`;

@@ -977,6 +977,9 @@ impl Session {
                 if !drained() {
                     return Ok(Outcome::Held(cmd, fix));
                 }
+                if self.tracking.is_some() {
+                    self.track(&cmd, spec);
+                }
                 let topology = self.proxy.topology.load();
                 let backend = match route::plan(&cmd, &topology)? {
                     route::Plan::One(target) => target.backend,
@@ -999,6 +1002,9 @@ impl Session {
             Policy::Script => {
                 // On the script lane (checked above: reached once the client's earlier
                 // replies are in, unless they were scripts on the same lane).
+                if self.tracking.is_some() {
+                    self.track(&cmd, spec);
+                }
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;
                 let read = self.replica_read(&topology, spec);

@@ -47,6 +47,13 @@ impl Session {
         self.proxy.tenancy.load(Relaxed)
     }
 
+    /// The prefix of the tenant this client authenticated as, if any.
+    pub(super) fn tenant_prefix(&self) -> Option<&[u8]> {
+        self.tenant
+            .as_ref()
+            .map(|seat| seat.tenant.config.prefix.as_bytes())
+    }
+
     /// The tenant this client authenticated as, if any.
     pub(super) fn tenant_name(&self) -> Option<&str> {
         self.tenant.as_ref().map(|seat| &*seat.tenant.config.name)

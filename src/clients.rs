@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -252,5 +252,56 @@ impl Client {
             text(&shown.lib_ver),
         );
         line
+    }
+}
+
+/// CLIENT TRACKING's key tables (keygate keeps them, see session::feeds), counted over every
+/// client: `tracking-table-max-keys` bounds them together, as Redis bounds its one table, so a
+/// client that reads ever more keys cannot grow keygate's memory without end. Past the bound,
+/// the client adding keys has some of its own evicted, each with an invalidation, as Redis does.
+pub struct TrackedKeys {
+    count: AtomicUsize,
+    /// 0: no bound (as in Redis). A change is announced to the tracking sessions, which evict
+    /// at once, as Redis's cron does.
+    max: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for TrackedKeys {
+    fn default() -> Self {
+        TrackedKeys {
+            count: AtomicUsize::new(0),
+            // Redis's default `tracking-table-max-keys`.
+            max: tokio::sync::watch::Sender::new(1_000_000),
+        }
+    }
+}
+
+impl TrackedKeys {
+    /// `CONFIG SET tracking-table-max-keys` sent through keygate.
+    pub fn set_max(&self, max: usize) {
+        self.max.send_replace(max);
+    }
+
+    /// Word of changes to the bound.
+    pub fn bound_changes(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.max.subscribe()
+    }
+
+    pub fn added(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn removed(&self, n: usize) {
+        self.count.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// More keys tracked than the bound allows.
+    pub fn over(&self) -> bool {
+        let max = *self.max.borrow();
+        max != 0 && self.count.load(Ordering::Relaxed) > max
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
     }
 }

@@ -70,6 +70,8 @@ pub struct Proxy {
     pub monitors: Arc<crate::monitor::Monitors>,
     /// CLIENT PAUSE over keygate's clients (see pause).
     pub pause: Arc<crate::pause::Pause>,
+    /// Keys in every tracking client's table, and their bound.
+    pub tracked_keys: Arc<crate::clients::TrackedKeys>,
     next_client_id: AtomicU64,
 }
 
@@ -141,6 +143,7 @@ impl Server {
             subscribers_leaving: Default::default(),
             monitors: Default::default(),
             pause: Default::default(),
+            tracked_keys: Default::default(),
             next_client_id: AtomicU64::new(1),
         });
         let kind = proxy.config.load().upstream.kind;

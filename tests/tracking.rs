@@ -404,3 +404,50 @@ async fn bcast_prefixes_noloop_and_scripts_as_redis() {
     writer.call(&[b"SET", b"s1", b"2"]).await;
     assert_eq!(scripted.reply().await.unwrap(), invalidate(&["s1"]));
 }
+
+/// Default mode gets one message per key, as from Redis (the feed's BCAST connections get them
+/// batched); the tables keygate keeps are bounded by `tracking-table-max-keys` (followed from
+/// CONFIG SET): lowering it evicts keys at once, each invalidated, and a client reading ever
+/// more keys keeps no more than the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_bounded_and_keys_invalidated_one_by_one() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut writer = kg.raw().await;
+    let mut cache = kg.raw().await;
+    resp3_tracking(&mut cache, &[]).await;
+    cache.call(&[b"MGET", b"k1", b"k2"]).await;
+    writer.call(&[b"MSET", b"k1", b"1", b"k2", b"2"]).await;
+    let mut got = vec![cache.reply().await.unwrap(), cache.reply().await.unwrap()];
+    got.sort();
+    assert_eq!(got, vec![invalidate(&["k1"]), invalidate(&["k2"])]);
+
+    cache.call(&[b"MGET", b"k1", b"k2"]).await;
+    assert_eq!(
+        writer
+            .call(&[b"CONFIG", b"SET", b"tracking-table-max-keys", b"1"])
+            .await,
+        b"+OK\r\n"
+    );
+    let evicted = cache.reply().await.unwrap();
+    assert!(
+        evicted == invalidate(&["k1"]) || evicted == invalidate(&["k2"]),
+        "{}",
+        text(evicted)
+    );
+    // Reading many more keys: each past the bound evicts one, invalidated (before or after
+    // the read's reply: the eviction is keygate's, the reply the server's).
+    for i in 0..50 {
+        let key = format!("many{i}");
+        let mut frames = vec![
+            text(cache.call(&[b"GET", key.as_bytes()]).await),
+            text(cache.reply().await.unwrap()),
+        ];
+        frames.sort();
+        assert!(
+            frames[0].starts_with(">2\r\n$10\r\ninvalidate\r\n*1\r\n") && frames[1] == "_\r\n",
+            "{frames:?}"
+        );
+    }
+    assert_eq!(cache.call(&[b"PING"]).await, b"+PONG\r\n");
+}

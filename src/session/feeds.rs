@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Handled, Session};
 use crate::backend::{Feed, Flavor};
+use crate::clients::TrackedKeys;
 use crate::command::{flags, Command};
 use crate::dispatch::Reply;
 use crate::error::Error;
@@ -44,11 +45,13 @@ pub(super) struct Tracking {
     /// keys the feed never hears of.
     primaries: Vec<Arc<str>>,
     swapped: watch::Receiver<()>,
+    /// Word of `tracking-table-max-keys` changes.
+    bound: watch::Receiver<usize>,
     /// REDIRECT: the keygate client that gets the invalidations.
     redirect: Option<u64>,
     /// Default mode: the keys (as the server names them) the client read since their last
     /// invalidation.
-    keys: HashSet<Bytes>,
+    keys: Table,
     /// NOLOOP: the client's own writes whose invalidations are still to come, per key: how many,
     /// and when the last was sent. keygate cannot know which client's write the server
     /// invalidates a key for, so it takes an invalidation within `OWN_WRITE_WINDOW` of the
@@ -62,10 +65,59 @@ pub(super) struct Tracking {
 /// write's (the server sends it as it runs the write: on loopback, well under a millisecond).
 const OWN_WRITE_WINDOW: Duration = Duration::from_millis(500);
 
+/// A tracking client's keys, counted in the proxy's `TrackedKeys` while it holds them.
+struct Table {
+    keys: HashSet<Bytes>,
+    counted: Arc<TrackedKeys>,
+}
+
+impl Table {
+    fn new(counted: Arc<TrackedKeys>) -> Table {
+        Table {
+            keys: HashSet::new(),
+            counted,
+        }
+    }
+
+    fn insert(&mut self, key: Bytes) {
+        if self.keys.insert(key) {
+            self.counted.added(1);
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> bool {
+        let removed = self.keys.remove(key);
+        if removed {
+            self.counted.removed(1);
+        }
+        removed
+    }
+
+    fn clear(&mut self) {
+        self.counted.removed(self.keys.len());
+        self.keys.clear();
+    }
+
+    /// Any one key, taken out (eviction past `tracking-table-max-keys`).
+    fn evict(&mut self) -> Option<Bytes> {
+        let key = self.keys.iter().next()?.clone();
+        self.remove(&key);
+        Some(key)
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        self.counted.removed(self.keys.len());
+    }
+}
+
 /// What a tracking client's feed brought.
 pub(super) enum TrackingEvent {
     /// An invalidation push, or the feed's end (an error, or closed).
     Push(Option<Result<Bytes, Error>>),
+    /// `tracking-table-max-keys` changed: evict what is over it.
+    Bound,
     /// A new topology was swapped in: the feed may no longer cover every primary.
     Swapped,
 }
@@ -78,6 +130,7 @@ pub(super) async fn next_tracking_event(tracking: Option<&mut Tracking>) -> Trac
     tokio::select! {
         push = tracking.feed.feed.recv() => TrackingEvent::Push(push),
         Ok(()) = tracking.swapped.changed() => TrackingEvent::Swapped,
+        Ok(()) = tracking.bound.changed() => TrackingEvent::Bound,
     }
 }
 
@@ -327,7 +380,8 @@ impl Session {
             noloop,
             prefixes,
             redirect,
-            keys: HashSet::new(),
+            keys: Table::new(self.proxy.tracked_keys.clone()),
+            bound: self.proxy.tracked_keys.bound_changes(),
             own_writes: HashMap::new(),
             caching: None,
         });
@@ -465,6 +519,26 @@ impl Session {
                 *own = (own.0 + 1, now);
             }
         }
+        self.evict_over_bound();
+    }
+
+    /// Past `tracking-table-max-keys` (over every client): evict some of this client's own
+    /// keys, each invalidated for it, as Redis evicts from its table.
+    pub(super) fn evict_over_bound(&mut self) {
+        let Some(t) = self.tracking.as_mut() else {
+            return;
+        };
+        let mut evicted = Vec::new();
+        while self.proxy.tracked_keys.over() {
+            let Some(key) = t.keys.evict() else { break };
+            evicted.push(key);
+        }
+        let prefix = self.tenant_prefix().unwrap_or_default();
+        for key in evicted {
+            if let Some(mine) = key.strip_prefix(prefix) {
+                self.deliver(Some(&[Bytes::copy_from_slice(mine)]), None);
+            }
+        }
     }
 
     /// An invalidation from the feed: what of it this client's tracking passes on (default mode:
@@ -529,8 +603,37 @@ impl Session {
                 Some(kept)
             }
         };
+        match keys {
+            // Default mode: one message per key, as Redis sends them (the feed's BCAST
+            // connections get them batched).
+            Some(keys) if !t.bcast => {
+                for key in keys {
+                    self.deliver(Some(&[key]), Some(out));
+                }
+            }
+            keys => self.deliver(keys.as_deref(), Some(out)),
+        }
+    }
+
+    /// An invalidation of `keys` (`None`: everything), named as the client names them, to
+    /// where its tracking sends them: itself (written to `out`, or handed to its own session
+    /// when there is none) or the client it redirects to.
+    fn deliver(&self, keys: Option<&[Bytes]>, out: Option<&mut WriteQueue>) {
+        let Some(t) = self.tracking.as_ref() else {
+            return;
+        };
         match t.redirect {
-            None if self.flavor.resp3 => out.push(invalidate_frame(b'>', None, keys.as_deref())),
+            None if self.flavor.resp3 => {
+                let frame = invalidate_frame(b'>', None, keys);
+                match out {
+                    Some(out) => out.push(frame),
+                    None => {
+                        self.me
+                            .client
+                            .inject(frame, self.tenant_name().map(String::from));
+                    }
+                }
+            }
             // RESP2 without REDIRECT: nowhere to deliver, as in Redis.
             None => {}
             Some(id) => {
@@ -545,10 +648,8 @@ impl Session {
                     return;
                 }
                 let frame = match (shown.resp3, shown.pubsub) {
-                    (true, _) => invalidate_frame(b'>', None, keys.as_deref()),
-                    (false, true) => {
-                        invalidate_frame(b'*', Some(b"__redis__:invalidate"), keys.as_deref())
-                    }
+                    (true, _) => invalidate_frame(b'>', None, keys),
+                    (false, true) => invalidate_frame(b'*', Some(b"__redis__:invalidate"), keys),
                     // A RESP2 client not subscribed gets nothing, as from Redis.
                     (false, false) => return,
                 };

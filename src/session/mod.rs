@@ -451,6 +451,7 @@ async fn serve<R, W>(
                         session.closing = true;
                     }
                 }
+                feeds::TrackingEvent::Bound => session.evict_over_bound(),
                 feeds::TrackingEvent::Push(Some(Ok(push))) => session.invalidated(push, &mut out),
                 feeds::TrackingEvent::Push(Some(Err(e))) => {
                     // A cache that can miss invalidations must not go on: disconnect, so the
@@ -946,7 +947,7 @@ impl Session {
                         reason: "would change the password keygate itself reaches the server with (upstream.password), locking every client out",
                     });
                 }
-                let follow = SlowlogSettings::of(&cmd.args[2..]);
+                let follow = Followed::of(&cmd.args[2..]);
                 let topology = self.proxy.topology.load();
                 let plan = route::plan(&cmd, &topology)?;
                 let reply =
@@ -955,7 +956,7 @@ impl Session {
                 Ok(Handled::reply(Reply::Later(Box::pin(async move {
                     let reply = tenancy::settle(reply).await;
                     if &reply[..] == b"+OK\r\n" {
-                        follow.apply(&proxy.slowlog);
+                        follow.apply(&proxy);
                     }
                     reply
                 }))))
@@ -1169,17 +1170,19 @@ impl Session {
     }
 }
 
-/// The slowlog settings a `CONFIG SET` names (parameter-value pairs), as Redis reads them:
-/// `slowlog-log-slower-than` in microseconds (negative: log nothing), `slowlog-max-len`.
+/// The settings of keygate's own that a `CONFIG SET` (parameter-value pairs) names, as Redis
+/// reads them, followed once the server took them: `slowlog-log-slower-than` in microseconds
+/// (negative: log nothing), `slowlog-max-len`, `tracking-table-max-keys` (0: no bound).
 #[derive(Default)]
-struct SlowlogSettings {
+struct Followed {
     threshold: Option<Option<Duration>>,
     max_len: Option<usize>,
+    tracking_max_keys: Option<usize>,
 }
 
-impl SlowlogSettings {
-    fn of(pairs: &[Bytes]) -> SlowlogSettings {
-        let mut settings = SlowlogSettings::default();
+impl Followed {
+    fn of(pairs: &[Bytes]) -> Followed {
+        let mut settings = Followed::default();
         for pair in pairs.chunks(2) {
             let [name, value] = pair else { break };
             let Some(n) = crate::resp::parse_int(value) else {
@@ -1189,17 +1192,22 @@ impl SlowlogSettings {
                 settings.threshold = Some(u64::try_from(n).ok().map(Duration::from_micros));
             } else if name.eq_ignore_ascii_case(b"slowlog-max-len") {
                 settings.max_len = usize::try_from(n).ok();
+            } else if name.eq_ignore_ascii_case(b"tracking-table-max-keys") {
+                settings.tracking_max_keys = usize::try_from(n).ok();
             }
         }
         settings
     }
 
-    fn apply(&self, slowlog: &crate::slowlog::Slowlog) {
+    fn apply(&self, proxy: &Proxy) {
         if let Some(threshold) = self.threshold {
-            slowlog.set_threshold(threshold);
+            proxy.slowlog.set_threshold(threshold);
         }
         if let Some(max_len) = self.max_len {
-            slowlog.set_max_len(max_len);
+            proxy.slowlog.set_max_len(max_len);
+        }
+        if let Some(max) = self.tracking_max_keys {
+            proxy.tracked_keys.set_max(max);
         }
     }
 }

@@ -451,3 +451,33 @@ async fn tables_are_bounded_and_keys_invalidated_one_by_one() {
     }
     assert_eq!(cache.call(&[b"PING"]).await, b"+PONG\r\n");
 }
+
+/// A RESP3 client whose redirect client is gone hears `tracking-redir-broken`, as from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_redirect_is_reported() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut sink = kg.raw().await;
+    let id = text(sink.call(&[b"CLIENT", b"ID"]).await);
+    let id = id.trim_start_matches(':').trim_end().to_string();
+    let mut cache = kg.raw().await;
+    resp3_tracking(&mut cache, &[b"REDIRECT", id.as_bytes()]).await;
+    cache.call(&[b"GET", b"k"]).await;
+    assert_eq!(sink.call(&[b"QUIT"]).await, b"+OK\r\n");
+    sink.expect_closed().await;
+    let mut writer = kg.raw().await;
+    // The registry forgets the client as its session ends: try until the write meets that.
+    let broken = format!(">2\r\n$21\r\ntracking-redir-broken\r\n:{id}\r\n");
+    for round in 0.. {
+        writer.call(&[b"SET", b"k", b"v"]).await;
+        let first = text(cache.call(&[b"PING"]).await);
+        if first == broken {
+            assert_eq!(cache.reply().await.unwrap(), b"+PONG\r\n");
+            break;
+        }
+        assert_eq!(first, "+PONG\r\n");
+        assert!(round < 50, "no tracking-redir-broken");
+        cache.call(&[b"GET", b"k"]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

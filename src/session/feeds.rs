@@ -622,22 +622,28 @@ impl Session {
         let Some(t) = self.tracking.as_ref() else {
             return;
         };
-        match t.redirect {
-            None if self.flavor.resp3 => {
-                let frame = invalidate_frame(b'>', None, keys);
-                match out {
-                    Some(out) => out.push(frame),
-                    None => {
-                        self.me
-                            .client
-                            .inject(frame, self.tenant_name().map(String::from));
-                    }
-                }
+        let to_self = |frame: Bytes, out: Option<&mut WriteQueue>| match out {
+            Some(out) => out.push(frame),
+            None => {
+                self.me
+                    .client
+                    .inject(frame, self.tenant_name().map(String::from));
             }
+        };
+        match t.redirect {
+            None if self.flavor.resp3 => to_self(invalidate_frame(b'>', None, keys), out),
             // RESP2 without REDIRECT: nowhere to deliver, as in Redis.
             None => {}
             Some(id) => {
                 let Some(target) = self.proxy.clients.get(id) else {
+                    // As Redis tells a RESP3 client whose redirect client is gone.
+                    if self.flavor.resp3 {
+                        let mut frame = BytesMut::new();
+                        resp::put_header(&mut frame, b'>', 2);
+                        resp::put_bulk(&mut frame, Some(b"tracking-redir-broken"));
+                        frame.extend_from_slice(&resp::integer(id as i64));
+                        to_self(frame.freeze(), out);
+                    }
                     return;
                 };
                 let shown = target.shown();

@@ -473,3 +473,49 @@ async fn client_unblock_by_keygates_id() {
     );
     assert_eq!(blocked.call(&[b"PING"]).await, b"+PONG\r\n");
 }
+
+/// Under CLIENT PAUSE WRITE, as in Redis: a script whose shebang says `no-writes` runs, by
+/// EVAL or (its body seen by keygate) EVALSHA, and so does FCALL of a function the server marks
+/// `no-writes`; a function that may write is held. (Redis's own pause unit hung on these.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_pause_lets_read_only_scripts_and_functions_run() {
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let mut admin = kg.raw().await;
+    let library = b"#!lua name=lib\nredis.register_function{function_name='ro', callback=function() return 'hello' end, flags={'no-writes'}}\nredis.register_function('rw', function() return redis.call('set', 'k', 'v') end)";
+    assert_eq!(
+        admin.call(&[b"FUNCTION", b"LOAD", library]).await,
+        b"$3\r\nlib\r\n"
+    );
+    let script = b"#!lua flags=no-writes\nreturn 2";
+    let sha = text(admin.call(&[b"SCRIPT", b"LOAD", script]).await);
+    let sha = sha.lines().nth(1).unwrap().to_string();
+    assert_eq!(
+        admin.call(&[b"CLIENT", b"PAUSE", b"60000", b"WRITE"]).await,
+        b"+OK\r\n"
+    );
+    let mut client = kg.raw().await;
+    assert_eq!(
+        client
+            .call(&[b"EVAL", b"#!lua flags=no-writes\nreturn 'unique'", b"0"])
+            .await,
+        b"$6\r\nunique\r\n"
+    );
+    assert_eq!(
+        client.call(&[b"EVALSHA", sha.as_bytes(), b"0"]).await,
+        b":2\r\n"
+    );
+    assert_eq!(
+        client.call(&[b"FCALL", b"ro", b"0"]).await,
+        b"$5\r\nhello\r\n"
+    );
+    client.send(b"FCALL rw 0\r\n").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), client.reply())
+            .await
+            .is_err(),
+        "a writing function went through a pause"
+    );
+    assert_eq!(admin.call(&[b"CLIENT", b"UNPAUSE"]).await, b"+OK\r\n");
+    assert_eq!(client.reply().await.unwrap(), b"+OK\r\n");
+}

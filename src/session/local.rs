@@ -300,7 +300,28 @@ impl Session {
                     + std::time::Duration::from_millis(millis.min(i64::MAX as u64 / 2));
                 self.proxy.pause.pause(until, mode);
                 tracing::info!(client = self.id, millis, ?mode, "CLIENT PAUSE");
-                Handled::ready(resp::simple("OK"))
+                let topology = self.proxy.topology.load();
+                match (mode, topology.backends.first()) {
+                    // FCALL of a function the server marks `no-writes` runs through a WRITE
+                    // pause, as in Redis: learn which those are before answering (FCALL itself
+                    // does not say). If the server cannot tell, every FCALL is held.
+                    (crate::pause::Mode::Write, Some(backend)) => {
+                        let mut caller = self.caller();
+                        caller.flavor.resp3 = false;
+                        let list = backend.send(
+                            caller,
+                            vec![Bytes::from_static(b"FUNCTION"), Bytes::from_static(b"LIST")],
+                        );
+                        let pause = self.proxy.pause.clone();
+                        Ok(Handled::reply(Reply::Later(Box::pin(async move {
+                            if let Ok(Ok(list)) = list.await {
+                                pause.learn_functions(&list);
+                            }
+                            resp::simple("OK")
+                        }))))
+                    }
+                    _ => Handled::ready(resp::simple("OK")),
+                }
             }
             "unpause" => {
                 arity(2, "client|unpause")?;

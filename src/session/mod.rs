@@ -1039,7 +1039,16 @@ impl Session {
     fn may_write(&self, cmd: &Command, spec: &Spec) -> bool {
         match spec.name {
             "exec" => self.txn_writes(),
-            "eval" => !crate::pause::script_without_writes(&cmd.args[1]),
+            "eval" => {
+                self.proxy.pause.saw_script(&cmd.args[1]);
+                !crate::pause::script_without_writes(&cmd.args[1])
+            }
+            "script|load" => {
+                self.proxy.pause.saw_script(&cmd.args[2]);
+                false
+            }
+            "evalsha" => !self.proxy.pause.script_read_only(&cmd.args[1]),
+            "fcall" => !self.proxy.pause.function_read_only(&cmd.args[1]),
             _ => crate::command::may_replicate(spec),
         }
     }

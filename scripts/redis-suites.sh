@@ -167,10 +167,12 @@ run_tcl() { # $1: mode
     sed -i 's/\x1b\[[0-9;]*m//g' "$log"
     local ok err
     ok=$(grep -c '^\[ok\]' "$log" || true)
-    err=$(grep -cE '^\[(err|exception)\]' "$log" || true)
+    # A unit that stops answering ([TIMEOUT]) counts as one more failure: a hung test.
+    err=$(grep -cE '^\[(err|exception|TIMEOUT)\]' "$log" || true)
     total_ok=$((total_ok + ok)); total_err=$((total_err + err))
     printf '%-8s tcl %-32s ok %4d  failed %4d\n' "$mode" "$unit" "$ok" "$err"
-    grep -E '^\[(err|exception)\]' "$log" | sed 's/^/           /' | head -40 || true
+    grep -E '^\[(err|exception|TIMEOUT)\]' "$log" | sed 's/^/           /' | head -40 || true
+    grep -E 'IN PROGRESS' "$log" | head -1 | sed 's/^.*(IN PROGRESS)/           hung in:/' || true
   done
   printf '%-8s tcl TOTAL ok %d failed %d\n' "$mode" "$total_ok" "$total_err"
 }

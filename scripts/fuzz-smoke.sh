@@ -10,12 +10,12 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "fuzz-smoke: installing cargo-fuzz" >&2
   cargo install --quiet --locked cargo-fuzz
 fi
-for target in resp_decode reply_scan command_rewrite cluster_slots; do
+for target in resp_decode reply_scan command_rewrite cluster_slots script_calls; do
   # New inputs go to a scratch directory; the committed seeds are only read.
   work=$(mktemp -d)
   log=$(mktemp)
   dict=()
-  case $target in resp_decode | command_rewrite) dict=(-dict=commands.dict) ;; esac
+  case $target in resp_decode | command_rewrite | script_calls) dict=(-dict=commands.dict) ;; esac
   if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$work" "corpus/$target" -- "${dict[@]}" \
       -max_total_time="$seconds" >"$log" 2>&1; then
     echo "fuzz-smoke: $target failed:" >&2

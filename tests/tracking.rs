@@ -481,3 +481,132 @@ async fn a_broken_redirect_is_reported() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The order of invalidations and replies, as on Redis's one connection (keygate hears them on
+/// two): an invalidation the server sent before a reply comes before it (another client's
+/// write the command followed, a key evicted to make room for the command), one of a key the
+/// command itself touched comes after it, and a transaction's write of a key it then reads is
+/// no invalidation at all. Each is tried many times: the two connections race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_and_replies_keep_redis_order() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut writer = kg.raw().await;
+    let mut cache = kg.raw().await;
+    resp3_tracking(&mut cache, &[]).await;
+    for i in 0..30 {
+        let key = format!("k{i}");
+        let hash = format!("h{i}");
+        // Another client's write, answered before this client's PING was sent.
+        cache.call(&[b"GET", key.as_bytes()]).await;
+        writer.call(&[b"SET", key.as_bytes(), b"1"]).await;
+        assert_eq!(cache.call(&[b"PING"]).await, invalidate(&[&key]));
+        assert_eq!(cache.reply().await.unwrap(), b"+PONG\r\n");
+        // Its own write: the reply first.
+        cache.call(&[b"HSET", hash.as_bytes(), b"f", b"1"]).await;
+        cache.call(&[b"HGET", hash.as_bytes(), b"f"]).await;
+        assert_eq!(
+            cache.call(&[b"HDEL", hash.as_bytes(), b"f"]).await,
+            b":1\r\n"
+        );
+        assert_eq!(cache.reply().await.unwrap(), invalidate(&[&hash]));
+    }
+    // A transaction: EXEC's reply, then the invalidation of the key it wrote (read before);
+    // a key it wrote and then read is tracked from the read, with no invalidation.
+    cache.call(&[b"SET", b"a", b"1"]).await;
+    cache.call(&[b"GET", b"a"]).await;
+    cache.call(&[b"MULTI"]).await;
+    cache.call(&[b"INCR", b"a"]).await;
+    cache.call(&[b"SET", b"b", b"1"]).await;
+    cache.call(&[b"GET", b"b"]).await;
+    assert_eq!(
+        text(cache.call(&[b"EXEC"]).await),
+        "*3\r\n:2\r\n+OK\r\n$1\r\n1\r\n"
+    );
+    assert_eq!(cache.reply().await.unwrap(), invalidate(&["a"]));
+    assert_eq!(cache.call(&[b"PING"]).await, b"+PONG\r\n");
+    writer.call(&[b"SET", b"b", b"2"]).await;
+    assert_eq!(cache.reply().await.unwrap(), invalidate(&["b"]));
+    // FLUSHDB inside MULTI: EXEC's reply, then the flush's invalidation.
+    cache.call(&[b"GET", b"a"]).await;
+    cache.call(&[b"MULTI"]).await;
+    cache.call(&[b"FLUSHDB"]).await;
+    assert_eq!(cache.call(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert_eq!(
+        cache.reply().await.unwrap(),
+        b">2\r\n$10\r\ninvalidate\r\n_\r\n"
+    );
+
+    // A key the server evicts to make room for the command: before the command's reply.
+    let used: u64 = common::redis_cli(backend.port, &["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    let limit = (used + 100 * 1024).to_string();
+    common::redis_cli(
+        backend.port,
+        &["CONFIG", "SET", "maxmemory-policy", "volatile-random"],
+    );
+    common::redis_cli(backend.port, &["CONFIG", "SET", "maxmemory", &limit]);
+    cache.call(&[b"SETEX", b"volatile", b"10000", b"x"]).await;
+    cache.call(&[b"GET", b"volatile"]).await;
+    cache.call(&[b"SETBIT", b"big", b"1600000", b"0"]).await;
+    assert_eq!(
+        cache.call(&[b"GETBIT", b"big", b"0"]).await,
+        invalidate(&["volatile"])
+    );
+    assert_eq!(cache.reply().await.unwrap(), b":0\r\n");
+    common::redis_cli(backend.port, &["CONFIG", "SET", "maxmemory", "0"]);
+}
+
+/// Scripts as Redis tracks them: the declared keys of a script that reads, not of one that only
+/// writes; with NOLOOP a script's own write is not invalidated for it. And CLIENT TRACKINGINFO
+/// shows CLIENT CACHING's pending answer, the empty BCAST prefix and a broken redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_and_trackinginfo_as_redis() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut writer = kg.raw().await;
+    let mut cache = kg.raw().await;
+    resp3_tracking(&mut cache, &[]).await;
+    cache
+        .call(&[b"EVAL", b"redis.call('set', 'other', 'bar')", b"1", b"w"])
+        .await;
+    writer.call(&[b"SET", b"w", b"1"]).await;
+    assert_eq!(cache.call(&[b"PING"]).await, b"+PONG\r\n");
+    cache
+        .call(&[b"EVAL", b"return redis.call('get', 'other')", b"1", b"r"])
+        .await;
+    writer.call(&[b"SET", b"r", b"1"]).await;
+    assert_eq!(cache.reply().await.unwrap(), invalidate(&["r"]));
+
+    let mut own = kg.raw().await;
+    resp3_tracking(&mut own, &[b"NOLOOP"]).await;
+    own.call(&[b"SET", b"key1", b"1"]).await;
+    own.call(&[b"GET", b"key1"]).await;
+    own.call(&[
+        b"EVAL",
+        b"return redis.call('set', KEYS[1], '2')",
+        b"1",
+        b"key1",
+    ])
+    .await;
+    assert_eq!(own.call(&[b"GET", b"key1"]).await, b"$1\r\n2\r\n");
+
+    let mut optin = kg.raw().await;
+    resp3_tracking(&mut optin, &[b"OPTIN"]).await;
+    optin.call(&[b"CLIENT", b"CACHING", b"YES"]).await;
+    let info = text(optin.call(&[b"CLIENT", b"TRACKINGINFO"]).await);
+    assert!(
+        info.contains("~3\r\n$2\r\non\r\n$5\r\noptin\r\n$11\r\ncaching-yes\r\n"),
+        "{info}"
+    );
+    let mut bcast = kg.raw().await;
+    resp3_tracking(&mut bcast, &[b"BCAST"]).await;
+    let info = text(bcast.call(&[b"CLIENT", b"TRACKINGINFO"]).await);
+    assert!(
+        info.ends_with("$8\r\nprefixes\r\n*1\r\n$0\r\n\r\n"),
+        "{info}"
+    );
+}

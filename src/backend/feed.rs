@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
@@ -27,6 +28,33 @@ pub struct Feed {
     pub feed: mpsc::Receiver<Result<Bytes, Error>>,
     tasks: Vec<JoinHandle<()>>,
     sender: mpsc::Sender<Result<Bytes, Error>>,
+    syncs: Vec<mpsc::UnboundedSender<oneshot::Sender<()>>>,
+}
+
+/// A way to make sure a feed's frames that have reached keygate are in `Feed::feed`: each
+/// connection's task takes every whole frame its socket already holds, passes them on, and
+/// answers. CLIENT TRACKING needs it: the server sends an invalidation on the feed's connection
+/// and a reply on another, and what it sent first (a key evicted to make room for a command)
+/// must reach the client first.
+#[derive(Clone, Default)]
+pub struct FeedSync {
+    syncs: Vec<mpsc::UnboundedSender<oneshot::Sender<()>>>,
+}
+
+impl FeedSync {
+    /// Once every connection has passed on what it holds (or is gone).
+    pub async fn sync(&self) {
+        let mut answers = Vec::with_capacity(self.syncs.len());
+        for sync in &self.syncs {
+            let (answer, answered) = oneshot::channel();
+            if sync.send(answer).is_ok() {
+                answers.push(answered);
+            }
+        }
+        for answered in answers {
+            let _ = answered.await;
+        }
+    }
 }
 
 impl Drop for Feed {
@@ -44,11 +72,19 @@ impl Default for Feed {
             feed,
             tasks: Vec::new(),
             sender,
+            syncs: Vec::new(),
         }
     }
 }
 
 impl Feed {
+    /// A handle to sync the feed with (see `FeedSync`).
+    pub fn syncer(&self) -> FeedSync {
+        FeedSync {
+            syncs: self.syncs.clone(),
+        }
+    }
+
     /// Add one server: a connection of `flavor` sent `setup`, which must answer `+OK`; `ready`
     /// says whether it did.
     pub(super) fn add(
@@ -61,6 +97,8 @@ impl Feed {
         ready: oneshot::Sender<Result<(), Error>>,
     ) {
         let feed = self.sender.clone();
+        let (sync, mut syncs) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
+        self.syncs.push(sync);
         self.tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let started = async {
@@ -89,7 +127,23 @@ impl Feed {
                 }
             };
             loop {
-                let line = conn.next_frame().await;
+                // (`next_frame` keeps a partly read frame in the connection's buffer: dropping
+                // it for a sync request loses nothing.)
+                let line = tokio::select! {
+                    biased;
+                    Some(answer) = syncs.recv() => {
+                        // Every whole frame already here, without waiting for more.
+                        while let Some(line) = conn.next_frame().now_or_never() {
+                            let failed = line.is_err();
+                            if feed.send(line).await.is_err() || failed {
+                                return;
+                            }
+                        }
+                        let _ = answer.send(());
+                        continue;
+                    }
+                    line = conn.next_frame() => line,
+                };
                 let failed = line.is_err();
                 if feed.send(line).await.is_err() || failed {
                     return;

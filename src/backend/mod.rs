@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 pub use breaker::{Breaker, State as BreakerState};
 use connection::Request;
 pub use connection::{query_once, Dedicated, ReplyResult};
-pub use feed::Feed;
+pub use feed::{Feed, FeedSync};
 pub use subscriber::{Event, Leaving, Subscriber};
 
 use crate::config::Upstream;

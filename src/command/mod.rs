@@ -9,6 +9,7 @@
 mod table;
 
 pub mod keys;
+pub mod script;
 
 use bytes::Bytes;
 

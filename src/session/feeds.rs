@@ -11,10 +11,11 @@
 //! clients get every invalidation under their prefixes. Invalidations go to the client itself
 //! (RESP3 push frames) or, with REDIRECT (keygate's client ids), to another keygate client: as a
 //! push if it speaks RESP3, as a `message` on `__redis__:invalidate` if it is a RESP2 subscriber,
-//! as Redis delivers them. Keys read inside scripts are not tracked (the script's declared keys
-//! are not known to be read).
+//! as Redis delivers them. A script's declared keys are tracked when it runs a read-only
+//! command (as keygate reads EVAL's body: see `track`); keys it reads without declaring them
+//! are not (keygate cannot see them). Commands inside MULTI are tracked as they are queued.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Handled, Session};
 use crate::backend::{Feed, Flavor};
 use crate::clients::TrackedKeys;
+use crate::command::script::Calls;
 use crate::command::{flags, Command};
 use crate::dispatch::Reply;
 use crate::error::Error;
@@ -59,7 +61,32 @@ pub(super) struct Tracking {
     own_writes: HashMap<Bytes, (u32, Instant)>,
     /// CLIENT CACHING YES/NO, for the command right after it.
     caching: Option<bool>,
+    /// The keys (as the server names them) of the client's commands whose replies are still
+    /// to come, by request number, and how many of those commands name each key. Redis sends
+    /// the invalidation of a key a client's command touches after that command's reply; the
+    /// feed may bring it sooner, so it waits in `deferred` (server name, client name) until the
+    /// reply is out. Commands inside MULTI touch their keys at EXEC (`multi_keys`). Bounded:
+    /// by the client's pipeline, and each key waits once.
+    in_flight: VecDeque<(u64, Vec<Bytes>)>,
+    in_flight_keys: HashMap<Bytes, u32>,
+    multi_keys: Vec<Bytes>,
+    /// Messages waiting, each its keys (server name, client name).
+    deferred: Vec<Vec<(Bytes, Bytes)>>,
+    /// The open MULTI's written keys; and the keys it reads after writing them, whose one
+    /// invalidation from EXEC's own write is not the client's to hear (Redis tracks the read
+    /// after the write ran), skipped until EXEC's reply (`exec_request`) is out.
+    multi_written: HashSet<Bytes>,
+    exec_skip: HashSet<Bytes>,
+    exec_request: Option<u64>,
+    /// The same for FLUSHALL/FLUSHDB, whose invalidation names no key: the requests in flight
+    /// (`multi_flush`: one queued in MULTI), and whether their invalidation waits.
+    flushes: VecDeque<u64>,
+    multi_flush: bool,
+    flush_deferred: bool,
 }
+
+/// How many BCAST messages may wait for replies (see `Tracking::deferred`).
+const DEFERRED_MAX: usize = 1024;
 
 /// How long after a NOLOOP client's own write of a key an invalidation of it is taken for that
 /// write's (the server sends it as it runs the write: on loopback, well under a millisecond).
@@ -384,6 +411,16 @@ impl Session {
             bound: self.proxy.tracked_keys.bound_changes(),
             own_writes: HashMap::new(),
             caching: None,
+            in_flight: VecDeque::new(),
+            in_flight_keys: HashMap::new(),
+            multi_keys: Vec::new(),
+            deferred: Vec::new(),
+            multi_written: HashSet::new(),
+            exec_skip: HashSet::new(),
+            exec_request: None,
+            flushes: VecDeque::new(),
+            multi_flush: false,
+            flush_deferred: false,
         });
         Ok(Handled::reply(confirmed))
     }
@@ -446,8 +483,15 @@ impl Session {
                 (true, &b"on"[..]),
                 (t.bcast, b"bcast"),
                 (t.optin, b"optin"),
+                (t.optin && t.caching == Some(true), b"caching-yes"),
                 (t.optout, b"optout"),
+                (t.optout && t.caching == Some(false), b"caching-no"),
                 (t.noloop, b"noloop"),
+                (
+                    t.redirect
+                        .is_some_and(|id| self.proxy.clients.get(id).is_none()),
+                    b"broken_redirect",
+                ),
             ]
             .into_iter()
             .filter_map(|(set, flag)| set.then_some(flag))
@@ -464,7 +508,13 @@ impl Session {
         resp::put_bulk(&mut out, Some(b"redirect"));
         out.extend_from_slice(&resp::integer(self.redirect_id()));
         resp::put_bulk(&mut out, Some(b"prefixes"));
-        let prefixes = self.tracking.as_ref().map_or(&[][..], |t| &t.prefixes[..]);
+        // BCAST without PREFIX is the empty prefix, as Redis lists it.
+        let every = [Bytes::new()];
+        let prefixes = match &self.tracking {
+            Some(t) if t.bcast && t.prefixes.is_empty() => &every[..],
+            Some(t) => &t.prefixes[..],
+            None => &[][..],
+        };
         resp::put_header(&mut out, b'*', prefixes.len() as i64);
         for prefix in prefixes {
             resp::put_bulk(&mut out, Some(prefix));
@@ -485,19 +535,50 @@ impl Session {
     /// of a read are tracked (default mode, as OPTIN/OPTOUT and CLIENT CACHING say); with
     /// NOLOOP, the keys of a write are its own. Nothing for BCAST clients.
     pub(super) fn track(&mut self, cmd: &Command, spec: &crate::command::Spec) {
+        let in_multi = self.in_multi();
+        let request = self.decoded;
         let Some(t) = self.tracking.as_mut() else {
             return;
         };
+        let touched: Vec<Bytes> = crate::command::keys::positions(spec, &cmd.args)
+            .into_iter()
+            .map(|at| cmd.args[at].clone())
+            .collect();
+        if matches!(spec.name, "flushall" | "flushdb") {
+            if in_multi {
+                t.multi_flush = true;
+            } else {
+                t.flushes.push_back(request);
+            }
+        }
+        if in_multi {
+            t.multi_keys.extend(touched.iter().cloned());
+        } else if !touched.is_empty() {
+            for key in &touched {
+                *t.in_flight_keys.entry(key.clone()).or_default() += 1;
+            }
+            t.in_flight.push_back((request, touched.clone()));
+        }
         let caching = t.caching.take();
-        // A script's declared keys are tracked as Redis tracks them when the script reads
-        // anything: keygate cannot see what it calls, and an invalidation too many is only a
-        // cache miss, where one too few would be a stale cache.
-        let script = matches!(
-            spec.name,
-            "eval" | "eval_ro" | "evalsha" | "evalsha_ro" | "fcall" | "fcall_ro"
-        );
-        let reads = spec.has(flags::READONLY) || script;
-        let writes = spec.has(flags::WRITE) && !script;
+        // A script's declared keys are tracked as Redis tracks them: when the script runs a
+        // read-only command, and with NOLOOP they are its own writes when it runs a write.
+        // keygate reads what EVAL's body calls (command::script); for a script it cannot read
+        // (EVALSHA, FCALL, a command named by a variable) it assumes both: an invalidation too
+        // many is only a cache miss, where one too few would be a stale cache.
+        let script = match spec.name {
+            "eval" | "eval_ro" => Some(
+                cmd.args
+                    .get(1)
+                    .and_then(|body| crate::command::script::calls(body))
+                    .unwrap_or(Calls::ANY),
+            ),
+            "evalsha" | "evalsha_ro" | "fcall" | "fcall_ro" => Some(Calls::ANY),
+            _ => None,
+        };
+        let (reads, writes) = match script {
+            Some(calls) => (calls.reads, calls.writes && !spec.name.ends_with("_ro")),
+            None => (spec.has(flags::READONLY), spec.has(flags::WRITE)),
+        };
         // BCAST tracks no reads, only (with NOLOOP) the client's own writes.
         let tracked = reads
             && !t.bcast
@@ -506,17 +587,31 @@ impl Session {
                 (_, true) => caching != Some(false),
                 _ => true,
             };
-        if !(tracked || (writes && t.noloop)) {
+        if !(tracked || (in_multi && writes) || (t.noloop && (writes || (reads && in_multi)))) {
             return;
         }
         let now = Instant::now();
-        for at in crate::command::keys::positions(spec, &cmd.args) {
-            let key = cmd.args[at].clone();
+        for key in touched {
+            // A whole EXEC runs in one turn of the server's loop, where every invalidation of
+            // a key is one message: a transaction's writes of a key count once, and a read of
+            // a key written before it in the transaction may expire it (a second cause, merged
+            // into the same message), so the message is passed on.
+            if reads && in_multi {
+                t.own_writes.remove(&key);
+            }
+            if in_multi && tracked && t.multi_written.contains(&key) {
+                t.exec_skip.insert(key.clone());
+            }
+            if in_multi && writes {
+                t.multi_written.insert(key.clone());
+            }
+            if writes && t.noloop {
+                let own = t.own_writes.entry(key.clone()).or_insert((0, now));
+                let n = if in_multi { own.0.max(1) } else { own.0 + 1 };
+                *own = (n, now);
+            }
             if tracked {
                 t.keys.insert(key);
-            } else {
-                let own = t.own_writes.entry(key).or_insert((0, now));
-                *own = (own.0 + 1, now);
             }
         }
         self.evict_over_bound();
@@ -568,6 +663,10 @@ impl Session {
             None => {
                 t.keys.clear();
                 t.own_writes.clear();
+                if !t.flushes.is_empty() {
+                    t.flush_deferred = true;
+                    return;
+                }
                 None
             }
             Some(keys) => {
@@ -590,22 +689,56 @@ impl Session {
                             }
                         }
                     }
+                    if !t.bcast && t.exec_skip.remove(&key) {
+                        continue;
+                    }
                     if !t.bcast && !t.keys.remove(&key) {
                         continue;
                     }
                     if let Some(mine) = key.strip_prefix(prefix) {
-                        kept.push(Bytes::copy_from_slice(mine));
+                        let mine = Bytes::copy_from_slice(mine);
+                        kept.push((key, mine));
                     }
                 }
-                if kept.is_empty() {
-                    return;
+                // Waiting for a reply: a BCAST message whole, a key of the default mode
+                // (one message each) once.
+                let waits = |key: &Bytes| t.in_flight_keys.contains_key(key);
+                if t.bcast && kept.iter().any(|(key, _)| waits(key)) {
+                    t.deferred.push(kept);
+                    // A blocked command's keys wait long: past the bound the oldest goes now
+                    // (sooner than Redis would send it, never later).
+                    if t.deferred.len() > DEFERRED_MAX {
+                        let oldest = t.deferred.remove(0);
+                        Some(oldest.into_iter().map(|(_, mine)| mine).collect())
+                    } else {
+                        return;
+                    }
+                } else {
+                    let mut now = Vec::new();
+                    for (key, mine) in kept {
+                        if !waits(&key) {
+                            now.push(mine);
+                        } else if !t.deferred.iter().flatten().any(|(k, _)| *k == key) {
+                            t.deferred.push(vec![(key, mine)]);
+                        }
+                    }
+                    if now.is_empty() {
+                        return;
+                    }
+                    Some(now)
                 }
-                Some(kept)
             }
         };
+        self.deliver_keys(keys, out);
+    }
+
+    /// Invalidations to deliver: in the default mode one message per key, as Redis sends them
+    /// (the feed's BCAST connections get them batched).
+    fn deliver_keys(&mut self, keys: Option<Vec<Bytes>>, out: &mut WriteQueue) {
+        let Some(t) = self.tracking.as_ref() else {
+            return;
+        };
         match keys {
-            // Default mode: one message per key, as Redis sends them (the feed's BCAST
-            // connections get them batched).
             Some(keys) if !t.bcast => {
                 for key in keys {
                     self.deliver(Some(&[key]), Some(out));
@@ -613,6 +746,126 @@ impl Session {
             }
             keys => self.deliver(keys.as_deref(), Some(out)),
         }
+    }
+
+    /// What the feed brought: an invalidation, or its end (an error, or closed), after which
+    /// the client is disconnected, so its library drops its cache instead of trusting it.
+    pub(super) fn on_feed(&mut self, push: Option<Result<Bytes, Error>>, out: &mut WriteQueue) {
+        match push {
+            Some(Ok(push)) => self.invalidated(push, out),
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "CLIENT TRACKING feed ended: closing the client");
+                self.tracking = None;
+                self.closing = true;
+            }
+            None => {
+                self.tracking = None;
+                self.closing = true;
+            }
+        }
+    }
+
+    /// A reply is due: every invalidation that reached keygate before it (see
+    /// `tracking_reply`) goes first.
+    pub(super) fn before_reply(&mut self, out: &mut WriteQueue) {
+        use tokio::sync::mpsc::error::TryRecvError;
+        while let Some(t) = self.tracking.as_mut() {
+            match t.feed.feed.try_recv() {
+                Ok(push) => self.on_feed(Some(push), out),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => self.on_feed(None, out),
+            }
+        }
+    }
+
+    /// Request `request`'s reply is out: its keys are no longer in flight, and the
+    /// invalidations that waited for it follow.
+    pub(super) fn after_reply(&mut self, request: u64, out: &mut WriteQueue) {
+        let Some(t) = self.tracking.as_mut() else {
+            return;
+        };
+        while t.in_flight.front().is_some_and(|(r, _)| *r <= request) {
+            let (_, keys) = t.in_flight.pop_front().expect("front exists");
+            for key in keys {
+                if let Some(n) = t.in_flight_keys.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        t.in_flight_keys.remove(&key);
+                    }
+                }
+            }
+        }
+        while t.flushes.front().is_some_and(|r| *r <= request) {
+            t.flushes.pop_front();
+        }
+        if t.flush_deferred && t.flushes.is_empty() {
+            t.flush_deferred = false;
+            self.deliver_keys(None, out);
+        }
+        let Some(t) = self.tracking.as_mut() else {
+            return;
+        };
+        if t.exec_request.is_some_and(|exec| exec <= request) {
+            t.exec_request = None;
+            t.exec_skip.clear();
+        }
+        if t.deferred.is_empty() {
+            return;
+        }
+        let (due, wait): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut t.deferred)
+                .into_iter()
+                .partition(|keys| {
+                    keys.iter()
+                        .all(|(key, _)| !t.in_flight_keys.contains_key(key))
+                });
+        t.deferred = wait;
+        for keys in due {
+            self.deliver_keys(Some(keys.into_iter().map(|(_, mine)| mine).collect()), out);
+        }
+    }
+
+    /// EXEC (`true`) or DISCARD: the keys of the commands queued in MULTI are touched by
+    /// EXEC's request (the current one), or by nothing.
+    pub(super) fn tracked_exec(&mut self, exec: bool) {
+        let request = self.decoded;
+        let Some(t) = self.tracking.as_mut() else {
+            return;
+        };
+        let keys = std::mem::take(&mut t.multi_keys);
+        t.multi_written.clear();
+        if std::mem::take(&mut t.multi_flush) && exec {
+            t.flushes.push_back(request);
+        }
+        if exec {
+            t.exec_request = Some(request);
+        } else {
+            t.exec_skip.clear();
+        }
+        if exec && !keys.is_empty() {
+            for key in &keys {
+                *t.in_flight_keys.entry(key.clone()).or_default() += 1;
+            }
+            t.in_flight.push_back((request, keys));
+        }
+    }
+
+    /// A tracking client's reply, held until the feed has passed on every invalidation the
+    /// server sent before it (`FeedSync`): the server sends an invalidation on the feed's
+    /// connection and the reply on another, and one it sent first (a key evicted to make room
+    /// for the command, a key another client wrote before this command ran) must reach the
+    /// client first, as on Redis's one connection. Costs tracking clients one hop to the
+    /// feed's task per reply.
+    pub(super) fn tracking_reply(&self, reply: Reply) -> Reply {
+        let Some(t) = self.tracking.as_ref() else {
+            return reply;
+        };
+        let sync = t.feed.syncer();
+        Reply::Later(Box::pin(async move {
+            let bytes = super::tenancy::settle(reply).await;
+            sync.sync().await;
+            bytes
+        }))
     }
 
     /// An invalidation of `keys` (`None`: everything), named as the client names them, to

@@ -63,6 +63,8 @@ struct Slot {
     /// A blocking command: if the client leaves, it is not waited for.
     blocking: bool,
     origin: Origin,
+    /// Its request number (`Session::decoded` when it was decoded).
+    request: u64,
 }
 
 /// Where a request came from, for its latency and the slowlog.
@@ -452,18 +454,7 @@ async fn serve<R, W>(
                     }
                 }
                 feeds::TrackingEvent::Bound => session.evict_over_bound(),
-                feeds::TrackingEvent::Push(Some(Ok(push))) => session.invalidated(push, &mut out),
-                feeds::TrackingEvent::Push(Some(Err(e))) => {
-                    // A cache that can miss invalidations must not go on: disconnect, so the
-                    // client's library drops its cache and reconnects.
-                    tracing::info!(error = %e, "CLIENT TRACKING feed ended: closing the client");
-                    session.tracking = None;
-                    session.closing = true;
-                }
-                feeds::TrackingEvent::Push(None) => {
-                    session.tracking = None;
-                    session.closing = true;
-                }
+                feeds::TrackingEvent::Push(push) => session.on_feed(push, &mut out),
             },
             // Invalidations another client's tracking redirects to this one.
             injected = session.me.injected.recv(), if out.len() < OUTPUT_HIGH_WATER => {
@@ -567,6 +558,7 @@ impl Session {
             silent: false,
             blocking: false,
             origin: Origin::of(&[], Instant::now()),
+            request: self.decoded,
         });
         self.closing = true;
     }
@@ -741,6 +733,7 @@ impl Session {
                         silent: false,
                         blocking: false,
                         origin: Origin::of(&[], now),
+                        request: self.decoded,
                     });
                     self.closing = true;
                 }
@@ -803,11 +796,12 @@ impl Session {
             Voice::Heard => false,
         };
         Some(Slot {
-            reply,
+            reply: self.tracking_reply(reply),
             command,
             silent,
             blocking,
             origin,
+            request: self.decoded,
         })
     }
 
@@ -1147,7 +1141,16 @@ impl Session {
         }
     }
 
-    fn emit(&mut self, slot: &Slot, mut bytes: Bytes, out: &mut WriteQueue, now: Instant) {
+    fn emit(&mut self, slot: &Slot, bytes: Bytes, out: &mut WriteQueue, now: Instant) {
+        if self.tracking.is_none() {
+            return self.emit_reply(slot, bytes, out, now);
+        }
+        self.before_reply(out);
+        self.emit_reply(slot, bytes, out, now);
+        self.after_reply(slot.request, out);
+    }
+
+    fn emit_reply(&mut self, slot: &Slot, mut bytes: Bytes, out: &mut WriteQueue, now: Instant) {
         let took = now.saturating_duration_since(slot.origin.arrived);
         // Gathered per command over the batch, added to the shared histogram by flush_timings.
         match &mut self.timings {

@@ -149,6 +149,7 @@ impl Session {
                 }
             }
             "exec" | "discard" => {
+                self.tracked_exec(name == "exec");
                 let txn = self.txn.take().expect("checked above");
                 // A transaction whose connection broke cannot run: the commands queued on it
                 // were lost (or refused: a server busy with a script refuses a new
@@ -306,6 +307,10 @@ impl Session {
         if name == "watch" {
             txn.watching = true;
         }
+        if self.tracking.is_some() {
+            self.track(&cmd, spec);
+        }
+        let txn = self.txn.as_mut().expect("in a transaction");
         let (pinned, _) = txn.pinned.as_ref().expect("pinned above");
         let writes = crate::command::may_replicate(spec)
             && !(spec.name == "eval" && crate::pause::script_without_writes(&cmd.args[1]));

@@ -610,3 +610,55 @@ async fn scripts_and_trackinginfo_as_redis() {
         "{info}"
     );
 }
+
+/// A client blocked forever on a key that others keep writing: its BCAST invalidations of that
+/// key wait for the blocked command's reply (as Redis sends them after it), but no more than
+/// 1024 of them: past that the oldest go at once, so keygate holds a bounded number for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_waiting_for_a_blocked_reply_are_bounded() {
+    let backend = Redis::start();
+    let kg = Keygate::start(&backend.addr()).await;
+    let mut writer = kg.raw().await;
+    let mut blocked = kg.raw().await;
+    resp3_tracking(&mut blocked, &[b"BCAST"]).await;
+    blocked
+        .send(b"*3\r\n$5\r\nBLPOP\r\n$1\r\nk\r\n$1\r\n0\r\n")
+        .await;
+    // The BLPOP is in: another client's LPUSH would now be taken by it.
+    assert_eq!(writer.call(&[b"PING"]).await, b"+PONG\r\n");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let writes = 3000;
+    for i in 0..writes {
+        let value = i.to_string();
+        assert_eq!(
+            writer.call(&[b"SET", b"k", value.as_bytes()]).await,
+            b"+OK\r\n"
+        );
+    }
+    for _ in 0..writes - 1024 {
+        assert_eq!(blocked.reply().await.unwrap(), invalidate(&["k"]));
+    }
+    let more = tokio::time::timeout(std::time::Duration::from_millis(300), blocked.reply()).await;
+    assert!(
+        more.is_err(),
+        "only 1024 wait: {:?}",
+        more.map(|r| r.map(text))
+    );
+    // Unblocked: its reply, and every invalidation that waited.
+    writer.call(&[b"DEL", b"k"]).await;
+    writer.call(&[b"LPUSH", b"k", b"v"]).await;
+    let mut invalidations = writes - 1024;
+    loop {
+        let frame = blocked.reply().await.unwrap();
+        if frame == invalidate(&["k"]) {
+            invalidations += 1;
+        } else {
+            assert_eq!(text(frame), "*2\r\n$1\r\nk\r\n$1\r\nv\r\n");
+            break;
+        }
+    }
+    while invalidations < writes + 1 {
+        assert_eq!(blocked.reply().await.unwrap(), invalidate(&["k"]));
+        invalidations += 1;
+    }
+}

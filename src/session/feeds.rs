@@ -71,7 +71,7 @@ pub(super) struct Tracking {
     in_flight_keys: HashMap<Bytes, u32>,
     multi_keys: Vec<Bytes>,
     /// Messages waiting, each its keys (server name, client name).
-    deferred: Vec<Vec<(Bytes, Bytes)>>,
+    deferred: VecDeque<Vec<(Bytes, Bytes)>>,
     /// The open MULTI's written keys; and the keys it reads after writing them, whose one
     /// invalidation from EXEC's own write is not the client's to hear (Redis tracks the read
     /// after the write ran), skipped until EXEC's reply (`exec_request`) is out.
@@ -130,6 +130,37 @@ impl Table {
         let key = self.keys.iter().next()?.clone();
         self.remove(&key);
         Some(key)
+    }
+}
+
+impl Tracking {
+    /// Request `request`, whose reply is still to come, touches `keys`.
+    fn touching(&mut self, request: u64, keys: Vec<Bytes>) {
+        if keys.is_empty() {
+            return;
+        }
+        for key in &keys {
+            *self.in_flight_keys.entry(key.clone()).or_default() += 1;
+        }
+        self.in_flight.push_back((request, keys));
+    }
+
+    /// The replies up to request `request` are out: their keys are no longer in flight.
+    fn answered(&mut self, request: u64) {
+        while self.in_flight.front().is_some_and(|(r, _)| *r <= request) {
+            let (_, keys) = self.in_flight.pop_front().expect("front exists");
+            for key in keys {
+                if let Some(n) = self.in_flight_keys.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.in_flight_keys.remove(&key);
+                    }
+                }
+            }
+        }
+        while self.flushes.front().is_some_and(|r| *r <= request) {
+            self.flushes.pop_front();
+        }
     }
 }
 
@@ -414,7 +445,7 @@ impl Session {
             in_flight: VecDeque::new(),
             in_flight_keys: HashMap::new(),
             multi_keys: Vec::new(),
-            deferred: Vec::new(),
+            deferred: VecDeque::new(),
             multi_written: HashSet::new(),
             exec_skip: HashSet::new(),
             exec_request: None,
@@ -553,11 +584,8 @@ impl Session {
         }
         if in_multi {
             t.multi_keys.extend(touched.iter().cloned());
-        } else if !touched.is_empty() {
-            for key in &touched {
-                *t.in_flight_keys.entry(key.clone()).or_default() += 1;
-            }
-            t.in_flight.push_back((request, touched.clone()));
+        } else {
+            t.touching(request, touched.clone());
         }
         let caching = t.caching.take();
         // A script's declared keys are tracked as Redis tracks them: when the script runs a
@@ -704,11 +732,11 @@ impl Session {
                 // (one message each) once.
                 let waits = |key: &Bytes| t.in_flight_keys.contains_key(key);
                 if t.bcast && kept.iter().any(|(key, _)| waits(key)) {
-                    t.deferred.push(kept);
+                    t.deferred.push_back(kept);
                     // A blocked command's keys wait long: past the bound the oldest goes now
                     // (sooner than Redis would send it, never later).
                     if t.deferred.len() > DEFERRED_MAX {
-                        let oldest = t.deferred.remove(0);
+                        let oldest = t.deferred.pop_front().expect("over the bound");
                         Some(oldest.into_iter().map(|(_, mine)| mine).collect())
                     } else {
                         return;
@@ -719,7 +747,7 @@ impl Session {
                         if !waits(&key) {
                             now.push(mine);
                         } else if !t.deferred.iter().flatten().any(|(k, _)| *k == key) {
-                            t.deferred.push(vec![(key, mine)]);
+                            t.deferred.push_back(vec![(key, mine)]);
                         }
                     }
                     if now.is_empty() {
@@ -784,20 +812,7 @@ impl Session {
         let Some(t) = self.tracking.as_mut() else {
             return;
         };
-        while t.in_flight.front().is_some_and(|(r, _)| *r <= request) {
-            let (_, keys) = t.in_flight.pop_front().expect("front exists");
-            for key in keys {
-                if let Some(n) = t.in_flight_keys.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        t.in_flight_keys.remove(&key);
-                    }
-                }
-            }
-        }
-        while t.flushes.front().is_some_and(|r| *r <= request) {
-            t.flushes.pop_front();
-        }
+        t.answered(request);
         if t.flush_deferred && t.flushes.is_empty() {
             t.flush_deferred = false;
             self.deliver_keys(None, out);
@@ -812,13 +827,12 @@ impl Session {
         if t.deferred.is_empty() {
             return;
         }
-        let (due, wait): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut t.deferred)
-                .into_iter()
-                .partition(|keys| {
-                    keys.iter()
-                        .all(|(key, _)| !t.in_flight_keys.contains_key(key))
-                });
+        let (due, wait): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut t.deferred)
+            .into_iter()
+            .partition(|keys| {
+                keys.iter()
+                    .all(|(key, _)| !t.in_flight_keys.contains_key(key))
+            });
         t.deferred = wait;
         for keys in due {
             self.deliver_keys(Some(keys.into_iter().map(|(_, mine)| mine).collect()), out);
@@ -842,11 +856,8 @@ impl Session {
         } else {
             t.exec_skip.clear();
         }
-        if exec && !keys.is_empty() {
-            for key in &keys {
-                *t.in_flight_keys.entry(key.clone()).or_default() += 1;
-            }
-            t.in_flight.push_back((request, keys));
+        if exec {
+            t.touching(request, keys);
         }
     }
 

@@ -333,6 +333,15 @@ fn wants_keygate_section(args: &[Bytes]) -> bool {
         })
 }
 
+/// The commit keygate was built from, as INFO shows it: Redis's `00000000` when unknown.
+pub fn git_sha1() -> &'static str {
+    if crate::GIT_SHA1.is_empty() {
+        "00000000"
+    } else {
+        crate::GIT_SHA1
+    }
+}
+
 /// keygate's own INFO section: version, uptime, clients, tenants, topology and every backend
 /// with its state.
 fn info_header(proxy: &Proxy, topology: &Topology) -> String {
@@ -342,8 +351,10 @@ fn info_header(proxy: &Proxy, topology: &Topology) -> String {
         .filter(|b| b.connections_up() > 0)
         .count();
     let mut text = format!(
-        "# keygate\r\nkeygate_version:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\nblocked_clients:{}\r\npaused_clients:{}\r\ntenants:{}\r\nupstream_kind:{}\r\nshards:{}\r\nshards_connected:{up}\r\ntopology_epoch:{}\r\n",
-        env!("CARGO_PKG_VERSION"),
+        "# keygate\r\nkeygate_version:{}\r\nkeygate_git_sha1:{}\r\nkeygate_git_dirty:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\nblocked_clients:{}\r\npaused_clients:{}\r\ntenants:{}\r\nupstream_kind:{}\r\nshards:{}\r\nshards_connected:{up}\r\ntopology_epoch:{}\r\n",
+        crate::VERSION,
+        git_sha1(),
+        u8::from(crate::GIT_DIRTY),
         proxy.started.elapsed().as_secs(),
         proxy.metrics.clients_connected.load(Relaxed),
         proxy.metrics.clients_blocked.load(Relaxed) + proxy.pause.held() as u64,

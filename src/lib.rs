@@ -42,6 +42,17 @@
 
 #![forbid(unsafe_code)]
 
+/// keygate's version (Cargo.toml).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit keygate was built from (12 hex digits), empty when it was not built from a
+/// checkout; set by build.rs.
+pub const GIT_SHA1: &str = env!("KEYGATE_GIT_SHA1");
+/// Whether tracked files differed from that commit when keygate was built.
+pub const GIT_DIRTY: bool = env!("KEYGATE_GIT_DIRTY").as_bytes()[0] == b'1';
+/// What `keygate --version` prints after the name: `0.1.0 (git 1a2b3c4d5e6f)`, with
+/// `, modified` for a dirty tree, or the version alone outside a checkout.
+pub const VERSION_LINE: &str = env!("KEYGATE_VERSION_LINE");
+
 pub mod access;
 pub mod admin;
 pub mod backend;

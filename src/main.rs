@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "keygate", version, about = "A Redis-protocol proxy")]
+#[command(name = "keygate", version = keygate::VERSION_LINE, about = "A Redis-protocol proxy")]
 struct Cli {
     /// The configuration file (TOML); see proxy.toml for every key.
     #[arg(long, short = 'c', value_name = "FILE")]
@@ -72,11 +72,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        info!(
-            threads,
-            version = env!("CARGO_PKG_VERSION"),
-            "keygate starting"
-        );
+        info!(threads, version = keygate::VERSION_LINE, "keygate starting");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tokio::spawn(reload_on_hangup(server.proxy()));

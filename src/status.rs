@@ -116,6 +116,8 @@ pub async fn sample(proxy: Arc<Proxy>, shutdown: CancellationToken) {
 #[derive(Serialize)]
 struct Status {
     version: &'static str,
+    /// The git commit keygate was built from; empty when unknown.
+    git_sha1: &'static str,
     uptime_seconds: u64,
     upstream: &'static str,
     topology_epoch: u64,
@@ -189,7 +191,8 @@ pub fn json(proxy: &Proxy) -> String {
         })
         .collect();
     let status = Status {
-        version: env!("CARGO_PKG_VERSION"),
+        version: crate::VERSION,
+        git_sha1: crate::GIT_SHA1,
         uptime_seconds: proxy.started.elapsed().as_secs(),
         upstream: topology.kind.name(),
         topology_epoch: topology.epoch,

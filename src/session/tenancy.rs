@@ -526,7 +526,7 @@ impl Session {
         let topology = self.proxy.topology.load();
         let cluster = topology.kind == crate::config::UpstreamKind::Cluster;
         let info = format!(
-            "# Server\r\nredis_version:{}\r\nredis_mode:{}\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nkeygate_version:{}\r\n\r\n# keygate\r\ntenant:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n\r\n# Cluster\r\ncluster_enabled:{}\r\n",
+            "# Server\r\nredis_version:{}\r\nredis_mode:{}\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nkeygate_version:{}\r\nkeygate_git_sha1:{}\r\n\r\n# keygate\r\ntenant:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n\r\n# Cluster\r\ncluster_enabled:{}\r\n",
             crate::command::REDIS_VERSION,
             if cluster { "cluster" } else { "standalone" },
             std::env::consts::OS,
@@ -534,7 +534,8 @@ impl Session {
             usize::BITS,
             std::process::id(),
             self.proxy.started.elapsed().as_secs(),
-            env!("CARGO_PKG_VERSION"),
+            crate::VERSION,
+            crate::dispatch::git_sha1(),
             tenant.config.name,
             tenant.connections(),
             // The tenant's clients waiting in a blocking command now.

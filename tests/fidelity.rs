@@ -519,3 +519,318 @@ async fn a_write_pause_lets_read_only_scripts_and_functions_run() {
     assert_eq!(admin.call(&[b"CLIENT", b"UNPAUSE"]).await, b"+OK\r\n");
     assert_eq!(client.reply().await.unwrap(), b"+OK\r\n");
 }
+
+/// Each line (arguments split on spaces) sent as a request to both, one at a time, on the
+/// connections given: every reply the same, byte for byte.
+/// Texts that differ between the servers keygate is tested against, where keygate's own text
+/// can be only one of them: `(line, the server, its text, keygate's)`. Listed in the README's
+/// "Differences from Redis".
+const SERVERS_DIFFER: &[(&str, &str, &str, &str)] = &[
+    // Redis 7.2 and later (and Valkey) name the protocol argument; keygate gives today's text.
+    (
+        "HELLO 3",
+        "redis 7.0",
+        "the HELLO AUTH <user>",
+        "the HELLO <proto> AUTH <user>",
+    ),
+    // keygate's command table is Redis 7.0's, where COMMAND GETKEYS needs a key argument
+    // (arity -4); newer servers take none and look at the command.
+    (
+        "COMMAND GETKEYS get",
+        "redis 8|valkey",
+        "Invalid number of arguments specified for command",
+        "wrong number of arguments for 'command|getkeys' command",
+    ),
+    (
+        "COMMAND GETKEYS ping",
+        "redis 8|valkey",
+        "The command has no key arguments",
+        "wrong number of arguments for 'command|getkeys' command",
+    ),
+    // Valkey's own wording (keygate gives Redis's).
+    (
+        "CLIENT KILL ID x",
+        "valkey",
+        "syntax error",
+        "client-id should be greater than 0",
+    ),
+    (
+        "CLIENT LIST ID x",
+        "valkey",
+        "syntax error",
+        "Invalid client ID",
+    ),
+    (
+        "MULTI",
+        "valkey",
+        "Command 'multi' not allowed inside a transaction",
+        "MULTI calls can not be nested",
+    ),
+    (
+        "WATCH k",
+        "valkey",
+        "Command 'watch' not allowed inside a transaction",
+        "WATCH inside MULTI is not allowed",
+    ),
+    (
+        "EVALSHA e0e1f9fabfc9d4800c877a703b823ac0578ff8db 0",
+        "valkey",
+        "No matching script.",
+        "No matching script. Please use EVAL.",
+    ),
+];
+
+/// Each line (arguments split on spaces) sent as a request to both, one at a time, on the
+/// connections given; every reply that differs (beyond SERVERS_DIFFER) is added to `failures`.
+async fn same_replies(
+    through: &mut Raw,
+    direct: &mut Raw,
+    failures: &mut Vec<String>,
+    lines: &[&str],
+) {
+    let server = server_name(direct).await;
+    for line in lines {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        let (got, want) = (
+            text(through.call(&args).await),
+            text(direct.call(&args).await),
+        );
+        let known = SERVERS_DIFFER.iter().any(|(l, which, theirs, ours)| {
+            l == line
+                && which.split('|').any(|w| server.starts_with(w))
+                && want.replace(theirs, ours) == got
+        });
+        if got != want && !known {
+            failures.push(format!(
+                "{server}: {line:?}: keygate {got:?}, the server {want:?}"
+            ));
+        }
+    }
+}
+
+/// The server as "redis 7.0.15" or "valkey 9.1.2", asked on a connection of its own.
+async fn server_name(direct: &Raw) -> String {
+    let mut raw = Raw::connect(direct.peer()).await;
+    let mut info = text(raw.call(&[b"INFO", b"server"]).await);
+    if info.starts_with("-NOAUTH") {
+        raw.call(&[b"AUTH", b"acme-pw"]).await;
+        info = text(raw.call(&[b"INFO", b"server"]).await);
+    }
+    let field = |name: &str| {
+        info.split(&format!("\r\n{name}:"))
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n").next())
+            .map(str::to_string)
+    };
+    match field("valkey_version") {
+        Some(version) => format!("valkey {version}"),
+        None => format!(
+            "redis {}",
+            field("redis_version").expect("INFO names redis_version")
+        ),
+    }
+}
+
+/// Every error text keygate makes itself that is meant to be the server's own (the README's
+/// "Differences from Redis" lists the ones that are not), sent to keygate and to the server
+/// behind it: pass-through, an unauthenticated client against a server with `requirepass`, and
+/// an authenticated tenant. scripts/test.sh runs this against Valkey 9 and Redis 8 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_keygate_makes_are_the_servers_own() {
+    let redis = Redis::start();
+    let kg = Keygate::start(&redis.addr()).await;
+    let addr = redis.addr().parse().unwrap();
+    // Each group on fresh connections, since some change the connection's state.
+    let mut failures = Vec::new();
+    let groups: &[&[&str]] = &[
+        // Unknown commands and subcommands, arity.
+        &[
+            "NOSUCH a b",
+            "GET",
+            "CLIENT NOSUCH",
+            "CLIENT SETNAME",
+            "CLIENT ID x",
+            "SELECT",
+        ],
+        // AUTH without a password configured, HELLO.
+        &[
+            "AUTH secret",
+            "AUTH a b c",
+            "AUTH someone secret",
+            "HELLO 4",
+            "HELLO x",
+            "HELLO 3 AUTH",
+            "HELLO 3 AUTH someone secret",
+            "HELLO 3 SETNAME",
+            "HELLO 3 NOSUCH",
+        ],
+        // SELECT.
+        &[
+            "SELECT x",
+            "SELECT -1",
+            "SELECT 99999",
+            "SELECT 1",
+            "SELECT 0",
+        ],
+        // CLIENT's arguments.
+        &[
+            "CLIENT SETNAME a\nb",
+            "CLIENT REPLY MAYBE",
+            "CLIENT NO-EVICT MAYBE",
+            "CLIENT PAUSE -1",
+            "CLIENT PAUSE x",
+            "CLIENT PAUSE 10 NOSUCH",
+            "CLIENT KILL 1.2.3.4:5",
+            "CLIENT KILL ID x",
+            "CLIENT KILL ID 0",
+            "CLIENT KILL USER nobody",
+            "CLIENT KILL TYPE nosuch",
+            "CLIENT KILL NOSUCH x",
+            "CLIENT KILL ID 99999",
+            "CLIENT LIST TYPE nosuch",
+            "CLIENT LIST ID x",
+            "CLIENT LIST NOSUCH",
+            "CLIENT UNBLOCK x",
+            "CLIENT UNBLOCK 99999 NOSUCH",
+            "CLIENT UNBLOCK 99999",
+            "CLIENT GETREDIR x",
+        ],
+        // CLIENT TRACKING's option checks (none of these turns tracking on).
+        &[
+            "CLIENT TRACKING MAYBE",
+            "CLIENT TRACKING ON PREFIX a",
+            "CLIENT TRACKING ON OPTIN OPTOUT",
+            "CLIENT TRACKING ON BCAST OPTIN",
+            "CLIENT TRACKING ON REDIRECT x",
+            "CLIENT TRACKING ON REDIRECT 99999",
+            "CLIENT TRACKING ON NOSUCH",
+            "CLIENT CACHING YES",
+            "CLIENT CACHING MAYBE",
+            "CLIENT TRACKINGINFO",
+            "CLIENT GETREDIR",
+        ],
+        // CLIENT CACHING while tracking in each mode, switching BCAST on.
+        &[
+            "CLIENT TRACKING ON",
+            "CLIENT CACHING YES",
+            "CLIENT CACHING NO",
+            "CLIENT CACHING MAYBE",
+            "CLIENT TRACKING ON BCAST",
+            "CLIENT TRACKING OFF",
+            "CLIENT TRACKING ON OPTIN",
+            "CLIENT CACHING NO",
+            "CLIENT CACHING YES",
+            "CLIENT TRACKING OFF",
+            "CLIENT TRACKING ON OPTOUT",
+            "CLIENT CACHING YES",
+            "CLIENT CACHING NO",
+            "CLIENT TRACKING OFF",
+            "CLIENT TRACKING ON BCAST PREFIX a PREFIX ab",
+        ],
+        // Transactions.
+        &[
+            "EXEC",
+            "DISCARD",
+            "MULTI",
+            "MULTI",
+            "WATCH k",
+            "NOSUCH",
+            "SET k v",
+            "EXEC",
+            "MULTI",
+            "SELECT x",
+            "SELECT 99999",
+            "DISCARD",
+        ],
+        // SCAN's cursor.
+        &["SCAN x", "SCAN -1", "SCAN 0 COUNT 0"],
+    ];
+    for group in groups {
+        let mut through = kg.raw().await;
+        let mut direct = Raw::connect(addr).await;
+        same_replies(&mut through, &mut direct, &mut failures, group).await;
+    }
+    // RESP2 subscribed mode refuses other commands with the server's text.
+    let mut through = kg.raw().await;
+    let mut direct = Raw::connect(addr).await;
+    let wait = Duration::from_millis(200);
+    for line in ["SUBSCRIBE ch", "GET k", "SELECT 1", "UNSUBSCRIBE"] {
+        same_bytes(
+            &mut through,
+            &mut direct,
+            format!("{line}\r\n").as_bytes(),
+            wait,
+        )
+        .await;
+    }
+
+    // A client that has not authenticated, against a server with requirepass.
+    let locked = Redis::start_with(&["--requirepass", "acme-pw"]);
+    let kg_tenants = Keygate::start_with(&redis.addr(), TENANTS).await;
+    let mut through = kg_tenants.raw().await;
+    let mut direct = Raw::connect(locked.addr().parse().unwrap()).await;
+    same_replies(
+        &mut through,
+        &mut direct,
+        &mut failures,
+        &[
+            "GET k",
+            "HELLO 3",
+            "CLIENT ID",
+            "AUTH wrong",
+            "AUTH acme wrong",
+            "AUTH nobody acme-pw",
+            "HELLO 3 AUTH acme wrong",
+            "HELLO 4",
+        ],
+    )
+    .await;
+
+    // An authenticated tenant against the server itself (default user, all keys).
+    let mut tenant = as_tenant(&kg_tenants, "acme").await;
+    let mut direct = Raw::connect(addr).await;
+    same_replies(
+        &mut tenant,
+        &mut direct,
+        &mut failures,
+        &[
+            "EVALSHA e0e1f9fabfc9d4800c877a703b823ac0578ff8db 0",
+            "SCRIPT KILL",
+            "SCRIPT FLUSH NOSUCH",
+            "COMMAND GETKEYS",
+            "COMMAND GETKEYS nosuch a",
+            "COMMAND GETKEYS get",
+            "COMMAND GETKEYS ping",
+            "SCAN x",
+            "SCAN 0 MATCH",
+            "KEYS",
+            "CLIENT KILL ID x",
+            "CLIENT KILL 1.2.3.4:5",
+            "MULTI",
+            "WATCH k",
+            "DISCARD",
+            "SELECT x",
+        ],
+    )
+    .await;
+
+    // At max_clients, the next client is told as Redis tells it (maxclients).
+    let full = Redis::start_with(&["--maxclients", "1"]);
+    // The server may not have seen its readiness probe leave yet: the first client is the one
+    // that gets its PING answered.
+    let mut _first = Raw::connect(full.addr().parse().unwrap()).await;
+    while _first.call(&[b"PING"]).await != b"+PONG\r\n" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        _first = Raw::connect(full.addr().parse().unwrap()).await;
+    }
+    let mut direct = Raw::connect(full.addr().parse().unwrap()).await;
+    let kg_full = Keygate::start_with(&redis.addr(), "[limits]\nmax_clients = 1\n").await;
+    let _first_client = kg_full.raw().await;
+    let mut through = kg_full.raw().await;
+    let (got, want) = (through.reply().await, direct.reply().await);
+    assert_eq!(got.map(text), want.map(text));
+    kg_full.stop().await;
+    kg_tenants.stop().await;
+    kg.stop().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

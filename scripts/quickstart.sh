@@ -19,7 +19,7 @@ spare_port() {
   echo "$port"
 }
 
-cargo build --release
+cargo build --release --locked
 redis_port=$(spare_port 16379)
 proxy_port=$(spare_port 6380)
 admin_port=$(spare_port 9121)

@@ -87,7 +87,7 @@ if [ ! -x "$work/venv/bin/pytest" ]; then
   "$work/venv/bin/pip" install -q redis==5.0.8 pytest pytest-asyncio==0.23.8 pytest-timeout mock packaging numpy
 fi
 
-cargo build --release -q
+cargo build --release --locked -q
 keygate=$root/target/release/keygate
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

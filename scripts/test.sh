@@ -101,7 +101,8 @@ phase "cargo fmt --check"
 cargo fmt --all -- --check
 phase "cargo clippy --locked --all-targets -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
-phase "cargo test --locked (redis-server $(redis-server --version | grep -Eo 'v=[0-9.]+' | cut -c3-))"
+redis_version=$(redis-server --version | grep -Eo 'v=[0-9.]+' | cut -c3-)
+phase "cargo test --locked (redis-server $redis_version)"
 cargo test --locked
 
 # Today's servers: the isolation, backend, fidelity and tracking tests (scripts, ACL users,

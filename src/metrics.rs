@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::command::{self, CommandId, COMMANDS, UNKNOWN};
+use crate::command::{self, CommandId, COMMANDS, LEARNED_ID, UNKNOWN};
 use crate::histogram::{Histogram, Timings, BOUNDS_US};
 use crate::tenant::TenantState;
 use crate::topology::Topology;
@@ -46,15 +46,17 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub last_reload: AtomicU64,
+    /// Commands learned from the servers beyond the built-in table (see `learn`).
+    pub learned_commands: AtomicU64,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let slots = || (0..=COMMANDS.len()).map(|_| AtomicU64::new(0)).collect();
+        let slots = || (0..SLOTS).map(|_| AtomicU64::new(0)).collect();
         Metrics {
             requests: slots(),
             errors: slots(),
-            latency: (0..=COMMANDS.len()).map(|_| Histogram::default()).collect(),
+            latency: (0..SLOTS).map(|_| Histogram::default()).collect(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             clients_connected: AtomicU64::new(0),
@@ -72,15 +74,28 @@ impl Default for Metrics {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload: AtomicU64::new(0),
+            learned_commands: AtomicU64::new(0),
         }
     }
 }
 
+/// One slot per built-in command, one for unknown names, one for every learned command.
+const SLOTS: usize = COMMANDS.len() + 2;
+
 fn slot(id: CommandId) -> usize {
-    if id == UNKNOWN {
-        COMMANDS.len()
-    } else {
-        id as usize
+    match id {
+        UNKNOWN => COMMANDS.len(),
+        LEARNED_ID => COMMANDS.len() + 1,
+        id => id as usize,
+    }
+}
+
+/// The command id counted in slot `i`.
+fn id_of(i: usize) -> CommandId {
+    match i {
+        i if i == COMMANDS.len() => UNKNOWN,
+        i if i == COMMANDS.len() + 1 => LEARNED_ID,
+        i => i as CommandId,
     }
 }
 
@@ -127,19 +142,18 @@ impl Metrics {
             for (i, v) in values.iter().enumerate() {
                 let v = v.load(Relaxed);
                 if v > 0 {
-                    let id = if i == COMMANDS.len() {
-                        UNKNOWN
-                    } else {
-                        i as CommandId
-                    };
-                    let _ = writeln!(out, "{name}{{command=\"{}\"}} {v}", command::name_of(id));
+                    let _ = writeln!(
+                        out,
+                        "{name}{{command=\"{}\"}} {v}",
+                        command::name_of(id_of(i))
+                    );
                 }
             }
         };
         per_command(
             &mut out,
             "keygate_requests_total",
-            "Requests received, by command (unknown names counted as \"unknown\").",
+            "Requests received, by command (unknown names counted as \"unknown\", commands learned from the servers as \"learned\").",
             &self.requests,
         );
         per_command(
@@ -154,12 +168,7 @@ impl Metrics {
              # TYPE keygate_request_duration_seconds histogram"
         );
         for (i, histogram) in self.latency.iter().enumerate() {
-            let id = if i == COMMANDS.len() {
-                UNKNOWN
-            } else {
-                i as CommandId
-            };
-            let labels = format!("command=\"{}\"", command::name_of(id));
+            let labels = format!("command=\"{}\"", command::name_of(id_of(i)));
             histogram.render(&mut out, "keygate_request_duration_seconds", &labels);
         }
         let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
@@ -265,11 +274,15 @@ impl Metrics {
              keygate_config_last_reload_timestamp_seconds {}\n\
              # HELP keygate_topology_epoch Placement version: bumped by every reload, slot map change or ejection.\n\
              # TYPE keygate_topology_epoch gauge\n\
-             keygate_topology_epoch {}",
+             keygate_topology_epoch {}\n\
+             # HELP keygate_learned_commands Commands (and subcommands) learned from the servers beyond keygate's built-in table.\n\
+             # TYPE keygate_learned_commands gauge\n\
+             keygate_learned_commands {}",
             self.reloads_ok.load(Relaxed),
             self.reloads_failed.load(Relaxed),
             self.last_reload.load(Relaxed),
             topology.epoch,
+            self.learned_commands.load(Relaxed),
         );
         type PerBackend = fn(&Backend) -> u64;
         let per_backend: [(&str, &str, &str, PerBackend); 5] = [

@@ -40,6 +40,8 @@ pub struct Proxy {
     pub refresh: Notify,
     /// Ticks whenever a new topology is swapped in (see `swap_topology`).
     pub topology_swapped: tokio::sync::watch::Sender<()>,
+    /// Commands learned from the servers beyond the built-in table (see `learn`).
+    pub commands: ArcSwap<crate::command::learned::Table>,
     /// Tenants; empty when tenancy is off.
     pub tenants: ArcSwap<Tenants>,
     /// Tenants are configured: every client must AUTH as one (read on every request).
@@ -130,6 +132,7 @@ impl Server {
             metrics: Metrics::default(),
             refresh: Notify::new(),
             topology_swapped: tokio::sync::watch::Sender::new(()),
+            commands: ArcSwap::from_pointee(Default::default()),
             config_path: OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
             config_seen: std::sync::Mutex::new(None),
@@ -213,6 +216,7 @@ impl Server {
         }
         // Each checks the current config's kind, which a reload may change.
         tokio::spawn(refresh::run(proxy.clone(), shutdown.clone()));
+        tokio::spawn(crate::learn::run(proxy.clone(), shutdown.clone()));
         tokio::spawn(eject(proxy.clone(), shutdown.clone()));
         tokio::spawn(sentinel::watch(proxy.clone(), shutdown.clone()));
         tokio::spawn(crate::status::sample(proxy.clone(), shutdown.clone()));

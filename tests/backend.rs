@@ -157,14 +157,34 @@ async fn fake_backend(
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
-            let conn = counter.fetch_add(1, Ordering::SeqCst);
             let script = script.clone();
+            let counter = counter.clone();
             tokio::spawn(async move {
                 let mut decoder = Decoder::new(Limits::default());
                 let mut buf = BytesMut::new();
                 let mut n = 0;
+                // Numbered when its first request is not keygate learning the server's
+                // commands (COMMAND, INFO on a one-off connection: see keygate's `learn`),
+                // which gets an empty table and is not counted.
+                let mut conn = None;
                 loop {
                     while let Ok(Some(args)) = decoder.decode(&mut buf) {
+                        if conn.is_none()
+                            && (args[0].eq_ignore_ascii_case(b"command")
+                                || args[0].eq_ignore_ascii_case(b"info"))
+                        {
+                            let empty: &[u8] = if args[0].eq_ignore_ascii_case(b"command") {
+                                b"*0\r\n"
+                            } else {
+                                b"$0\r\n\r\n"
+                            };
+                            if stream.write_all(empty).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        let conn =
+                            *conn.get_or_insert_with(|| counter.fetch_add(1, Ordering::SeqCst));
                         match script(conn, n, &args) {
                             Act::Reply(bytes) => {
                                 if stream.write_all(&bytes).await.is_err() {

@@ -588,7 +588,7 @@ async fn same_replies(
     failures: &mut Vec<String>,
     lines: &[&str],
 ) {
-    let server = server_name(direct).await;
+    let server = common::server_name(direct.peer(), b"acme-pw").await;
     for line in lines {
         let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
         let (got, want) = (
@@ -605,29 +605,6 @@ async fn same_replies(
                 "{server}: {line:?}: keygate {got:?}, the server {want:?}"
             ));
         }
-    }
-}
-
-/// The server as "redis 7.0.15" or "valkey 9.1.2", asked on a connection of its own.
-async fn server_name(direct: &Raw) -> String {
-    let mut raw = Raw::connect(direct.peer()).await;
-    let mut info = text(raw.call(&[b"INFO", b"server"]).await);
-    if info.starts_with("-NOAUTH") {
-        raw.call(&[b"AUTH", b"acme-pw"]).await;
-        info = text(raw.call(&[b"INFO", b"server"]).await);
-    }
-    let field = |name: &str| {
-        info.split(&format!("\r\n{name}:"))
-            .nth(1)
-            .and_then(|rest| rest.split("\r\n").next())
-            .map(str::to_string)
-    };
-    match field("valkey_version") {
-        Some(version) => format!("valkey {version}"),
-        None => format!(
-            "redis {}",
-            field("redis_version").expect("INFO names redis_version")
-        ),
     }
 }
 

@@ -310,6 +310,11 @@ impl Backend {
         }
     }
 
+    /// How this server is reached (address aside): credentials, TLS, timeouts.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
     pub fn breaker(&self) -> &Arc<Breaker> {
         &self.breaker
     }

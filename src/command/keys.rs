@@ -12,10 +12,20 @@ use crate::resp::parse_int;
 
 /// Positions of the keys of `args`, in argument order.
 pub fn positions(spec: &Spec, args: &[Bytes]) -> Vec<usize> {
+    if spec.has(flags::LEARNED) {
+        // Callers that must have every key (sharded routing, tenants) refuse a learned command
+        // whose keys cannot all be found before asking.
+        return super::learned::key_positions(spec, args).unwrap_or_default();
+    }
     if spec.has(flags::MOVABLEKEYS) {
         return movable(spec.name, args);
     }
     fixed(spec, args)
+}
+
+/// A learned command whose keys cannot all be found in this request (see `learned`).
+pub fn learned_keys_unknown(spec: &Spec, args: &[Bytes]) -> bool {
+    super::learned::key_positions(spec, args).is_none()
 }
 
 fn fixed(spec: &Spec, args: &[Bytes]) -> Vec<usize> {

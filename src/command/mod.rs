@@ -9,6 +9,7 @@
 mod table;
 
 pub mod keys;
+pub mod learned;
 pub mod script;
 
 use bytes::Bytes;
@@ -31,6 +32,12 @@ pub mod flags {
     pub const MOVABLEKEYS: u32 = 1 << 11;
     pub const NO_MULTI: u32 = 1 << 12;
     pub const MAY_REPLICATE: u32 = 1 << 13;
+    /// keygate's own: learned from a server (see `learned`), not in the built-in table.
+    pub const LEARNED: u32 = 1 << 14;
+    /// keygate's own: a learned command whose keys cannot all be found by its specifications.
+    pub const KEYS_INCOMPLETE: u32 = 1 << 15;
+    /// keygate's own: a learned command in Redis's `@connection` category.
+    pub const CONNECTION: u32 = 1 << 16;
 }
 
 /// One command's facts, as Redis reports them.
@@ -46,6 +53,9 @@ pub struct Spec {
     pub first_key: i32,
     pub last_key: i32,
     pub key_step: i32,
+    /// Redis 7 key specifications, for learned commands (see `learned`); empty in the built-in
+    /// table, whose commands keygate's own parsers (`keys`) read.
+    pub key_specs: &'static [learned::KeySpec],
 }
 
 impl Spec {
@@ -68,6 +78,9 @@ impl Spec {
 /// Metrics are kept per `CommandId`, so unknown names collapse into one label.
 pub type CommandId = u16;
 pub const UNKNOWN: CommandId = u16::MAX;
+/// The id of every learned command (see `learned`): its metrics are kept together, under the
+/// label "learned", so a server's table cannot grow the metrics' label set.
+pub const LEARNED_ID: CommandId = u16::MAX - 1;
 
 /// What keygate does with a command. Every command has exactly one policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +145,24 @@ fn policy(spec: &Spec) -> Policy {
     }
 }
 
+/// keygate's treatment of a learned command: forwarded (on a connection of its own if the
+/// server says it blocks), or refused where forwarding could break what keygate keeps per
+/// client (connection state, subscriptions).
+fn learned_policy(spec: &Spec) -> Policy {
+    if spec.name == "waitaof" {
+        // Redis 7.2's WAITAOF, handled as WAIT is (see dispatch::blocking).
+        Policy::Blocking
+    } else if spec.has(flags::CONNECTION) {
+        Policy::Refuse(CONNECTION_STATE)
+    } else if spec.has(flags::PUBSUB) {
+        Policy::Refuse("is a pub/sub command keygate does not know how to keep per client")
+    } else if spec.has(flags::BLOCKING) {
+        Policy::Blocking
+    } else {
+        Policy::Forward
+    }
+}
+
 /// Whether a command may write or be propagated to replicas: Redis's `write` and
 /// `may-replicate` flags (COMMAND INFO in Redis 7.0 does not report the latter, so the table
 /// lacks it: these are the commands Redis 7.0 marks so).
@@ -164,14 +195,29 @@ pub struct Command {
 }
 
 impl Command {
-    /// Identify a request. Never fails: unknown commands are `Command`s with no spec, answered
-    /// with Redis's "unknown command" error by the caller.
+    /// Identify a request by the built-in table alone. Never fails: unknown commands are
+    /// `Command`s with no spec, answered with Redis's "unknown command" error by the caller.
     pub fn parse(args: Vec<Bytes>) -> Command {
+        Command::parse_with(args, None)
+    }
+
+    /// Identify a request by the built-in table, then, for a name it does not know, by the
+    /// commands learned from the servers (`learned`, read only then: the built-in table's
+    /// commands cost one binary search, as before).
+    pub fn parse_with(
+        args: Vec<Bytes>,
+        learned: Option<&arc_swap::ArcSwap<learned::Table>>,
+    ) -> Command {
         let mut name = [0u8; 32];
         // `container|sub` names exist only as subcommands: sent as the command itself
         // (`CLIENT|ID`) they are unknown, as in Redis.
         let lower = lower_into(&args[0], &mut name).filter(|name| !name.contains(&b'|'));
         let Some(id) = lower.and_then(lookup) else {
+            if let (Some(lower), Some(learned)) = (lower, learned) {
+                if let Some(command) = Command::learned(&args, lower, &learned.load()) {
+                    return Command { args, ..command };
+                }
+            }
             let policy = match lower {
                 Some(b"post" | b"host:") => Policy::Close,
                 _ => Policy::Forward,
@@ -195,9 +241,14 @@ impl Command {
             full[n] = b'|';
             let sub_len = lower_into(&args[1], &mut full[n + 1..]).map(|sub| sub.len());
             if let Some(sub_len) = sub_len {
-                if let Some(sub_id) = lookup(&full[..n + 1 + sub_len]) {
+                let full = &full[..n + 1 + sub_len];
+                if let Some(sub_id) = lookup(full) {
                     spec = &COMMANDS[sub_id];
                     spec_index = sub_id;
+                } else if let Some(sub) = learned.and_then(|l| l.load().get(full)) {
+                    // A subcommand a newer server added (CLIENT NO-TOUCH): its policy comes
+                    // from its container's name below, like the built-in subcommands'.
+                    spec = sub;
                 }
             }
         }
@@ -212,6 +263,27 @@ impl Command {
             spec_index,
             policy,
         }
+    }
+
+    /// A command the built-in table does not know, found among the learned ones (with its
+    /// learned subcommand, if any). Its `args` are left empty for the caller to fill.
+    fn learned(args: &[Bytes], lower: &[u8], table: &learned::Table) -> Option<Command> {
+        let mut spec = table.get(lower)?;
+        if args.len() >= 2 && table.is_container(lower) {
+            let mut full = lower.to_vec();
+            full.push(b'|');
+            full.extend(args[1].iter().map(u8::to_ascii_lowercase));
+            if let Some(sub) = table.get(&full) {
+                spec = sub;
+            }
+        }
+        Some(Command {
+            args: Vec::new(),
+            id: LEARNED_ID,
+            spec: Some(spec),
+            spec_index: 0,
+            policy: learned_policy(spec),
+        })
     }
 
     /// The top-level command's name, lower case, or "unknown".
@@ -231,6 +303,8 @@ impl Command {
 pub fn name_of(id: CommandId) -> &'static str {
     if id == UNKNOWN {
         "unknown"
+    } else if id == LEARNED_ID {
+        "learned"
     } else {
         COMMANDS[id as usize].name
     }

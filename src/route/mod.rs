@@ -16,7 +16,7 @@ pub mod slots;
 
 use bytes::Bytes;
 
-use crate::command::{keys, Command};
+use crate::command::{flags, keys, Command};
 use crate::error::Error;
 use crate::topology::{Placement, Topology};
 
@@ -83,6 +83,14 @@ pub fn plan(cmd: &Command, topology: &Topology) -> Result<Plan, Error> {
     }
     if let Some(plan) = keyspace_wide(cmd, topology)? {
         return Ok(plan);
+    }
+    // A command learned from the servers whose keys its specifications cannot all locate could
+    // land on a shard that does not hold them.
+    if spec.has(flags::LEARNED) && keys::learned_keys_unknown(spec, &cmd.args) {
+        return Err(Error::Refused {
+            command: spec.name.replace('|', " ").to_ascii_uppercase(),
+            reason: "has key specifications that do not say where every key is, so keygate cannot tell which shard to send it to; it works with a single server behind keygate",
+        });
     }
     let positions = keys::positions(spec, &cmd.args);
     let Some(&first) = positions.first() else {

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use super::{Handled, Session};
 use crate::backend::Flavor;
 use crate::clients::Client;
-use crate::command::{self, Command};
+use crate::command::Command;
 use crate::config::UpstreamKind;
 use crate::dispatch::Reply;
 use crate::error::Error;
@@ -186,7 +186,7 @@ impl Session {
         text(&mut out, "server");
         text(&mut out, "keygate");
         text(&mut out, "version");
-        text(&mut out, command::REDIS_VERSION);
+        text(&mut out, &self.server_version());
         text(&mut out, "proto");
         resp::put_header(&mut out, b':', if resp3 { 3 } else { 2 });
         text(&mut out, "id");
@@ -249,6 +249,16 @@ impl Session {
             "getredir" => Handled::ready(resp::integer(self.redirect_id())),
             "list" => self.client_list(&args[2..], resp::request_len(args)),
             "kill" => self.client_kill(&args[2..]),
+            // Valkey's CLIENT CAPA: what the client can handle (`redirect`: a -REDIRECT reply
+            // from a replica). keygate picks servers itself and never passes a redirection on,
+            // so every capability is accepted and none changes what the client gets; as in
+            // Valkey, unknown capabilities are ignored.
+            "capa" => {
+                if args.len() < 3 {
+                    return Err(Error::WrongArity("client|capa"));
+                }
+                Handled::ready(resp::simple("OK"))
+            }
             // keygate never evicts a client for its memory; the flag has nothing to change.
             "no-evict" => {
                 arity(3, "client|no-evict")?;

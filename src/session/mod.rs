@@ -745,7 +745,7 @@ impl Session {
     /// client is still with a backend.
     fn handle(&mut self, args: Vec<Bytes>, drained: Drained, arrived: Instant) -> Option<Slot> {
         let origin = Origin::of(&args, arrived);
-        let cmd = Command::parse(args);
+        let cmd = Command::parse_with(args, Some(&self.proxy.commands));
         if self.proxy.monitors.active() {
             self.show(&cmd);
         }
@@ -1030,6 +1030,25 @@ impl Session {
 
     /// Whether a command may write or replicate, as CLIENT PAUSE WRITE judges it (Redis's
     /// `write` and `may-replicate` flags; a script by its shebang; EXEC by what it queued).
+    /// The servers' version as HELLO and a tenant's INFO report it: the first primary's, once
+    /// learned (see `learn`), else that of keygate's built-in command table.
+    fn server_version(&self) -> String {
+        let learned = self.proxy.commands.load();
+        learned
+            .version
+            .as_deref()
+            .unwrap_or(crate::command::REDIS_VERSION)
+            .to_string()
+    }
+
+    /// The servers' `redis_version` for a tenant's INFO (Valkey's is the Redis version it is
+    /// compatible with), once learned, else that of keygate's built-in command table.
+    fn server_redis_version(&self) -> String {
+        let learned = self.proxy.commands.load();
+        let version = learned.redis_version.as_deref();
+        version.unwrap_or(crate::command::REDIS_VERSION).to_string()
+    }
+
     fn may_write(&self, cmd: &Command, spec: &Spec) -> bool {
         match spec.name {
             "exec" => self.txn_writes(),

@@ -236,13 +236,15 @@ impl Session {
             reason,
         };
         let prefix = config.prefix.as_bytes();
-        match rules::rule_at(cmd.spec_index) {
+        match rules::rule_of(spec, cmd.spec_index) {
             Some(Rule::Pass) if matches!(name, "command|getkeys" | "command|getkeysandflags") => {
                 self.getkeys(tenant, cmd, allowed, name == "command|getkeysandflags")
             }
             Some(Rule::Pass | Rule::Local) => Ok(Fix::None),
             Some(Rule::Keys) => {
-                rewrite::prefix_keys(spec, &mut cmd.args, prefix);
+                if !rewrite::prefix_keys(spec, &mut cmd.args, prefix) {
+                    return Err(refuse("was sent with key arguments keygate cannot find"));
+                }
                 Ok(Fix::None)
             }
             Some(Rule::Channel) if matches!(name, "publish" | "spublish") => {
@@ -400,7 +402,7 @@ impl Session {
         with_flags: bool,
     ) -> Result<Fix, Error> {
         let original = cmd.args[2..].to_vec();
-        let mut inner = Command::parse(original.clone());
+        let mut inner = Command::parse_with(original.clone(), Some(&self.proxy.commands));
         let Some(spec) = inner.spec else {
             return Err(Error::Invalid("Invalid command specified"));
         };
@@ -409,15 +411,14 @@ impl Session {
                 "Invalid number of arguments specified for command",
             ));
         }
-        let has_keys = spec.first_key != 0 || spec.has(flags::MOVABLEKEYS);
-        if has_keys && matches!(rules::rule_at(inner.spec_index), Some(Rule::Deny(_))) {
+        let has_keys =
+            spec.first_key != 0 || spec.has(flags::MOVABLEKEYS) || !spec.key_specs.is_empty();
+        let rule = rules::rule_of(spec, inner.spec_index);
+        if has_keys && matches!(rule, Some(Rule::Deny(_))) {
             // A command refused to the tenant names no keys: the refusal, as running it gets.
             self.rewrite(tenant, &mut inner, spec, allowed, Record::No)?;
         }
-        let keyed = matches!(
-            rules::rule_at(inner.spec_index),
-            Some(Rule::Keys | Rule::Custom)
-        );
+        let keyed = matches!(rule, Some(Rule::Keys | Rule::Custom));
         if keyed {
             self.rewrite(tenant, &mut inner, spec, allowed, Record::No)?;
             if inner.args.len() != original.len() {
@@ -527,7 +528,7 @@ impl Session {
         let cluster = topology.kind == crate::config::UpstreamKind::Cluster;
         let info = format!(
             "# Server\r\nredis_version:{}\r\nredis_mode:{}\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nkeygate_version:{}\r\nkeygate_git_sha1:{}\r\n\r\n# keygate\r\ntenant:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n\r\n# Cluster\r\ncluster_enabled:{}\r\n",
-            crate::command::REDIS_VERSION,
+            self.server_redis_version(),
             if cluster { "cluster" } else { "standalone" },
             std::env::consts::OS,
             std::env::consts::ARCH,

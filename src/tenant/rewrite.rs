@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::command::{keys, Spec};
+use crate::command::{flags, keys, learned, Spec};
 
 /// Patterns longer than this are refused: matching cost grows with pattern size.
 pub const MAX_PATTERN_LEN: usize = 256;
@@ -19,11 +19,23 @@ pub enum Refusal {
     ForeignKey,
 }
 
-/// Prefix every key at the command's fixed key positions.
-pub fn prefix_keys(spec: &Spec, args: &mut [Bytes], prefix: &[u8]) {
+/// Prefix every key at the command's fixed key positions (a learned command's: where its key
+/// specifications say). `false` when a learned command's keys cannot be found in this request
+/// (a key count that is not a number): nothing is prefixed, and it must not be sent.
+pub fn prefix_keys(spec: &Spec, args: &mut [Bytes], prefix: &[u8]) -> bool {
+    if spec.has(flags::LEARNED) {
+        let Some(positions) = learned::key_positions(spec, args) else {
+            return false;
+        };
+        for at in positions {
+            args[at] = prefixed(prefix, &args[at]);
+        }
+        return true;
+    }
     for at in keys::fixed_positions(spec, args.len()) {
         args[at] = prefixed(prefix, &args[at]);
     }
+    true
 }
 
 /// `prefix` + `key`.
@@ -83,7 +95,7 @@ mod tests {
     fn prefixed_line(line: &str) -> String {
         let mut c = cmd(line);
         let spec = c.spec.unwrap();
-        prefix_keys(spec, &mut c.args, b"t1:");
+        assert!(prefix_keys(spec, &mut c.args, b"t1:"));
         c.args
             .iter()
             .map(|a| String::from_utf8_lossy(a).into_owned())

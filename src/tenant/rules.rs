@@ -27,7 +27,7 @@ pub enum Rule {
 
 use std::sync::OnceLock;
 
-use crate::command::COMMANDS;
+use crate::command::{flags, Spec, COMMANDS};
 
 const SERVER: &str = "acts on the whole server, which tenants share";
 const CONNECTION: &str = "would change a backend connection's state";
@@ -39,6 +39,42 @@ const UNSAFE: &str = "can crash or corrupt the server for every tenant";
 pub fn rule_at(index: usize) -> Option<Rule> {
     static RULES: OnceLock<Vec<Option<Rule>>> = OnceLock::new();
     RULES.get_or_init(|| COMMANDS.iter().map(|spec| rule(spec.name)).collect())[index]
+}
+
+/// The rule for a command: a learned one's from what the server said of it (`learned_rule`), a
+/// built-in one's by its index in `COMMANDS`.
+pub fn rule_of(spec: &Spec, index: usize) -> Option<Rule> {
+    if spec.has(flags::LEARNED) {
+        Some(learned_rule(spec))
+    } else {
+        rule_at(index)
+    }
+}
+
+/// Tenants stay closed by default to commands keygate learned from the servers: one is
+/// available only when its key specifications say where every key is (so each gets the
+/// prefix) and it acts on nothing else the tenants share.
+pub fn learned_rule(spec: &Spec) -> Rule {
+    use Rule::*;
+    if spec.name.starts_with("client|") {
+        // CLIENT's newer subcommands: answered or refused by the session for every client.
+        Local
+    } else if spec.name == "waitaof" {
+        // As WAIT: it waits on the whole server's replication and persistence.
+        Deny(SERVER)
+    } else if spec.has(flags::CONNECTION) {
+        Deny(CONNECTION)
+    } else if spec.has(flags::ADMIN) {
+        Deny(SERVER)
+    } else if spec.has(flags::PUBSUB) {
+        Deny("is a pub/sub command keygate cannot confine to the tenant's channels")
+    } else if spec.has(flags::KEYS_INCOMPLETE) {
+        Deny("has key specifications that do not say where every key is, so keygate cannot prefix them")
+    } else if spec.key_specs.is_empty() {
+        Deny("names no key keygate could prefix, so it may reach what other tenants share")
+    } else {
+        Keys
+    }
 }
 
 /// The rule for a command or subcommand (`container|sub`), by its lower-case name.

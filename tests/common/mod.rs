@@ -619,3 +619,27 @@ pub fn self_signed(dir: &std::path::Path, name: &str, subject: &str) {
         ],
     );
 }
+
+/// The server at `addr` as "redis 7.0.15" or "valkey 9.1.2" (INFO server, on a connection of
+/// its own; `password` if it asks for one).
+pub async fn server_name(addr: SocketAddr, password: &[u8]) -> String {
+    let mut raw = Raw::connect(addr).await;
+    let mut info = String::from_utf8_lossy(&raw.call(&[b"INFO", b"server"]).await).into_owned();
+    if info.starts_with("-NOAUTH") {
+        raw.call(&[b"AUTH", password]).await;
+        info = String::from_utf8_lossy(&raw.call(&[b"INFO", b"server"]).await).into_owned();
+    }
+    let field = |name: &str| {
+        info.split(&format!("\r\n{name}:"))
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n").next())
+            .map(str::to_string)
+    };
+    match field("valkey_version") {
+        Some(version) => format!("valkey {version}"),
+        None => format!(
+            "redis {}",
+            field("redis_version").expect("INFO names redis_version")
+        ),
+    }
+}

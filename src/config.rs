@@ -33,6 +33,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     /// Commands refused to every tenant, lower case (`config`, `client|kill`).
     pub deny_commands: Vec<String>,
+    /// ACL categories whose commands are refused to every tenant, without the `@`.
+    pub deny_categories: Vec<String>,
     pub slowlog: Slowlog,
     pub access: Access,
     /// Client-side TLS: a second listening address speaking TLS (see tls).
@@ -102,6 +104,8 @@ pub struct Tenant {
     /// If set, only these commands (lower case, `name` or `name|sub`).
     pub allow_commands: Option<Vec<String>>,
     pub deny_commands: Vec<String>,
+    /// ACL categories whose commands this tenant may not run, without the `@`.
+    pub deny_categories: Vec<String>,
     pub max_connections: Option<usize>,
     pub max_ops_per_sec: Option<u32>,
     pub allow_scripts: bool,
@@ -350,6 +354,8 @@ struct TenantFile {
     allow_commands: Option<Vec<String>>,
     #[serde(default)]
     deny_commands: Vec<String>,
+    #[serde(default)]
+    deny_categories: Vec<String>,
     max_connections: Option<usize>,
     max_ops_per_sec: Option<u32>,
     #[serde(default)]
@@ -408,6 +414,8 @@ fn cidrs(list: &[String], key: &str) -> Result<Vec<Cidr>, (String, String)> {
 struct PolicyFile {
     #[serde(default)]
     deny_commands: Vec<String>,
+    #[serde(default)]
+    deny_categories: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -843,6 +851,8 @@ impl Config {
         };
         let deny_commands =
             command_list(&raw.policy.deny_commands).map_err(|r| fail("policy.deny_commands", r))?;
+        let deny_categories = category_list(&raw.policy.deny_categories)
+            .map_err(|r| fail("policy.deny_categories", r))?;
         let tenants = tenants(&raw.tenants).map_err(|(key, r)| fail(&key, r))?;
         if kind == UpstreamKind::Cluster {
             if let Some(i) = tenants.iter().position(|t| t.database.is_some()) {
@@ -932,6 +942,7 @@ impl Config {
             },
             tenants,
             deny_commands,
+            deny_categories,
             slowlog: Slowlog {
                 threshold: raw.slowlog.threshold,
                 max_len: raw.slowlog.max_len.min(100_000),
@@ -1040,6 +1051,8 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             None => None,
         };
         let deny_commands = command_list(&t.deny_commands).map_err(|r| (at("deny_commands"), r))?;
+        let deny_categories =
+            category_list(&t.deny_categories).map_err(|r| (at("deny_categories"), r))?;
         if t.max_connections == Some(0) {
             return Err((
                 at("max_connections"),
@@ -1081,6 +1094,7 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             prefix: t.prefix.clone(),
             allow_commands,
             deny_commands,
+            deny_categories,
             max_connections: t.max_connections,
             max_ops_per_sec: t.max_ops_per_sec,
             allow_scripts: t.allow_scripts,
@@ -1154,6 +1168,29 @@ fn command_list(names: &[String]) -> Result<Vec<String>, String> {
                 Some(_) => Ok(lower),
                 None => Err(format!("unknown command {name:?}")),
             }
+        })
+        .collect()
+}
+
+/// ACL categories as Redis writes them (`"@dangerous"`), kept without the `@`. Any name is
+/// accepted (modules add categories of their own), but it must look like one.
+fn category_list(names: &[String]) -> Result<Vec<String>, String> {
+    names
+        .iter()
+        .map(|name| {
+            let bare = name.strip_prefix('@').ok_or_else(|| {
+                format!(
+                    "{name:?} is not an ACL category: write it as Redis does, e.g. \"@dangerous\""
+                )
+            })?;
+            if bare.is_empty()
+                || !bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!("{name:?} is not an ACL category name"));
+            }
+            Ok(bare.to_ascii_lowercase())
         })
         .collect()
 }

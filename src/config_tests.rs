@@ -216,10 +216,26 @@ fn tenants_load_and_validate() {
             "max_connections = 0",
             "tenants[0].max_connections: must be at least 1",
         ),
+        (
+            "max_connections = 10",
+            "max_connections = 10\ndeny_categories = [\"dangerous\"]",
+            "tenants[0].deny_categories: \"dangerous\" is not an ACL category: write it as Redis does, e.g. \"@dangerous\"",
+        ),
+        (
+            "max_connections = 10",
+            "max_connections = 10\ndeny_categories = [\"@ bad\"]",
+            "tenants[0].deny_categories: \"@ bad\" is not an ACL category name",
+        ),
     ] {
         let e = error_of(&TENANTS.replace(from, to));
         assert!(e.contains(want), "{to}: {e}");
     }
+    let with = TENANTS.replace(
+        "max_connections = 10",
+        "max_connections = 10\ndeny_categories = [\"@Dangerous\", \"@admin\"]",
+    );
+    let c = Config::parse(&with, "t.toml").unwrap();
+    assert_eq!(c.tenants[0].deny_categories, ["dangerous", "admin"]);
 }
 
 #[test]

@@ -289,3 +289,47 @@ async fn tenants_get_learned_commands_only_with_every_key_prefixed() {
     }
     kg.stop().await;
 }
+
+/// Policy by ACL category, as Redis operators think: `[policy] deny_categories` for every
+/// tenant, `tenants[].deny_categories` for one, over built-in and learned commands alike (their
+/// categories as the server reports them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_categories_deny_commands_to_tenants() {
+    let redis = Redis::start();
+    let server = server_name(&redis).await;
+    let kg = Keygate::start_with(
+        &redis.addr(),
+        "[policy]\ndeny_categories = [\"@scripting\"]\n\
+         [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n\
+         allow_scripts = true\ndeny_categories = [\"@dangerous\", \"@hash\"]\n\
+         [[tenants]]\nname = \"globex\"\npassword = \"globex-pw\"\nprefix = \"globex:\"\n\
+         allow_scripts = true\n",
+    )
+    .await;
+    let learned = wait_learned(&kg, &server).await;
+    let mut acme = as_tenant(&kg, "acme").await;
+    let mut globex = as_tenant(&kg, "globex").await;
+    let denied = |command: &str| {
+        format!("-NOPERM keygate: '{command}' is in an ACL category keygate's policy denies\r\n")
+    };
+    assert_eq!(call(&mut acme, "SET k v").await, "+OK\r\n");
+    assert_eq!(call(&mut acme, "KEYS *").await, denied("keys"));
+    assert_eq!(call(&mut acme, "FLUSHALL").await, denied("flushall"));
+    assert_eq!(call(&mut acme, "HSET h f v").await, denied("hset"));
+    assert_eq!(call(&mut acme, "EVAL return(1) 0").await, denied("eval"));
+    assert_eq!(call(&mut globex, "EVAL return(1) 0").await, denied("eval"));
+    assert_eq!(call(&mut globex, "HSET h f v").await, ":1\r\n");
+    assert_eq!(call(&mut globex, "KEYS *").await, "*1\r\n$1\r\nh\r\n");
+    if learned > 0 {
+        // A learned command's categories are the server's (HSETEX is @hash).
+        assert_eq!(
+            call(&mut acme, "HSETEX h2 EX 100 FIELDS 1 f v").await,
+            denied("hsetex")
+        );
+        assert_eq!(
+            call(&mut globex, "HSETEX h2 EX 100 FIELDS 1 f v").await,
+            ":1\r\n"
+        );
+    }
+    kg.stop().await;
+}

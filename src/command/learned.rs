@@ -278,6 +278,13 @@ fn intern(f: Facts) -> Option<&'static Spec> {
         last_key: f.last_key,
         key_step: f.key_step,
         key_specs: Box::leak(f.key_specs.clone().into_boxed_slice()),
+        categories: Box::leak(
+            f.categories
+                .iter()
+                .map(|c| &*Box::leak(c.clone().into_boxed_str()))
+                .collect::<Vec<&'static str>>()
+                .into_boxed_slice(),
+        ),
     }));
     seen.insert(f, spec);
     Some(spec)

@@ -56,6 +56,8 @@ pub struct Spec {
     /// Redis 7 key specifications, for learned commands (see `learned`); empty in the built-in
     /// table, whose commands keygate's own parsers (`keys`) read.
     pub key_specs: &'static [learned::KeySpec],
+    /// Redis's ACL categories, without the `@` (`policy.deny_categories`).
+    pub categories: &'static [&'static str],
 }
 
 impl Spec {

@@ -201,8 +201,17 @@ impl Session {
             command: name.replace('|', " "),
             reason,
         };
-        if listed(&self.proxy.config.load().deny_commands) || listed(&config.deny_commands) {
+        let global = self.proxy.config.load();
+        if listed(&global.deny_commands) || listed(&config.deny_commands) {
             return Err(refuse("is denied by keygate's policy"));
+        }
+        let in_category = |denied: &[String]| {
+            spec.categories
+                .iter()
+                .any(|c| denied.iter().any(|d| d == c))
+        };
+        if in_category(&global.deny_categories) || in_category(&config.deny_categories) {
+            return Err(refuse("is in an ACL category keygate's policy denies"));
         }
         let allowed = config.allow_commands.as_deref().map(listed);
         if allowed == Some(false) {

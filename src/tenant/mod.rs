@@ -301,6 +301,7 @@ mod tests {
             prefix: "acme:".into(),
             allow_commands: None,
             deny_commands: Vec::new(),
+            deny_categories: Vec::new(),
             max_connections,
             max_ops_per_sec: max_ops,
             allow_scripts: false,

@@ -108,7 +108,7 @@ async fn join(sent: Vec<Pending>) -> Vec<Bytes> {
     replies
 }
 
-fn reply_bytes(result: Result<ReplyResult, oneshot::error::RecvError>) -> Bytes {
+pub fn reply_bytes(result: Result<ReplyResult, oneshot::error::RecvError>) -> Bytes {
     match result {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => e.to_reply(),

@@ -333,3 +333,89 @@ async fn acl_categories_deny_commands_to_tenants() {
     }
     kg.stop().await;
 }
+
+/// Names in a COMMAND LIST reply.
+fn names(reply: &str) -> Vec<String> {
+    reply
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with(['*', '$']))
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+/// COMMAND and its listing forms describe what keygate offers this client: the server's own
+/// entries, without what keygate refuses, and for a tenant without what its rules refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_describes_what_keygate_offers() {
+    let redis = Redis::start();
+    let server = server_name(&redis).await;
+    let kg = Keygate::start_with(&redis.addr(), "").await;
+    let learned = wait_learned(&kg, &server).await;
+    let mut through = kg.raw().await;
+    let mut direct = Raw::connect(redis.addr().parse().unwrap()).await;
+    let listed = names(&call(&mut through, "COMMAND LIST").await);
+    for refused in ["sync", "psync", "readonly", "readwrite", "asking"] {
+        assert!(
+            !listed.iter().any(|n| n == refused),
+            "{server}: {refused} listed"
+        );
+    }
+    assert!(listed.iter().any(|n| n == "get"));
+    assert_eq!(
+        listed.iter().any(|n| n == "hsetex"),
+        learned > 0,
+        "{server}"
+    );
+    let count = call(&mut through, "COMMAND COUNT").await;
+    assert_eq!(count, format!(":{}\r\n", listed.len()), "{server}");
+    let all = names(&call(&mut direct, "COMMAND LIST").await);
+    assert!(
+        listed.len() < all.len(),
+        "{server}: {} of {}",
+        listed.len(),
+        all.len()
+    );
+    // INFO: a nil where keygate does not offer the command, the server's own entry otherwise.
+    let info = call(&mut through, "COMMAND INFO sync get").await;
+    let get = call(&mut direct, "COMMAND INFO get").await;
+    assert_eq!(
+        info,
+        format!("*2\r\n*-1\r\n{}", &get["*1\r\n".len()..]),
+        "{server}"
+    );
+    assert_eq!(
+        call(&mut through, "COMMAND DOCS sync").await,
+        "*0\r\n",
+        "{server}"
+    );
+    let bare = call(&mut through, "COMMAND").await;
+    assert!(
+        bare.starts_with(&format!("*{}\r\n", listed.len())),
+        "{server}"
+    );
+    kg.stop().await;
+
+    // A tenant's view: what its rules refuse is not there.
+    let kg = Keygate::start_with(&redis.addr(), TENANTS).await;
+    wait_learned(&kg, &server).await;
+    let mut tenant = as_tenant(&kg, "acme").await;
+    let mine = names(&call(&mut tenant, "COMMAND LIST").await);
+    for refused in ["config", "debug", "monitor", "sync", "swapdb"] {
+        assert!(
+            !mine.iter().any(|n| n == refused),
+            "{server}: {refused} offered"
+        );
+    }
+    for offered in ["get", "keys", "flushall", "client"] {
+        assert!(
+            mine.iter().any(|n| n == offered),
+            "{server}: {offered} missing"
+        );
+    }
+    assert!(mine.len() < listed.len());
+    assert_eq!(
+        call(&mut tenant, "COMMAND INFO config").await,
+        "*1\r\n*-1\r\n"
+    );
+    kg.stop().await;
+}

@@ -10,6 +10,7 @@
 //! client that does not read: memory per client stays bounded. After QUIT, a protocol error or
 //! shutdown, the session stops reading, delivers what is pending, and closes.
 
+mod command_view;
 mod feeds;
 mod local;
 mod pubsub;
@@ -954,6 +955,25 @@ impl Session {
                     }
                     reply
                 }))))
+            }
+            // COMMAND and the forms that list commands: what keygate offers this client.
+            Policy::Forward if spec.name.starts_with("command") => {
+                match self.command_view(&cmd, spec) {
+                    Some(reply) => Ok(Handled::reply(reply)),
+                    None => {
+                        let topology = self.proxy.topology.load();
+                        let plan = route::plan(&cmd, &topology)?;
+                        let reply = dispatch::run(
+                            &self.proxy,
+                            &topology,
+                            self.caller(),
+                            cmd.args,
+                            plan,
+                            false,
+                        );
+                        Ok(Handled::reply(self.unconfine(reply, fix)))
+                    }
+                }
             }
             Policy::Forward => {
                 if self.tracking.is_some() {

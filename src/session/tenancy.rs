@@ -191,32 +191,11 @@ impl Session {
         tenant.requests.fetch_add(1, Relaxed);
         let config = &tenant.config;
         let name = spec.name;
-        let listed = |list: &[String]| {
-            !list.is_empty() && {
-                let container = name.split_once('|').map_or(name, |(c, _)| c);
-                list.iter().any(|c| c == name || c == container)
-            }
-        };
         let refuse = |reason: &'static str| Error::NoPerm {
             command: name.replace('|', " "),
             reason,
         };
-        let global = self.proxy.config.load();
-        if listed(&global.deny_commands) || listed(&config.deny_commands) {
-            return Err(refuse("is denied by keygate's policy"));
-        }
-        let in_category = |denied: &[String]| {
-            spec.categories
-                .iter()
-                .any(|c| denied.iter().any(|d| d == c))
-        };
-        if in_category(&global.deny_categories) || in_category(&config.deny_categories) {
-            return Err(refuse("is in an ACL category keygate's policy denies"));
-        }
-        let allowed = config.allow_commands.as_deref().map(listed);
-        if allowed == Some(false) {
-            return Err(refuse("is not in this tenant's allow_commands"));
-        }
+        let allowed = listed_for(spec, config, &self.proxy.config.load()).map_err(refuse)?;
         if !tenant.take_op() {
             tenant.rate_limited.fetch_add(1, Relaxed);
             return Err(Error::RateLimited {
@@ -224,7 +203,7 @@ impl Session {
                 rate: config.max_ops_per_sec.unwrap_or(0),
             });
         }
-        self.rewrite(tenant, cmd, spec, allowed == Some(true), Record::Yes)
+        self.rewrite(tenant, cmd, spec, allowed, Record::Yes)
     }
 
     /// Rewrite `cmd` into the tenant's keyspace by its rule; `allowed`: the tenant's
@@ -466,6 +445,38 @@ impl Session {
             resp::put_bulk(&mut out, Some(&original[i]));
         }
         Ok(Fix::Answer(out.freeze()))
+    }
+}
+
+/// What keygate's policy (`global`) and the tenant's own lists say of a command: refused, with
+/// the reason, or not, and then whether the tenant's `allow_commands` names it (which opens a
+/// command the tenant rules refuse).
+pub(super) fn listed_for(
+    spec: &Spec,
+    config: &crate::config::Tenant,
+    global: &crate::config::Config,
+) -> Result<bool, &'static str> {
+    let name = spec.name;
+    let listed = |list: &[String]| {
+        !list.is_empty() && {
+            let container = name.split_once('|').map_or(name, |(c, _)| c);
+            list.iter().any(|c| c == name || c == container)
+        }
+    };
+    if listed(&global.deny_commands) || listed(&config.deny_commands) {
+        return Err("is denied by keygate's policy");
+    }
+    let in_category = |denied: &[String]| {
+        spec.categories
+            .iter()
+            .any(|c| denied.iter().any(|d| d == c))
+    };
+    if in_category(&global.deny_categories) || in_category(&config.deny_categories) {
+        return Err("is in an ACL category keygate's policy denies");
+    }
+    match config.allow_commands.as_deref().map(listed) {
+        Some(false) => Err("is not in this tenant's allow_commands"),
+        allowed => Ok(allowed == Some(true)),
     }
 }
 

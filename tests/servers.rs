@@ -419,3 +419,67 @@ async fn command_describes_what_keygate_offers() {
     );
     kg.stop().await;
 }
+
+/// Servers of different versions behind one keygate: a command is offered only if every
+/// primary has it. A ketama set of the server first on PATH and a Valkey 9.1: DELIFEQ (Valkey's
+/// own) only when the first is Valkey too, VADD (Redis 8's) never, HSETEX when the first has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_servers_offer_only_what_every_primary_has() {
+    let shards = [Redis::start(), Redis::start_from_env("KEYGATE_TEST_VALKEY")];
+    let first = server_name(&shards[0]).await;
+    assert!(server_name(&shards[1]).await.starts_with("valkey"));
+    let kg = Keygate::start_ketama(&shards, "").await;
+    let both_have_more = !first.starts_with("redis 7.0");
+    let learned = wait_learned(&kg, &first).await;
+    assert_eq!(learned > 0, both_have_more, "{first}: {learned}");
+    let mut through = kg.raw().await;
+    let unknown = |name: &str| format!("-ERR unknown command '{name}', with args beginning with: ");
+    let delifeq = call(&mut through, "DELIFEQ {k}a v").await;
+    assert_eq!(
+        delifeq.starts_with(&unknown("DELIFEQ")),
+        !first.starts_with("valkey"),
+        "{first}: {delifeq}"
+    );
+    let vadd = call(&mut through, "VADD {k}v VALUES 2 1 0 e").await;
+    assert!(vadd.starts_with(&unknown("VADD")), "{first}: {vadd}");
+    let hsetex = call(&mut through, "HSETEX {k}h EX 100 FIELDS 1 f v").await;
+    if both_have_more {
+        assert_eq!(hsetex, ":1\r\n", "{first}");
+    } else {
+        assert!(hsetex.starts_with(&unknown("HSETEX")), "{first}: {hsetex}");
+    }
+    kg.stop().await;
+}
+
+/// CLIENT's newer subcommands, per client: CAPA (Valkey) accepted where the server has it,
+/// NO-TOUCH refused where the server has it (it would act on the shared connections); where
+/// the server lacks one, its own "unknown subcommand".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_client_subcommands_are_kept_per_client_or_refused() {
+    let redis = Redis::start();
+    let server = server_name(&redis).await;
+    let kg = Keygate::start(&redis.addr()).await;
+    let learned = wait_learned(&kg, &server).await;
+    let mut through = kg.raw().await;
+    let mut direct = Raw::connect(redis.addr().parse().unwrap()).await;
+    let capa = call(&mut through, "CLIENT CAPA redirect").await;
+    assert_eq!(
+        capa,
+        call(&mut direct, "CLIENT CAPA redirect").await,
+        "{server}"
+    );
+    let touch = call(&mut through, "CLIENT NO-TOUCH ON").await;
+    if learned > 0 {
+        assert_eq!(
+            touch,
+            "-ERR 'CLIENT NO-TOUCH' is not available through keygate: it would act on keygate's backend connections, which are shared by many clients, not on yours\r\n"
+        );
+    } else {
+        assert_eq!(
+            touch,
+            call(&mut direct, "CLIENT NO-TOUCH ON").await,
+            "{server}"
+        );
+    }
+    kg.stop().await;
+}

@@ -253,7 +253,7 @@ impl Session {
             // from a replica). keygate picks servers itself and never passes a redirection on,
             // so every capability is accepted and none changes what the client gets; as in
             // Valkey, unknown capabilities are ignored.
-            "capa" => {
+            "capa" if cmd.spec.is_some_and(|s| s.name == "client|capa") => {
                 if args.len() < 3 {
                     return Err(Error::WrongArity("client|capa"));
                 }

@@ -160,6 +160,8 @@ pub struct Redis {
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// The server binary: `redis-server` from PATH, or a path.
+    program: String,
 }
 
 impl Redis {
@@ -172,19 +174,34 @@ impl Redis {
     }
 
     pub fn start_at(port: u16, extra: &[&str]) -> Redis {
+        Redis::start_program("redis-server", port, extra)
+    }
+
+    /// A server started from the program named by the environment variable `var` (set by
+    /// scripts/test.sh: KEYGATE_TEST_REDIS8, KEYGATE_TEST_VALKEY), for tests that need two
+    /// different servers at once. A missing variable fails the test.
+    pub fn start_from_env(var: &str) -> Redis {
+        let program = std::env::var(var).unwrap_or_else(|_| {
+            panic!("{var} is not set: it names a server binary (scripts/test.sh sets it)")
+        });
+        Redis::start_program(&program, free_port(), &[])
+    }
+
+    fn start_program(program: &str, port: u16, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut redis = Redis {
             port,
             child: None,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            program: program.to_string(),
         };
         redis.spawn();
         redis
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.program)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", self.dir.path().to_str().unwrap()])
@@ -192,7 +209,10 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): install it (apt-get install redis-server)")
+                panic!(
+                    "cannot start {} ({e}): install it (apt-get install redis-server)",
+                    self.program
+                )
             });
         self.child = Some(child);
         wait_for_port(self.port);

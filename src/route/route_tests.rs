@@ -160,3 +160,69 @@ fn scan_cursors_round_trip() {
     assert_eq!(scan_cursor(1 << 50, 0, 0), None);
     assert_ne!(scan_cursor(0, 1, 0), Some(0));
 }
+
+/// Commands learned from the servers route by their key specifications; one whose keys they do
+/// not place is refused where it could land on the wrong shard, and forwarded to a single
+/// server.
+#[tokio::test]
+async fn learned_commands_route_by_their_key_specifications() {
+    use crate::command::learned::{Begin, Facts, Find, KeySpec, Table};
+    let facts = |name: &str, begin: Begin| Facts {
+        name: name.into(),
+        arity: -2,
+        flags: 0,
+        first_key: 0,
+        last_key: 0,
+        key_step: 0,
+        key_specs: vec![KeySpec {
+            begin,
+            find: Find::Range {
+                last: 0,
+                step: 1,
+                limit: 0,
+            },
+            incomplete: false,
+        }],
+        categories: vec!["write".into()],
+    };
+    let table = arc_swap::ArcSwap::from_pointee(Table::build(
+        vec![vec![
+            facts("newkeyed", Begin::Index(1)),
+            facts("newvague", Begin::Unknown),
+        ]],
+        None,
+    ));
+    let learned = |line: &str| {
+        Command::parse_with(
+            line.split(' ')
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect(),
+            Some(&table),
+        )
+    };
+    for topology in [ketama(), cluster()] {
+        let [a, ..] = &spread(&topology)[..] else {
+            unreachable!()
+        };
+        match plan(&learned(&format!("NEWKEYED {a} x")), &topology).unwrap() {
+            Plan::One(t) => assert_eq!(t, topology.target_of(a.as_bytes()).unwrap()),
+            other => panic!("{other:?}"),
+        }
+        let refused = plan(&learned(&format!("NEWVAGUE {a}")), &topology).unwrap_err();
+        assert!(
+            String::from_utf8_lossy(&refused.to_reply()).contains("cannot tell which shard"),
+            "{refused:?}"
+        );
+    }
+    let standalone = Topology::start(
+        &Config::parse(
+            "listen = \"127.0.0.1:0\"\n[upstream]\nkind = \"standalone\"\nservers = [\"127.0.0.1:1\"]\n",
+            "t",
+        )
+        .unwrap(),
+    );
+    assert!(matches!(
+        plan(&learned("NEWVAGUE k"), &standalone),
+        Ok(Plan::One(_))
+    ));
+}

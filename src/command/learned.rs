@@ -76,6 +76,23 @@ pub struct Facts {
     pub categories: Vec<String>,
 }
 
+#[cfg(test)]
+impl Facts {
+    /// A write command named `name` with these key specifications (for tests).
+    pub(crate) fn sample(name: &str, key_specs: Vec<KeySpec>) -> Facts {
+        Facts {
+            name: name.into(),
+            arity: -2,
+            flags: 0,
+            first_key: 0,
+            last_key: 0,
+            key_step: 0,
+            key_specs,
+            categories: vec!["write".into()],
+        }
+    }
+}
+
 /// Redis's command flags, as `COMMAND` names them, and keygate's bits for them.
 const FLAG_NAMES: &[(&str, u32)] = &[
     ("write", flags::WRITE),

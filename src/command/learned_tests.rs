@@ -115,19 +115,13 @@ fn hostile_replies_learn_nothing_harmful() {
         assert!(parse_command_reply(&reply).is_empty());
     }
     // Key specifications of kinds keygate does not know make the command incomplete.
-    let odd = Facts {
-        name: "odd".into(),
-        arity: -2,
-        flags: 0,
-        first_key: 0,
-        last_key: 0,
-        key_step: 0,
-        key_specs: vec![KeySpec {
+    let odd = Facts::sample(
+        "odd",
+        vec![KeySpec {
             begin: Begin::Unknown,
             find: Find::Unknown,
             incomplete: false,
         }],
-        categories: vec![],
-    };
+    );
     assert!(intern(odd).unwrap().has(flags::KEYS_INCOMPLETE));
 }

@@ -167,23 +167,18 @@ fn scan_cursors_round_trip() {
 #[tokio::test]
 async fn learned_commands_route_by_their_key_specifications() {
     use crate::command::learned::{Begin, Facts, Find, KeySpec, Table};
-    let facts = |name: &str, begin: Begin| Facts {
-        name: name.into(),
-        arity: -2,
-        flags: 0,
-        first_key: 0,
-        last_key: 0,
-        key_step: 0,
-        key_specs: vec![KeySpec {
+    let facts = |name: &str, begin: Begin| {
+        let find = Find::Range {
+            last: 0,
+            step: 1,
+            limit: 0,
+        };
+        let spec = KeySpec {
             begin,
-            find: Find::Range {
-                last: 0,
-                step: 1,
-                limit: 0,
-            },
+            find,
             incomplete: false,
-        }],
-        categories: vec!["write".into()],
+        };
+        Facts::sample(name, vec![spec])
     };
     let table = arc_swap::ArcSwap::from_pointee(Table::build(
         vec![vec![

@@ -2,8 +2,9 @@
 //!
 //! The match below has no catch-all arm for known names: `rule` returns `None` for a name it
 //! does not list, and a test walks the whole generated table, so a command added to the table
-//! (a newer Redis) without a rule fails the build's tests instead of slipping through. Names not
-//! in the table at all (modules, newer servers) are refused for tenants by the caller.
+//! (a newer Redis) without a rule fails the build's tests instead of slipping through. Commands
+//! learned from the servers (modules, newer servers; see `command::learned`) get
+//! `learned_rule`, which opens one only when its key specifications place every key.
 
 /// A tenant's treatment of one command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -956,26 +956,13 @@ impl Session {
                     reply
                 }))))
             }
-            // COMMAND and the forms that list commands: what keygate offers this client.
-            Policy::Forward if spec.name.starts_with("command") => {
-                match self.command_view(&cmd, spec) {
-                    Some(reply) => Ok(Handled::reply(reply)),
-                    None => {
-                        let topology = self.proxy.topology.load();
-                        let plan = route::plan(&cmd, &topology)?;
-                        let reply = dispatch::run(
-                            &self.proxy,
-                            &topology,
-                            self.caller(),
-                            cmd.args,
-                            plan,
-                            false,
-                        );
-                        Ok(Handled::reply(self.unconfine(reply, fix)))
+            Policy::Forward => {
+                // COMMAND and the forms that list commands: what keygate offers this client.
+                if cmd.name() == "command" {
+                    if let Some(reply) = self.command_view(&cmd, spec) {
+                        return Ok(Outcome::Handled(Handled::reply(reply)));
                     }
                 }
-            }
-            Policy::Forward => {
                 if self.tracking.is_some() {
                     self.track(&cmd, spec);
                 }

@@ -17,13 +17,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::server::Proxy;
+use crate::proxy::Proxy;
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "admin listening");
     }
-    while let Some(stream) = crate::server::accept(&listener, &shutdown, "admin").await {
+    while let Some(stream) = crate::listener::accept_tcp(&listener, &shutdown, "admin").await {
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {

@@ -20,7 +20,7 @@ use crate::route::ketama::Hash;
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listen: SocketAddr,
+    pub listen: Listen,
     /// Runtime worker threads; 0 means one per CPU keygate may run on.
     pub threads: usize,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
@@ -213,6 +213,26 @@ impl UpstreamKind {
     }
 }
 
+/// Where clients connect (`listen`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    /// A Unix socket at `path`, made with permissions `mode` (replacing a stale socket file).
+    Unix {
+        path: std::path::PathBuf,
+        mode: u32,
+    },
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(addr) => write!(f, "{addr}"),
+            Listen::Unix { path, .. } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// One `servers` entry: `host:port`, and for ketama `host:port:weight name` as twemproxy writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
@@ -282,6 +302,8 @@ impl std::error::Error for ConfigError {}
 #[serde(deny_unknown_fields)]
 struct File {
     listen: String,
+    /// The Unix socket's permissions, octal (with `listen = "unix:/path"`).
+    listen_mode: Option<String>,
     #[serde(default)]
     threads: usize,
     #[serde(default = "default_drain", deserialize_with = "duration")]
@@ -624,7 +646,8 @@ impl Config {
             fail(if key == "." { "" } else { &key }, reason)
         })?;
 
-        let listen = socket_addr(&raw.listen).map_err(|r| fail("listen", r))?;
+        let listen =
+            listen(&raw.listen, raw.listen_mode.as_deref()).map_err(|(key, r)| fail(key, r))?;
         let up = &raw.upstream;
         let kind = match up.kind.as_str() {
             "standalone" => UpstreamKind::Standalone,
@@ -644,7 +667,9 @@ impl Config {
         let mut servers = Vec::new();
         for (i, text) in up.servers.iter().enumerate() {
             let key = format!("upstream.servers[{i}]");
-            let server = if kind == UpstreamKind::Ketama {
+            let server = if text.starts_with("unix:") {
+                unix_server(text, kind)
+            } else if kind == UpstreamKind::Ketama {
                 ketama_server(text)
             } else {
                 host_port(text).map(|()| Server {
@@ -796,6 +821,14 @@ impl Config {
                 return Err(fail(
                     "upstream.auto_eject_hosts",
                     "needs the circuit breaker (failures_to_open > 0)".into(),
+                ));
+            }
+        }
+        if up.tls {
+            if let Some(unix) = servers.iter().find(|s| s.addr.starts_with("unix:")) {
+                return Err(fail(
+                    "upstream.tls",
+                    format!("{:?} is a Unix socket: TLS is for TCP servers", unix.addr),
                 ));
             }
         }
@@ -969,6 +1002,44 @@ impl Config {
     }
 }
 
+/// Where clients connect: `ip:port`, or `unix:/path` with `listen_mode` (default 0660: owner and
+/// group may connect).
+fn listen(text: &str, mode: Option<&str>) -> Result<Listen, (&'static str, String)> {
+    let Some(path) = text.strip_prefix("unix:") else {
+        if mode.is_some() {
+            return Err((
+                "listen_mode",
+                "only applies with listen = \"unix:/path\"".into(),
+            ));
+        }
+        return Ok(Listen::Tcp(
+            socket_addr(text).map_err(|r| ("listen", format!("{r}, or unix:/path")))?,
+        ));
+    };
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err((
+            "listen",
+            format!("invalid Unix socket {text:?}: expected unix:/absolute/path"),
+        ));
+    }
+    let mode = match mode {
+        None => 0o660,
+        Some(m) => u32::from_str_radix(m, 8)
+            .ok()
+            .filter(|&m| m > 0 && m <= 0o777)
+            .ok_or_else(|| {
+                (
+                    "listen_mode",
+                    format!("{m:?} is not a file mode: expected octal, e.g. \"0660\""),
+                )
+            })?,
+    };
+    Ok(Listen::Unix {
+        path: path.into(),
+        mode,
+    })
+}
+
 fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse()
         .map_err(|_| format!("invalid address {text:?}: expected ip:port, e.g. \"127.0.0.1:6380\""))
@@ -982,6 +1053,40 @@ fn host_port(text: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// A server reached over a Unix socket: `unix:/path`, and for ketama `unix:/path[:weight]
+/// [name]` (its ring points derive from the path, as twemproxy names a socket server).
+fn unix_server(text: &str, kind: UpstreamKind) -> Result<Server, String> {
+    if kind == UpstreamKind::Cluster {
+        return Err(format!(
+            "invalid server {text:?}: a cluster's nodes announce TCP addresses; give host:port"
+        ));
+    }
+    let bad = || {
+        format!("invalid server {text:?}: expected unix:/absolute/path (ketama: unix:/path[:weight] [name])")
+    };
+    let mut words = text.split_whitespace();
+    let address = words.next().ok_or_else(bad)?;
+    let name = words.next();
+    if words.next().is_some() || (name.is_some() && kind != UpstreamKind::Ketama) {
+        return Err(bad());
+    }
+    let path = &address["unix:".len()..];
+    let (path, weight) = match path.rsplit_once(':') {
+        Some((path, weight)) if kind == UpstreamKind::Ketama && !weight.contains('/') => {
+            (path, weight.parse::<u32>().map_err(|_| bad())?)
+        }
+        _ => (path, 1),
+    };
+    if !path.starts_with('/') || path.len() < 2 || weight == 0 {
+        return Err(bad());
+    }
+    Ok(Server {
+        addr: format!("unix:{path}"),
+        weight,
+        name: name.unwrap_or(path).to_string(),
+    })
 }
 
 /// Characters a prefix may not hold: glob metacharacters (they would let a tenant's KEYS or SCAN

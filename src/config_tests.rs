@@ -278,3 +278,77 @@ fn tls_settings_are_checked_where_they_apply() {
         "{e}"
     );
 }
+
+#[test]
+fn unix_sockets_for_clients_and_servers() {
+    let listen = |l: &str| GOOD.replace("listen = \"127.0.0.1:6380\"", l);
+    let c = Config::parse(
+        &listen("listen = \"unix:/run/kg.sock\"\nlisten_mode = \"0600\""),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.listen,
+        Listen::Unix {
+            path: "/run/kg.sock".into(),
+            mode: 0o600
+        }
+    );
+    assert_eq!(c.listen.to_string(), "unix:/run/kg.sock");
+    let c = Config::parse(&listen("listen = \"unix:/run/kg.sock\""), "t.toml").unwrap();
+    assert!(matches!(c.listen, Listen::Unix { mode: 0o660, .. }));
+    let e = error_of(&listen(
+        "listen = \"127.0.0.1:6380\"\nlisten_mode = \"0600\"",
+    ));
+    assert!(
+        e.contains("listen_mode: only applies with listen = \"unix:/path\""),
+        "{e}"
+    );
+    let e = error_of(&listen(
+        "listen = \"unix:/run/kg.sock\"\nlisten_mode = \"0999\"",
+    ));
+    assert!(
+        e.contains("listen_mode: \"0999\" is not a file mode"),
+        "{e}"
+    );
+    let e = error_of(&listen("listen = \"unix:run/kg.sock\""));
+    assert!(e.contains("expected unix:/absolute/path"), "{e}");
+
+    let c = Config::parse(
+        &GOOD.replace("\"127.0.0.1:6379\"", "\"unix:/run/redis.sock\""),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.upstream.servers[0].addr, "unix:/run/redis.sock");
+    let ketama = GOOD
+        .replace("kind = \"standalone\"", "kind = \"ketama\"")
+        .replace(
+            "[\"127.0.0.1:6379\"]",
+            "[\"unix:/run/a.sock:2 alpha\", \"unix:/run/b.sock\"]",
+        );
+    let c = Config::parse(&ketama, "t.toml").unwrap();
+    let s = &c.upstream.servers;
+    assert_eq!(
+        (s[0].addr.as_str(), s[0].weight, s[0].name.as_str()),
+        ("unix:/run/a.sock", 2, "alpha")
+    );
+    assert_eq!(
+        (s[1].addr.as_str(), s[1].weight, s[1].name.as_str()),
+        ("unix:/run/b.sock", 1, "/run/b.sock")
+    );
+    let e = error_of(
+        &GOOD
+            .replace("kind = \"standalone\"", "kind = \"cluster\"")
+            .replace("\"127.0.0.1:6379\"", "\"unix:/run/redis.sock\""),
+    );
+    assert!(
+        e.contains("a cluster's nodes announce TCP addresses"),
+        "{e}"
+    );
+    let e = error_of(
+        &GOOD
+            .replace("\"127.0.0.1:6379\"", "\"unix:/run/redis.sock\"")
+            .replace("connect_timeout", "tls = true\nconnect_timeout"),
+    );
+    assert!(e.contains("TLS is for TCP servers"), "{e}");
+}

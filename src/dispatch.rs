@@ -19,10 +19,10 @@ use tokio::sync::oneshot;
 use crate::backend::{Backend, BreakerState, Caller, ReplyResult};
 use crate::config::UpstreamKind;
 use crate::error::Error;
+use crate::proxy::Proxy;
 use crate::resp::{self, value};
 use crate::route::slots::{self, Redirect};
 use crate::route::{self, merge, Plan};
-use crate::server::Proxy;
 use crate::topology::Topology;
 
 /// A request's reply, now or later.

@@ -96,6 +96,14 @@ impl Timings {
 
 impl Histogram {
     /// Add locally gathered observations: one atomic add per bucket used.
+    /// Add another histogram's observations (to sum per-worker histograms for reading).
+    pub fn add(&self, other: &Histogram) {
+        for (bucket, n) in self.buckets.iter().zip(other.snapshot()) {
+            bucket.fetch_add(n, Relaxed);
+        }
+        self.sum_us.fetch_add(other.sum_us.load(Relaxed), Relaxed);
+    }
+
     pub fn merge(&self, timings: &Timings) {
         for (bucket, &n) in self.buckets.iter().zip(&timings.buckets) {
             if n > 0 {

@@ -17,8 +17,8 @@ use tracing::{info, warn};
 
 use crate::backend::{query_once, Backend};
 use crate::command::learned::{self, Facts, Table};
+use crate::proxy::Proxy;
 use crate::resp::value;
-use crate::server::Proxy;
 use crate::topology::Topology;
 
 /// How often the servers are asked again when nothing else prompts it.

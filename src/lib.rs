@@ -3,7 +3,8 @@
 //! The modules, in the order a request travels through them:
 //!
 //! - `config`: the TOML file's shape, validated once into a `Config`.
-//! - `server`: the accept loop, the client limit, graceful shutdown.
+//! - `server`: the accept loop, the client limit, graceful shutdown; `worker`: the threads
+//!   sessions run on, each its own event loop; `proxy`: the state they share.
 //! - `session`: one client: read requests, keep up to N in flight, write replies in order;
 //!   answers the commands that touch connection state itself; transactions and pub/sub.
 //! - `resp`: the wire format without I/O: request decoder, reply scanner, encoders.
@@ -63,13 +64,16 @@ pub mod dispatch;
 pub mod error;
 pub mod histogram;
 pub mod learn;
+pub mod listener;
 pub mod metrics;
 pub mod monitor;
 pub mod pause;
+pub mod proxy;
 pub mod refresh;
 pub mod reload;
 pub mod resp;
 pub mod route;
+pub mod samples;
 pub mod sentinel;
 pub mod server;
 pub mod session;
@@ -78,4 +82,5 @@ pub mod status;
 pub mod tenant;
 pub mod tls;
 pub mod topology;
+pub mod worker;
 pub mod write_queue;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use keygate::config::Config;
 use keygate::server::Server;
+use keygate::worker::Workers;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -45,17 +46,11 @@ fn main() -> ExitCode {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    // One thread: a current-thread runtime, with no cross-thread wakeups on the request path.
-    let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    };
+    // Thread-per-core (see keygate::worker): this thread is worker 0 (it also runs the
+    // acceptor and the background tasks); the others start inside the runtime below.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -76,8 +71,16 @@ fn main() -> ExitCode {
             eprintln!("keygate: cannot install the signal handlers");
             return ExitCode::FAILURE;
         };
+        // Before the backends start: they keep a connection pool per worker.
+        let workers = match Workers::start(tokio::runtime::Handle::current(), threads) {
+            Ok(workers) => workers,
+            Err(e) => {
+                eprintln!("keygate: cannot start the worker threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let server = match Server::bind(config).await {
-            Ok(server) => server.reload_from(cli.config.clone()),
+            Ok(server) => server.on(workers).reload_from(cli.config.clone()),
             Err(e) => {
                 error!("{e}");
                 eprintln!("keygate: {e}");
@@ -110,7 +113,7 @@ fn init_logging(config: &Config) {
 /// Reload the config file on every SIGHUP.
 async fn reload_on_hangup(
     mut hup: tokio::signal::unix::Signal,
-    proxy: std::sync::Arc<keygate::server::Proxy>,
+    proxy: std::sync::Arc<keygate::proxy::Proxy>,
 ) {
     while hup.recv().await.is_some() {
         // The outcome is logged by reload.

@@ -4,6 +4,10 @@
 //! behind a lock and a hash map costs more than the rest of routing a GET. Command ids are dense
 //! indices into the one command table, so a fixed array of atomics is both exact and free of
 //! locks, and label cardinality is bounded by the table (unknown names share one label).
+//!
+//! The counters bumped per request or per batch (requests, errors, latency, client bytes) are
+//! kept per worker thread (see `worker`) and added up when read: a counter shared by every core
+//! would bounce its cache line between them on every GET.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,15 +19,34 @@ use crate::histogram::{Histogram, Timings, BOUNDS_US};
 use crate::tenant::TenantState;
 use crate::topology::Topology;
 
-pub struct Metrics {
-    /// Per command id; the last slot is for unknown commands.
+/// One worker's share of the hot counters.
+struct Shard {
+    /// Per command id (see `slot`).
     requests: Box<[AtomicU64]>,
     errors: Box<[AtomicU64]>,
     /// Per command id: time from a request's arrival to its reply's leaving, in keygate.
     latency: Box<[Histogram]>,
     /// Bytes read from and written to clients.
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Shard {
+    fn new() -> Shard {
+        let slots = || (0..SLOTS).map(|_| AtomicU64::new(0)).collect();
+        Shard {
+            requests: slots(),
+            errors: slots(),
+            latency: (0..SLOTS).map(|_| Histogram::default()).collect(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+}
+
+pub struct Metrics {
+    /// One per worker thread.
+    shards: Box<[Shard]>,
     pub clients_connected: AtomicU64,
     /// Clients waiting in a blocking command (BLPOP, XREAD BLOCK, WAIT ...).
     pub clients_blocked: AtomicU64,
@@ -52,13 +75,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let slots = || (0..SLOTS).map(|_| AtomicU64::new(0)).collect();
         Metrics {
-            requests: slots(),
-            errors: slots(),
-            latency: (0..SLOTS).map(|_| Histogram::default()).collect(),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
+            shards: (0..crate::worker::count()).map(|_| Shard::new()).collect(),
             clients_connected: AtomicU64::new(0),
             clients_blocked: AtomicU64::new(0),
             clients_accepted: AtomicU64::new(0),
@@ -100,23 +118,38 @@ fn id_of(i: usize) -> CommandId {
 }
 
 impl Metrics {
+    /// The calling worker's counters.
+    fn mine(&self) -> &Shard {
+        &self.shards[crate::worker::index() % self.shards.len()]
+    }
+
     pub fn request(&self, id: CommandId) {
-        self.requests[slot(id)].fetch_add(1, Relaxed);
+        self.mine().requests[slot(id)].fetch_add(1, Relaxed);
     }
 
     pub fn error(&self, id: CommandId) {
-        self.errors[slot(id)].fetch_add(1, Relaxed);
+        self.mine().errors[slot(id)].fetch_add(1, Relaxed);
     }
 
     /// Replies of command `id` left keygate `timings` after their requests arrived.
     pub fn took(&self, id: CommandId, timings: &Timings) {
-        self.latency[slot(id)].merge(timings);
+        self.mine().latency[slot(id)].merge(timings);
+    }
+
+    /// `n` bytes read from a client.
+    pub fn read_from_client(&self, n: usize) {
+        self.mine().bytes_in.fetch_add(n as u64, Relaxed);
+    }
+
+    /// `n` bytes written to a client.
+    pub fn written_to_client(&self, n: usize) {
+        self.mine().bytes_out.fetch_add(n as u64, Relaxed);
     }
 
     /// Every command's latency buckets added up (for the status page's p99).
     pub fn latency_snapshot(&self) -> [u64; BOUNDS_US.len() + 1] {
         let mut total = [0u64; BOUNDS_US.len() + 1];
-        for histogram in self.latency.iter() {
+        for histogram in self.shards.iter().flat_map(|s| s.latency.iter()) {
             for (sum, count) in total.iter_mut().zip(histogram.snapshot()) {
                 *sum += count;
             }
@@ -126,21 +159,36 @@ impl Metrics {
 
     /// Requests of every command so far.
     pub fn requests_total(&self) -> u64 {
-        self.requests.iter().map(|r| r.load(Relaxed)).sum()
+        self.shards
+            .iter()
+            .flat_map(|s| s.requests.iter())
+            .map(|r| r.load(Relaxed))
+            .sum()
     }
 
     /// Requests counted for a command so far.
     pub fn requests_of(&self, id: CommandId) -> u64 {
-        self.requests[slot(id)].load(Relaxed)
+        self.sum(|s| &s.requests[slot(id)])
+    }
+
+    /// A per-worker counter added up.
+    fn sum(&self, of: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| of(s).load(Relaxed)).sum()
+    }
+
+    /// A per-command counter added up over the workers, by slot.
+    fn per_slot(&self, of: impl Fn(&Shard) -> &[AtomicU64]) -> Vec<u64> {
+        (0..SLOTS)
+            .map(|i| self.shards.iter().map(|s| of(s)[i].load(Relaxed)).sum())
+            .collect()
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self, topology: &Topology, tenants: &[Arc<TenantState>]) -> String {
         let mut out = String::with_capacity(4096);
-        let per_command = |out: &mut String, name: &str, help: &str, values: &[AtomicU64]| {
+        let per_command = |out: &mut String, name: &str, help: &str, values: Vec<u64>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (i, v) in values.iter().enumerate() {
-                let v = v.load(Relaxed);
+            for (i, &v) in values.iter().enumerate() {
                 if v > 0 {
                     let _ = writeln!(
                         out,
@@ -154,20 +202,24 @@ impl Metrics {
             &mut out,
             "keygate_requests_total",
             "Requests received, by command (unknown names counted as \"unknown\", commands learned from the servers as \"learned\").",
-            &self.requests,
+            self.per_slot(|s| &s.requests),
         );
         per_command(
             &mut out,
             "keygate_request_errors_total",
             "Error replies sent, by command (keygate's own and the backend's).",
-            &self.errors,
+            self.per_slot(|s| &s.errors),
         );
         let _ = writeln!(
             out,
             "# HELP keygate_request_duration_seconds Time from a request's arrival to its reply's leaving keygate, by command.\n\
              # TYPE keygate_request_duration_seconds histogram"
         );
-        for (i, histogram) in self.latency.iter().enumerate() {
+        for i in 0..SLOTS {
+            let histogram = Histogram::default();
+            for shard in self.shards.iter() {
+                histogram.add(&shard.latency[i]);
+            }
             let labels = format!("command=\"{}\"", command::name_of(id_of(i)));
             histogram.render(&mut out, "keygate_request_duration_seconds", &labels);
         }
@@ -196,14 +248,14 @@ impl Metrics {
             "keygate_client_read_bytes_total",
             "counter",
             "Bytes received from clients.",
-            self.bytes_in.load(Relaxed),
+            self.sum(|s| &s.bytes_in),
         );
         gauge(
             &mut out,
             "keygate_client_written_bytes_total",
             "counter",
             "Bytes sent to clients.",
-            self.bytes_out.load(Relaxed),
+            self.sum(|s| &s.bytes_out),
         );
         gauge(
             &mut out,

@@ -16,10 +16,10 @@ use tracing::{info, warn};
 
 use crate::backend::{query_once, Options};
 use crate::config::{Config, UpstreamKind};
+use crate::proxy::Proxy;
 use crate::resp::value;
 use crate::route::slots;
 use crate::sentinel;
-use crate::server::Proxy;
 use crate::topology::Topology;
 
 /// At most one refresh per this long, however many redirections ask for one.

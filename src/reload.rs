@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, UpstreamKind};
+use crate::proxy::Proxy;
 use crate::refresh;
 use crate::sentinel;
-use crate::server::Proxy;
 use crate::tenant::{TenantState, Tenants};
 use crate::topology::Topology;
 
@@ -85,7 +85,7 @@ pub async fn apply(proxy: &Arc<Proxy>, mut config: Config) -> Result<String, Str
             );
         }
     }
-    config.listen = old.listen;
+    config.listen = old.listen.clone();
     config.admin = old.admin.clone();
     config.threads = old.threads;
 

@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{query_once, Dedicated, Flavor, Options};
 use crate::config::{Config, ReadFrom, UpstreamKind};
+use crate::proxy::Proxy;
 use crate::resp::value::{self, Value};
-use crate::server::Proxy;
 use crate::topology::Topology;
 
 /// Options for talking to the sentinels themselves: their own credentials

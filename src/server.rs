@@ -7,13 +7,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -21,92 +18,30 @@ use tracing::{info, warn};
 use crate::access;
 use crate::admin;
 use crate::config::{Config, UpstreamKind};
-use crate::metrics::Metrics;
+use crate::listener::{accept_tcp, Client, Listener};
+use crate::proxy::Proxy;
 use crate::refresh;
 use crate::reload;
 use crate::sentinel;
 use crate::session;
-use crate::slowlog::Slowlog;
-use crate::tenant::{TenantState, Tenants};
-use crate::topology::Topology;
-
-/// What every session shares. The config, the tenants and the topology are each one snapshot
-/// behind an `ArcSwap`, replaced whole by a reload (see `reload`).
-pub struct Proxy {
-    pub config: ArcSwap<Config>,
-    pub topology: ArcSwap<Topology>,
-    pub metrics: Metrics,
-    /// Wakes the cluster refresher (see `refresh`).
-    pub refresh: Notify,
-    /// Ticks whenever a new topology is swapped in (see `swap_topology`).
-    pub topology_swapped: tokio::sync::watch::Sender<()>,
-    /// Commands learned from the servers beyond the built-in table (see `learn`).
-    pub commands: ArcSwap<crate::command::learned::Table>,
-    /// Tenants; empty when tenancy is off.
-    pub tenants: ArcSwap<Tenants>,
-    /// Tenants are configured: every client must AUTH as one (read on every request).
-    pub tenancy: AtomicBool,
-    /// The file the config came from, for reloads.
-    pub config_path: OnceLock<PathBuf>,
-    /// One reload at a time.
-    pub reloading: tokio::sync::Mutex<()>,
-    /// The config file's text as last read, so an unchanged file is not reloaded again.
-    pub config_seen: std::sync::Mutex<Option<String>>,
-    pub slowlog: Slowlog,
-    /// When keygate started (INFO's uptime).
-    pub started: std::time::Instant,
-    /// The status page's history (see `status`).
-    pub samples: crate::status::Shared,
-    /// Failed AUTH attempts per client address.
-    pub auth_failures: crate::access::AuthFailures,
-    /// Scripts and function calls sent and not answered yet (see tenant::ScriptRun).
-    pub scripts_running: Arc<crate::tenant::Scripts>,
-    /// Connections not authenticated yet, per address (with tenants).
-    pub unauthenticated: Arc<crate::access::Unauthenticated>,
-    /// Every connected client (CLIENT LIST, CLIENT KILL).
-    pub clients: Arc<crate::clients::Clients>,
-    /// Subscriber connections closing, not yet confirmed gone by their server: PUBLISH and
-    /// PUBSUB wait for them (see backend::subscriber).
-    pub subscribers_leaving: Arc<crate::backend::Leaving>,
-    /// MONITOR's lines for what clients send (see monitor).
-    pub monitors: Arc<crate::monitor::Monitors>,
-    /// CLIENT PAUSE over keygate's clients (see pause).
-    pub pause: Arc<crate::pause::Pause>,
-    /// Keys in every tracking client's table, and their bound.
-    pub tracked_keys: Arc<crate::clients::TrackedKeys>,
-    next_client_id: AtomicU64,
-}
-
-impl Proxy {
-    /// Ask for a cluster slot map refresh soon; returns at once.
-    /// Swap in a new topology, and tell whoever watches (CLIENT TRACKING's feeds, which must
-    /// cover every primary).
-    pub fn swap_topology(&self, next: Topology) {
-        self.topology.store(Arc::new(next));
-        self.topology_swapped.send_replace(());
-    }
-
-    pub fn refresh_soon(&self) {
-        self.refresh.notify_one();
-    }
-}
+use crate::worker::Workers;
 
 /// A bound, not yet running proxy.
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     /// `[tls] listen`: clients speaking TLS.
     tls: Option<TcpListener>,
     admin: Option<TcpListener>,
     proxy: Arc<Proxy>,
+    /// The threads sessions run on.
+    workers: Workers,
 }
 
 impl Server {
     /// Bind the client and admin ports and start connecting to the backends. Must be called
     /// inside a tokio runtime.
     pub async fn bind(config: Config) -> io::Result<Server> {
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-        })?;
+        let listener = Listener::bind(&config.listen).await?;
         let admin = match &config.admin {
             Some(a) => Some(TcpListener::bind(a.listen).await.map_err(|e| {
                 io::Error::new(
@@ -116,39 +51,7 @@ impl Server {
             })?),
             None => None,
         };
-        let topology = Topology::start(&config);
-        let tenants: Vec<Arc<TenantState>> = config
-            .tenants
-            .iter()
-            .cloned()
-            .map(|t| Arc::new(TenantState::for_upstream(t, &config.upstream)))
-            .collect();
-        let slowlog = Slowlog::new(&config.slowlog);
-        let proxy = Arc::new(Proxy {
-            tenancy: AtomicBool::new(!tenants.is_empty()),
-            tenants: ArcSwap::from_pointee(Tenants::new(tenants)),
-            config: ArcSwap::from_pointee(config),
-            topology: ArcSwap::from_pointee(topology),
-            metrics: Metrics::default(),
-            refresh: Notify::new(),
-            topology_swapped: tokio::sync::watch::Sender::new(()),
-            commands: ArcSwap::from_pointee(Default::default()),
-            config_path: OnceLock::new(),
-            reloading: tokio::sync::Mutex::new(()),
-            config_seen: std::sync::Mutex::new(None),
-            slowlog,
-            started: std::time::Instant::now(),
-            samples: Default::default(),
-            auth_failures: Default::default(),
-            unauthenticated: Default::default(),
-            scripts_running: Default::default(),
-            clients: Default::default(),
-            subscribers_leaving: Default::default(),
-            monitors: Default::default(),
-            pause: Default::default(),
-            tracked_keys: Default::default(),
-            next_client_id: AtomicU64::new(1),
-        });
+        let proxy = Arc::new(Proxy::new(config));
         let kind = proxy.config.load().upstream.kind;
         if matches!(kind, UpstreamKind::Cluster | UpstreamKind::Sentinel) {
             // Learn the slot map (the primary) before the first client arrives; if no node
@@ -172,6 +75,7 @@ impl Server {
             tls,
             admin,
             proxy,
+            workers: Workers::current(),
         })
     }
 
@@ -180,11 +84,12 @@ impl Server {
         self.tls.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The address clients connect to (useful when `listen` asked for port 0).
+    /// The TCP address clients connect to (useful when `listen` asked for port 0). Panics
+    /// when keygate listens on a Unix socket.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
-            .expect("bound listener has an address")
+            .expect("listening on TCP, not a Unix socket")
     }
 
     /// The admin HTTP address, if there is one.
@@ -197,6 +102,12 @@ impl Server {
     }
 
     /// Reload from `path` on SIGHUP, `POST /reload` and when the file changes (see `reload`).
+    /// Run sessions on `workers` rather than on the runtime that binds (see `worker`).
+    pub fn on(mut self, workers: Workers) -> Server {
+        self.workers = workers;
+        self
+    }
+
     pub fn reload_from(self, path: PathBuf) -> Server {
         let _ = self.proxy.config_path.set(path);
         self
@@ -209,6 +120,7 @@ impl Server {
             tls,
             admin,
             proxy,
+            workers,
         } = self;
         info!(listen = %proxy.config.load().listen, "keygate listening");
         if let Some(admin) = admin {
@@ -228,20 +140,21 @@ impl Server {
             tokio::spawn(serve_tls(
                 tls,
                 proxy.clone(),
+                workers.clone(),
                 sessions.clone(),
                 shutdown.clone(),
             ));
         }
-        while let Some(stream) = accept(&listener, &shutdown, "clients").await {
-            let Some((stream, pending)) = admit(&proxy, &sessions, stream) else {
+        while let Some(client) = listener.accept(&shutdown).await {
+            let Some((client, pending)) = admit(&proxy, &sessions, client) else {
                 continue;
             };
-            let id = proxy.next_client_id.fetch_add(1, Relaxed);
+            let id = proxy.next_client_id();
             let proxy = proxy.clone();
             let shutdown = shutdown.clone();
-            sessions.spawn(async move {
+            workers.spawn_client(&sessions, client, move |client| async move {
                 proxy.metrics.clients_accepted.fetch_add(1, Relaxed);
-                let session = session::run(proxy.clone(), stream, id, pending, shutdown);
+                let session = session::run(proxy.clone(), client, id, pending, shutdown);
                 counted(&proxy, id, session).await;
             });
         }
@@ -314,20 +227,24 @@ const EJECT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 async fn serve_tls(
     listener: TcpListener,
     proxy: Arc<Proxy>,
+    workers: Workers,
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    while let Some(stream) = accept(&listener, &shutdown, "tls clients").await {
-        let Some((stream, pending)) = admit(&proxy, &sessions, stream) else {
+    while let Some(stream) = accept_tcp(&listener, &shutdown, "tls clients").await {
+        let Some((client, pending)) = admit(&proxy, &sessions, Client::Tcp(stream)) else {
             continue;
         };
         let Some(tls) = proxy.config.load().tls.clone() else {
             continue;
         };
-        let id = proxy.next_client_id.fetch_add(1, Relaxed);
+        let id = proxy.next_client_id();
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
-        sessions.spawn(async move {
+        workers.spawn_client(&sessions, client, move |client| async move {
+            let Client::Tcp(stream) = client else {
+                return;
+            };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
             let handshake = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream));
             let stream = match handshake.await {
@@ -348,39 +265,16 @@ async fn serve_tls(
     }
 }
 
-/// The next connection on `listener`, or `None` once `shutdown` is cancelled. Accept errors (out
-/// of file descriptors and the like) are logged and waited out: the listener keeps serving.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    shutdown: &CancellationToken,
-    what: &str,
-) -> Option<TcpStream> {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => return Some(stream),
-                Err(e) => {
-                    warn!(error = %e, listener = what, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-}
-
 /// Admit a new connection, or refuse it (address lists, unauthenticated connections from its
 /// address, `max_clients`) with a reason. With tenants, the connection is counted as
 /// unauthenticated until it authenticates (the `Pending` it carries).
 fn admit(
     proxy: &Proxy,
     sessions: &TaskTracker,
-    stream: TcpStream,
-) -> Option<(TcpStream, Option<access::Pending>)> {
+    stream: Client,
+) -> Option<(Client, Option<access::Pending>)> {
     let config = proxy.config.load();
-    let Ok(peer) = stream.peer_addr() else {
-        return None;
-    };
+    let (peer, _) = stream.ends()?;
     if !access::permitted(peer.ip(), &config.access.allow, &config.access.deny) {
         proxy.metrics.clients_rejected.fetch_add(1, Relaxed);
         info!(%peer, "connection refused by access.allow/access.deny");
@@ -430,6 +324,6 @@ fn admit(
 }
 
 /// Tell a refused client why (over `max_clients`, as Redis does; or not allowed), and close.
-async fn reject(mut stream: TcpStream, why: &'static str) {
+async fn reject(mut stream: Client, why: &'static str) {
     let _ = stream.write_all(why.as_bytes()).await;
 }

@@ -6,58 +6,21 @@
 //! A sampler task takes one sample a second from the metrics (requests counted, and the latency
 //! histogram's change over that second for the p99), keeping `HISTORY` of them.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::BreakerState;
-use crate::histogram::{self, BOUNDS_US};
-use crate::server::Proxy;
-
-/// Samples kept: five minutes, one a second.
-const HISTORY: usize = 300;
+use crate::proxy::Proxy;
+use crate::samples::Sample;
 
 pub const PAGE: &str = include_str!("status.html");
 
-#[derive(Clone, Serialize)]
-pub struct Sample {
-    /// Unix seconds.
-    pub t: u64,
-    pub ops: u64,
-    /// p99 latency over that second, end to end in keygate, in milliseconds (an upper bound:
-    /// the histogram bucket holding it); null when there were no requests.
-    pub p99_ms: Option<f64>,
-}
-
-/// What the sampler keeps between ticks.
-#[derive(Default)]
-pub struct Samples {
-    history: VecDeque<Sample>,
-    /// Per tenant, as of the last tick.
-    tenants: Vec<TenantSample>,
-}
-
-/// A tenant's figures at the last tick.
-struct TenantSample {
-    name: String,
-    /// Its request count and latency histogram then (for the next tick's differences).
-    requests: u64,
-    latency: [u64; BOUNDS_US.len() + 1],
-    /// Over the second before it.
-    ops: u64,
-    p99_ms: Option<f64>,
-}
-
-pub type Shared = Mutex<Samples>;
-
-/// Take a sample every second until shutdown.
+/// Take a sample every second until shutdown (the first tick only sets the baseline).
 pub async fn sample(proxy: Arc<Proxy>, shutdown: CancellationToken) {
-    let mut last_requests = proxy.metrics.requests_total();
-    let mut last_latency = proxy.metrics.latency_snapshot();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -65,51 +28,9 @@ pub async fn sample(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let requests = proxy.metrics.requests_total();
-        let latency = proxy.metrics.latency_snapshot();
-        let delta: [u64; BOUNDS_US.len() + 1] =
-            std::array::from_fn(|i| latency[i].saturating_sub(last_latency[i]));
-        let sample = Sample {
-            t: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            ops: requests.saturating_sub(last_requests),
-            p99_ms: histogram::quantile_us(&delta, 0.99).map(|us| us as f64 / 1000.0),
-        };
-        (last_requests, last_latency) = (requests, latency);
         let tenants = proxy.tenants.load();
         let mut samples = proxy.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.history.push_back(sample);
-        while samples.history.len() > HISTORY {
-            samples.history.pop_front();
-        }
-        let previous = std::mem::take(&mut samples.tenants);
-        samples.tenants = tenants
-            .iter()
-            .map(|t| {
-                let requests = t.requests.load(Relaxed);
-                let latency = t.latency.snapshot();
-                let before = previous.iter().find(|p| p.name == t.config.name);
-                let (ops, p99_ms) = match before {
-                    Some(before) => {
-                        let delta: [u64; BOUNDS_US.len() + 1] =
-                            std::array::from_fn(|i| latency[i].saturating_sub(before.latency[i]));
-                        (
-                            requests.saturating_sub(before.requests),
-                            histogram::quantile_us(&delta, 0.99).map(|us| us as f64 / 1000.0),
-                        )
-                    }
-                    None => (0, None),
-                };
-                TenantSample {
-                    name: t.config.name.clone(),
-                    requests,
-                    latency,
-                    ops,
-                    p99_ms,
-                }
-            })
-            .collect();
+        samples.record(&proxy.metrics, &tenants);
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{self, Instant};
 use tokio_rustls::client::TlsStream;
@@ -232,10 +232,12 @@ async fn requests_get(
     }
 }
 
-/// A connection to a server: plain TCP, or TLS over it (`upstream.tls`).
+/// A connection to a server: plain TCP, TLS over it (`upstream.tls`), or a Unix socket (a
+/// server address `unix:/path`).
 pub(super) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Unix(UnixStream),
 }
 
 impl AsyncRead for Stream {
@@ -247,6 +249,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -260,6 +263,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -271,6 +275,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -278,6 +283,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
         }
     }
 
@@ -288,6 +294,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -298,12 +305,20 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
         }
     }
 }
 
 /// Connect to `addr`, and do the TLS handshake when the upstream asks for TLS.
 async fn open_stream(addr: &str, opts: &Options) -> Result<Stream, Arc<str>> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        // Config validation refuses TLS with a Unix socket server.
+        let unix = UnixStream::connect(path)
+            .await
+            .map_err(|e| Arc::<str>::from(e.to_string()))?;
+        return Ok(Stream::Unix(unix));
+    }
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| Arc::<str>::from(e.to_string()))?;
@@ -632,6 +647,10 @@ async fn serve(
         }
         Stream::Tls(tls) => {
             let (rd, wr) = tokio::io::split(*tls);
+            pipe(rd, wr, link, requests).await
+        }
+        Stream::Unix(mut unix) => {
+            let (rd, wr) = unix.split();
             pipe(rd, wr, link, requests).await
         }
     }

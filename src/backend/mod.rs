@@ -22,7 +22,7 @@ pub mod users;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -110,6 +110,9 @@ pub struct Stats {
     pub scripts: AtomicUsize,
 }
 
+/// A pool of connection slots.
+type Pool = Arc<[Link]>;
+
 /// A handle to one connection slot's task.
 struct Link {
     requests: mpsc::UnboundedSender<Request>,
@@ -124,10 +127,12 @@ const IDLE_BLOCKING: usize = 16;
 /// already sent have been answered.
 pub struct Backend {
     pub addr: Arc<str>,
-    /// The pool for RESP2 clients of database 0.
-    links: Vec<Link>,
-    /// Pools for other flavors, made on first use.
-    flavored: Mutex<HashMap<Flavor, Arc<[Link]>>>,
+    /// The pool for RESP2 clients of database 0, one per worker thread (see `worker`): made at
+    /// start for the worker that starts the backend, on first use for the others, on the
+    /// runtime of the worker using it, so a request and its reply never cross threads.
+    links: Box<[OnceLock<Box<[Link]>>]>,
+    /// Pools for other flavors, per worker, made on first use.
+    flavored: Mutex<HashMap<(usize, Flavor), Pool>>,
     opts: Arc<Options>,
     breaker: Arc<Breaker>,
     stats: Arc<Stats>,
@@ -235,9 +240,15 @@ impl Backend {
         let addr: Arc<str> = addr.into();
         let breaker = Breaker::new(addr.clone(), opts.clone());
         let stats = Arc::new(Stats::default());
-        let links = (0..opts.connections)
-            .map(|_| spawn_link(&addr, &opts, &breaker, &stats, Flavor::default()))
+        let links: Box<[OnceLock<Box<[Link]>>]> = (0..crate::worker::count())
+            .map(|_| OnceLock::new())
             .collect();
+        let here = crate::worker::index() % links.len();
+        let _ = links[here].set(
+            (0..opts.connections)
+                .map(|_| spawn_link(&addr, &opts, &breaker, &stats, Flavor::default()))
+                .collect(),
+        );
         Backend {
             addr,
             links,
@@ -288,7 +299,9 @@ impl Backend {
             return self.refused();
         }
         if caller.flavor == Flavor::default() {
-            let link = &self.links[(caller.id % self.links.len() as u64) as usize];
+            let links = self.links[crate::worker::index() % self.links.len()]
+                .get_or_init(|| self.spawn_pool(Flavor::default()).into_boxed_slice());
+            let link = &links[(caller.id % links.len() as u64) as usize];
             return send_on(link, &self.addr, args, asking);
         }
         let pool = self.pool(caller.flavor);
@@ -324,17 +337,20 @@ impl Backend {
         &*self.addr == addr && *self.opts == *opts
     }
 
-    /// The pool for `flavor`, made on first use.
-    fn pool(&self, flavor: Flavor) -> Arc<[Link]> {
+    /// This worker's pool for `flavor`, made on first use.
+    fn pool(&self, flavor: Flavor) -> Pool {
         let mut pools = self.flavored.lock().unwrap_or_else(|e| e.into_inner());
         pools
-            .entry(flavor)
-            .or_insert_with(|| {
-                (0..self.opts.connections)
-                    .map(|_| spawn_link(&self.addr, &self.opts, &self.breaker, &self.stats, flavor))
-                    .collect()
-            })
+            .entry((crate::worker::index(), flavor))
+            .or_insert_with(|| self.spawn_pool(flavor).into())
             .clone()
+    }
+
+    /// `connections_per_server` connection tasks for `flavor`, on the current runtime.
+    fn spawn_pool(&self, flavor: Flavor) -> Vec<Link> {
+        (0..self.opts.connections)
+            .map(|_| spawn_link(&self.addr, &self.opts, &self.breaker, &self.stats, flavor))
+            .collect()
     }
 
     /// A connection for one blocking command: an idle one of this flavor, or a new one. Fails
@@ -480,10 +496,12 @@ impl Backend {
         self.stats.pinned.load(Ordering::Relaxed)
     }
 
-    /// How many of the default pool's connections are established right now.
+    /// How many of the default pools' connections (every worker's) are established right now.
     pub fn connections_up(&self) -> usize {
         self.links
             .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|links| links.iter())
             .filter(|l| l.up.load(Ordering::Acquire))
             .count()
     }

@@ -16,8 +16,8 @@ use super::tenancy::listed_for;
 use super::Session;
 use crate::command::{Command, Policy, Spec};
 use crate::dispatch::{reply_bytes, Reply};
+use crate::proxy::Proxy;
 use crate::resp::{self, value};
-use crate::server::Proxy;
 use crate::tenant::rules::{self, Rule};
 use crate::tenant::TenantState;
 

@@ -41,9 +41,10 @@ use crate::config::ReadFrom;
 use crate::dispatch::{self, Reply};
 use crate::error::Error;
 use crate::histogram::Timings;
+use crate::listener::{Client, UNIX_PEER};
+use crate::proxy::Proxy;
 use crate::resp::request::{Decoder, Limits};
 use crate::route;
-use crate::server::Proxy;
 use crate::tenant::Seat;
 use crate::topology::Topology;
 use crate::write_queue::WriteQueue;
@@ -171,6 +172,30 @@ enum Outcome {
 
 /// Serve one client until it leaves, breaks the protocol, or `shutdown` is cancelled.
 pub async fn run(
+    proxy: Arc<Proxy>,
+    client: Client,
+    id: u64,
+    pending: Option<Pending>,
+    shutdown: CancellationToken,
+) {
+    match client {
+        Client::Tcp(stream) => run_tcp(proxy, stream, id, pending, shutdown).await,
+        Client::Unix(mut stream) => {
+            let span =
+                tracing::info_span!("client", id, peer = "unix", tenant = tracing::field::Empty);
+            let (rd, wr) = stream.split();
+            let ends = Ends {
+                peer: UNIX_PEER,
+                local: UNIX_PEER,
+                cert: None,
+                pending,
+            };
+            tracing::Instrument::instrument(serve(proxy, rd, wr, id, ends, shutdown), span).await
+        }
+    }
+}
+
+async fn run_tcp(
     proxy: Arc<Proxy>,
     mut stream: TcpStream,
     id: u64,
@@ -430,7 +455,7 @@ async fn serve<R, W>(
             biased;
             written = out.write_to(&mut wr), if out.wants_write() => match written {
                 Ok(n) => {
-                    proxy.metrics.bytes_out.fetch_add(n as u64, Relaxed);
+                    proxy.metrics.written_to_client(n);
                 }
                 Err(_) => break,
             },
@@ -494,7 +519,7 @@ async fn serve<R, W>(
                     }
                 }
                 Ok(n) => {
-                    proxy.metrics.bytes_in.fetch_add(n as u64, Relaxed);
+                    proxy.metrics.read_from_client(n);
                     if let Some(timeout) = idle_timeout {
                         idle.as_mut().reset(Instant::now() + timeout);
                     }

@@ -273,7 +273,7 @@ pub struct Keygate {
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     /// To check, when the test ends, that no client session panicked.
-    proxy: std::sync::Arc<keygate::server::Proxy>,
+    proxy: std::sync::Arc<keygate::proxy::Proxy>,
 }
 
 impl Keygate {

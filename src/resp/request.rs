@@ -109,7 +109,11 @@ impl Decoder {
                     // Redis silently skips `*0` and negative counts; so do we.
                     if count > 0 {
                         self.remaining = count as usize;
-                        self.args = Vec::with_capacity(self.remaining.min(64));
+                        // Room for the arguments the bytes already here can hold (each takes
+                        // at least `$0\r\n\r\n`), never for what a header merely claims: a
+                        // wide MGET grows its list once, not ten times (benches/codec_choice).
+                        let here = buf.len() / 6;
+                        self.args = Vec::with_capacity(self.remaining.min(here.max(64)));
                     }
                 }
                 Some(_) => match self.inline(buf)? {

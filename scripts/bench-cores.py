@@ -10,6 +10,7 @@ stime from /proc, in µs per request; for `direct`, Redis's own). Then one more 
 Prints medians as a markdown table.
 
 Usage: scripts/bench-cores.py [--reps N] [--requests N] [--targets direct,nutcracker,...]
+                              [--before PATH]   (targets before-t1, before-t2: another keygate)
 Needs redis-server, redis-benchmark, nutcracker, target/release/keygate (cargo build --release).
 """
 
@@ -104,6 +105,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--targets", default="direct,nutcracker,keygate-t1,keygate-t2,keygate-t1-unix")
+    ap.add_argument("--before", help="another keygate binary, for targets before-t1, before-t2")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="servers behind the proxies (more than 1: ketama, as ../shared/bench)")
     opts = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-cores-")
     procs = []
@@ -118,6 +122,16 @@ def main():
         wait_ready(redis_port)
         subprocess.run(["redis-benchmark", "-p", str(redis_port), "-t", "set", "-n", "100000",
                         "-r", "100000", "-q"], check=True, capture_output=True)
+        # More servers for the proxies (the first is `direct`'s too); TCP and socket addresses.
+        shards = [(redis_port, redis_sock)]
+        for i in range(1, opts.shards):
+            port, sock = spare_port(), os.path.join(work, f"shard{i}.sock")
+            procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock,
+                 "--save", "", "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL))
+            wait_ready(port)
+            shards.append((port, sock))
+        kind = "ketama" if opts.shards > 1 else "standalone"
         targets = []
         for name in opts.targets.split(","):
             if name == "direct":
@@ -128,22 +142,25 @@ def main():
                 with open(conf, "w") as f:
                     f.write(f"alpha:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n"
                             f"  distribution: ketama\n  redis: true\n  server_connections: 1\n"
-                            f"  servers:\n   - 127.0.0.1:{redis_port}:1\n")
+                            f"  servers:\n" + "".join(f"   - 127.0.0.1:{p}:1\n" for p, _ in shards))
                 t = Target("twemproxy", ["nutcracker", "-c", conf, "-s", str(spare_port())], port=port)
                 procs.append(t.proc)
                 targets.append(t)
-            elif name.startswith("keygate-t"):
+            elif name.startswith("keygate-t") or name.startswith("before-t"):
+                binary = opts.before if name.startswith("before") else KEYGATE
                 threads = int(name.split("-t")[1].split("-")[0])
                 unix = name.endswith("-unix")
                 port = spare_port()
                 listen = f"unix:{work}/{name}.sock" if unix else f"127.0.0.1:{port}"
-                server = f"unix:{redis_sock}" if unix else f"127.0.0.1:{redis_port}"
+                servers = ", ".join(f'"unix:{sock}"' if unix else f'"127.0.0.1:{port}"'
+                                    for port, sock in shards)
                 conf = os.path.join(work, f"{name}.toml")
                 with open(conf, "w") as f:
                     f.write(f'listen = "{listen}"\nthreads = {threads}\n[upstream]\n'
-                            f'kind = "standalone"\nservers = ["{server}"]\n')
-                t = Target(f"keygate threads={threads}" + (" unix" if unix else ""),
-                           [KEYGATE, "--config", conf],
+                            f'kind = "{kind}"\nservers = [{servers}]\n')
+                label = "keygate before" if binary != KEYGATE else "keygate"
+                t = Target(f"{label} threads={threads}" + (" unix" if unix else ""),
+                           [binary, "--config", conf],
                            port=None if unix else port, path=f"{work}/{name}.sock" if unix else None)
                 procs.append(t.proc)
                 targets.append(t)

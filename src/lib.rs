@@ -3,8 +3,9 @@
 //! The modules, in the order a request travels through them:
 //!
 //! - `config`: the TOML file's shape, validated once into a `Config`.
-//! - `server`: the accept loop, the client limit, graceful shutdown; `worker`: the threads
-//!   sessions run on, each its own event loop; `proxy`: the state they share.
+//! - `server`: the accept loop, the client limit, graceful shutdown; `listener`: TCP or Unix
+//!   socket; `worker`: the threads sessions run on, each its own event loop with its own
+//!   backend connections; `proxy`: the state they share (`samples`: the status page's history).
 //! - `session`: one client: read requests, keep up to N in flight, write replies in order;
 //!   answers the commands that touch connection state itself; transactions and pub/sub.
 //! - `resp`: the wire format without I/O: request decoder, reply scanner, encoders.

@@ -756,13 +756,21 @@ where
                     let deadline = now + opts.request_timeout;
                     let before = inflight.len();
                     accept(request, deadline, &mut out, &mut inflight);
-                    while out.len() < WRITE_HIGH_WATER {
-                        match requests.try_recv() {
-                            Ok(request) => accept(request, deadline, &mut out, &mut inflight),
-                            Err(_) => break,
+                    let mut take_all = |out: &mut WriteQueue, inflight: &mut VecDeque<InFlight>| {
+                        while out.len() < WRITE_HIGH_WATER {
+                            match requests.try_recv() {
+                                Ok(request) => accept(request, deadline, out, inflight),
+                                Err(_) => break,
+                            }
                         }
-                    }
-                    stats.in_flight.fetch_add(inflight.len() - before, Ordering::Relaxed);
+                    };
+                    take_all(&mut out, &mut inflight);
+                    // One turn of the worker's loop more before writing: the runtime polls its
+                    // sockets once (without sleeping) and runs the clients that became ready,
+                    // and their requests go out in this same write.
+                    tokio::task::yield_now().await;
+                    take_all(&mut out, &mut inflight);
+                    stats.sent(inflight.len() - before);
                     also_scripts(inflight.len() - before, true);
                 }
                 None => unused = true,
@@ -782,7 +790,7 @@ where
     };
     let reason: Arc<str> = broken.to_string().into();
     debug!(backend = %addr, in_flight = inflight.len(), %reason, "poisoning backend connection");
-    stats.in_flight.fetch_sub(inflight.len(), Ordering::Relaxed);
+    stats.lost(inflight.len());
     also_scripts(inflight.len(), false);
     // Each was written, or queued to be: it may have run.
     let sent = broken.clone().sent();
@@ -867,10 +875,7 @@ fn deliver(
             let _ = sender.send(reply);
         }
     };
-    stats
-        .in_flight
-        .fetch_sub(timings.count() as usize, Ordering::Relaxed);
-    stats.latency.merge(&timings);
+    stats.answered(&timings);
     outcome
 }
 

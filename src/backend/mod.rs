@@ -97,17 +97,53 @@ pub struct Caller {
 }
 
 /// What a server's connections measure, for /metrics.
-#[derive(Default)]
+/// The pooled connections' figures are kept per worker thread (written per batch of requests by
+/// the worker's own connections, summed when read), so workers never write a shared line per
+/// batch (see `worker`).
 pub struct Stats {
-    /// From a request's write to its reply, on the pooled connections.
-    pub latency: Histogram,
-    /// Requests written to pooled connections and not yet answered.
-    pub in_flight: AtomicUsize,
+    /// Per worker: from a request's write to its reply, on the pooled connections.
+    latency: Box<[Histogram]>,
+    /// Per worker: requests written to pooled connections and not yet answered.
+    in_flight: Box<[AtomicUsize]>,
     /// Pinned connections alive.
     pub pinned: AtomicUsize,
     /// Scripts written on the script lane and not answered yet: while one runs, the server may
     /// rightly answer nobody (until its busy-reply-threshold), and silence is no failure.
     pub scripts: AtomicUsize,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let workers = crate::worker::count();
+        Stats {
+            latency: (0..workers).map(|_| Histogram::default()).collect(),
+            in_flight: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            pinned: AtomicUsize::new(0),
+            scripts: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Stats {
+    fn mine<T>(shards: &[T]) -> &T {
+        &shards[crate::worker::index() % shards.len()]
+    }
+
+    /// `n` requests written by the calling worker.
+    pub(crate) fn sent(&self, n: usize) {
+        Self::mine(&self.in_flight).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Replies to the calling worker's requests arrived `timings` after they were written.
+    pub(crate) fn answered(&self, timings: &crate::histogram::Timings) {
+        Self::mine(&self.in_flight).fetch_sub(timings.count() as usize, Ordering::Relaxed);
+        Self::mine(&self.latency).merge(timings);
+    }
+
+    /// `n` requests of the calling worker's will never be answered (the connection broke).
+    pub(crate) fn lost(&self, n: usize) {
+        Self::mine(&self.in_flight).fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 /// A pool of connection slots.
@@ -484,12 +520,22 @@ impl Backend {
         )
     }
 
-    pub fn latency(&self) -> &Histogram {
-        &self.stats.latency
+    /// The pooled connections' latency, every worker's added up.
+    pub fn latency(&self) -> Histogram {
+        let sum = Histogram::default();
+        for shard in self.stats.latency.iter() {
+            sum.add(shard);
+        }
+        sum
     }
 
     pub fn in_flight(&self) -> usize {
-        self.stats.in_flight.load(Ordering::Relaxed)
+        // Each worker's count is its own requests', so the sum never goes below zero.
+        self.stats
+            .in_flight
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn pinned(&self) -> usize {

@@ -8,6 +8,24 @@
 //! and replies must be *delimited* rather than decoded (their bytes are forwarded untouched, so
 //! building a tree of frames would be wasted work) by a scanner that never recurses, whatever
 //! depth a Lua script makes Redis nest a reply to.
+//!
+//! Measured against the crate on the same inputs (`cargo bench --bench codec_choice`, 2-core
+//! shared machine, 2026-12-03; requests decoded from a `BytesMut` into `Vec<Bytes>` arguments,
+//! replies delimited with the crate's zero-copy `decode_range`):
+//!
+//! | input | keygate | redis-protocol 6.0 | allocations per item, keygate / crate |
+//! |---|---:|---:|---:|
+//! | 100 pipelined SETs, 32 B values | 21.3 µs | 23.5 µs | 1.02 / 3.02 |
+//! | 4 SETs of 512 KiB | 54.9 µs | 52.4 µs | 1.50 / 3.50 |
+//! | 10 MGETs of 1000 keys | 597 µs | 614 µs | 1.20 / 3.20 |
+//! | reply: 100 bulks of 32 B | 1.54 µs | 4.71 µs | 0 / 0 |
+//! | reply: one 1 MiB bulk | 31 ns | 65 ns | 0 / 0 |
+//! | reply: an array of 1000 bulks | 12.9 µs | 37.8 µs | 1 / 1 |
+//! | reply: 10 arrays nested 100 deep | 18.6 µs | 55.7 µs | 6 / 100 |
+//!
+//! Large bulks are a copy either way; on the small requests of the hot path keygate is ~10 %
+//! faster with a third of the allocations, and the reply scanner is ~3× faster (the crate's
+//! range decoder also recurses, one allocation per level). So the hand-written parts stay.
 
 pub mod reply;
 pub mod request;

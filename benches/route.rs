@@ -2,8 +2,8 @@
 //! Redis Cluster's slot computation, in keys per second. Keys are built outside the timed loop.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use keygate::route::ketama::{Hash, Node, Ring};
-use keygate::route::slots::slot_of;
+use keygate::placement::ketama::{Hash, Node, Ring};
+use keygate::placement::slots::slot_of;
 
 fn keys() -> Vec<Vec<u8>> {
     (0..1000)

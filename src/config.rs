@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::access::Cidr;
-use crate::route::ketama::Hash;
+use crate::placement::ketama::Hash;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]

@@ -19,9 +19,9 @@ use tokio::sync::oneshot;
 use crate::backend::{Backend, BreakerState, Caller, ReplyResult};
 use crate::config::UpstreamKind;
 use crate::error::Error;
+use crate::placement::slots::{self, Redirect};
 use crate::proxy::Proxy;
 use crate::resp::{self, value};
-use crate::route::slots::{self, Redirect};
 use crate::route::{self, merge, Plan};
 use crate::topology::Topology;
 

@@ -10,7 +10,8 @@
 //!   answers the commands that touch connection state itself; transactions and pub/sub.
 //! - `resp`: the wire format without I/O: request decoder, reply scanner, encoders.
 //! - `command`: ONE command table (generated from Redis) and keygate's policy for each command.
-//! - `route`: pure planning of where a command goes (ketama ring, cluster slots, split/merge).
+//! - `route`: pure planning of where a command goes (split/merge), over `placement`: the ketama
+//!   ring and cluster slots.
 //! - `dispatch`: runs a plan: sends, joins fan-out, follows cluster redirections; runs blocking
 //!   commands on connections of their own.
 //! - `topology`: the backends and placement, one snapshot behind one `ArcSwap`;
@@ -69,6 +70,7 @@ pub mod listener;
 pub mod metrics;
 pub mod monitor;
 pub mod pause;
+pub mod placement;
 pub mod proxy;
 pub mod refresh;
 pub mod reload;

@@ -16,9 +16,9 @@ use tracing::{info, warn};
 
 use crate::backend::{query_once, Options};
 use crate::config::{Config, UpstreamKind};
+use crate::placement::slots;
 use crate::proxy::Proxy;
 use crate::resp::value;
-use crate::route::slots;
 use crate::sentinel;
 use crate::topology::Topology;
 

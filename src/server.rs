@@ -152,7 +152,7 @@ impl Server {
             let id = proxy.next_client_id();
             let proxy = proxy.clone();
             let shutdown = shutdown.clone();
-            workers.spawn_client(&sessions, client, move |client| async move {
+            spawn_client(&workers, &sessions, client, move |client| async move {
                 proxy.metrics.clients_accepted.fetch_add(1, Relaxed);
                 let session = session::run(proxy.clone(), client, id, pending, shutdown);
                 counted(&proxy, id, session).await;
@@ -170,6 +170,23 @@ impl Server {
         }
         info!("keygate stopped");
     }
+}
+
+/// Run a new client's session on a worker (see `worker`). A socket belongs to the runtime that
+/// registered it: the acceptor hands over the plain descriptor, and the worker registers it.
+fn spawn_client<F, Fut>(workers: &Workers, sessions: &TaskTracker, client: Client, session: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Ok(detached) = client.detach() else {
+        return;
+    };
+    workers.spawn(sessions, move || async move {
+        if let Ok(client) = detached.attach() {
+            session(client).await;
+        }
+    });
 }
 
 /// Run a client's session, counted in `keygate_client_connections` while it runs. A panic in it
@@ -241,7 +258,7 @@ async fn serve_tls(
         let id = proxy.next_client_id();
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
-        workers.spawn_client(&sessions, client, move |client| async move {
+        spawn_client(&workers, &sessions, client, move |client| async move {
             let Client::Tcp(stream) = client else {
                 return;
             };

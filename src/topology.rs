@@ -14,9 +14,9 @@ use std::sync::Arc;
 use crate::backend::{Backend, Options};
 use crate::config::{Config, ReadFrom, UpstreamKind};
 use crate::error::Error;
-use crate::route::ketama::{Node, Ring};
-use crate::route::slots::{self, Shard, SLOTS};
-use crate::route::Target;
+use crate::placement::ketama::{Node, Ring};
+use crate::placement::slots::{self, Shard, SLOTS};
+use crate::placement::Target;
 
 /// How keys map to backends.
 pub enum Placement {

@@ -36,8 +36,6 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use crate::listener::Client;
-
 thread_local! {
     /// This thread's worker (0 outside a worker thread).
     static INDEX: Cell<usize> = const { Cell::new(0) };
@@ -97,10 +95,11 @@ impl Workers {
     }
 
     /// Run a new client's session, tracked by `sessions`, on the worker with the fewest
-    /// clients. `make` gets the connection re-registered with that worker's runtime.
-    pub fn spawn_client<F, Fut>(&self, sessions: &TaskTracker, client: Client, make: F)
+    /// clients. `session` runs there, so whatever it registers (its sockets) belongs to that
+    /// worker's runtime.
+    pub fn spawn<F, Fut>(&self, sessions: &TaskTracker, session: F)
     where
-        F: FnOnce(Client) -> Fut + Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let (worker, _) = self
@@ -109,17 +108,11 @@ impl Workers {
             .enumerate()
             .min_by_key(|(_, n)| n.load(Relaxed))
             .expect("at least one worker");
-        // A socket belongs to the runtime that registered it: hand over the plain descriptor.
-        let Ok(detached) = client.detach() else {
-            return;
-        };
         let clients = self.clients.clone();
         clients[worker].fetch_add(1, Relaxed);
         self.handles[worker].spawn(sessions.track_future(async move {
             let _leaving = Leaving(clients, worker);
-            if let Ok(client) = detached.attach() {
-                make(client).await;
-            }
+            session().await;
         }));
     }
 }

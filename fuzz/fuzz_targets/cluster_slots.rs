@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use keygate::resp::value;
-use keygate::route::slots::{parse_cluster_slots, parse_redirect, SLOTS};
+use keygate::placement::slots::{parse_cluster_slots, parse_redirect, SLOTS};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,9 +10,7 @@
 //! span shards is refused with `-CROSSSLOT`. Commands over the whole keyspace (KEYS, SCAN, DBSIZE,
 //! FLUSHDB, ...) visit every shard. Commands without keys go to the first shard.
 
-pub mod ketama;
 pub mod merge;
-pub mod slots;
 
 use bytes::Bytes;
 
@@ -22,14 +20,7 @@ use crate::topology::{Placement, Topology};
 
 pub use merge::Merge;
 
-/// Where one request is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Target {
-    /// Index into the topology's backends.
-    pub backend: usize,
-    /// The slot, in cluster mode (for following redirections).
-    pub slot: Option<u16>,
-}
+pub use crate::placement::Target;
 
 /// One piece of a split command.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 use super::*;
 use crate::command::Command;
 use crate::config::Config;
-use crate::route::slots::{slot_of, Shard};
+use crate::placement::slots::{slot_of, Shard};
 
 fn cmd(line: &str) -> Command {
     Command::parse(

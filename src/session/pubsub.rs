@@ -30,8 +30,9 @@ use crate::backend::{Event, ReplyResult, Subscriber};
 use crate::command::Command;
 use crate::dispatch::Reply;
 use crate::error::Error;
+use crate::placement::slots;
 use crate::resp::{self, value};
-use crate::route::{self, slots, Plan};
+use crate::route::{self, Plan};
 use crate::tenant::rewrite;
 use crate::write_queue::WriteQueue;
 

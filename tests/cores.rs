@@ -303,3 +303,72 @@ fn a_file_in_the_way_of_the_socket_is_never_removed() {
     assert!(err.contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&sock).unwrap(), "precious");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_rate_and_the_slowlog_hold_across_workers() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _kg = Binary::start(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\nthreads = 4\n[upstream]\nkind = \"standalone\"\n\
+             servers = [\"{}\"]\n[slowlog]\nthreshold = \"0ms\"\nmax_len = 1000\n\
+             [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n\
+             max_ops_per_sec = 200\n",
+            redis.addr()
+        ),
+    );
+    wait_for_port(port);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Eight connections (spread over the four workers) send as fast as they can for a second.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut raw = Raw::connect(addr).await;
+            assert_eq!(raw.call(&[b"AUTH", b"acme", b"acme-pw"]).await, b"+OK\r\n");
+            let key = format!("slow-{c}");
+            let (mut ok, mut limited) = (0, 0);
+            while started.elapsed() < Duration::from_secs(1) {
+                let batch = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).repeat(20);
+                raw.send(batch.as_bytes()).await;
+                for _ in 0..20 {
+                    let reply = text(&raw.reply().await.unwrap());
+                    match reply.as_str() {
+                        "$-1\r\n" => ok += 1,
+                        r if r.contains("over its limit of 200 requests per second") => {
+                            limited += 1
+                        }
+                        r => panic!("unexpected reply {r}"),
+                    }
+                }
+            }
+            (ok, limited, raw)
+        }));
+    }
+    let (mut ok, mut limited, mut clients) = (0, 0, Vec::new());
+    for task in tasks {
+        let (o, l, raw) = task.await.unwrap();
+        (ok, limited) = (ok + o, limited + l);
+        clients.push(raw);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // One bucket for the tenant, whichever worker serves each connection: a second's burst
+    // plus the rate (5 % for the clock's grain), not four times it.
+    assert!(
+        (ok as f64) <= 200.0 * (elapsed + 1.0) * 1.05 && ok >= 100,
+        "{ok} requests admitted, {limited} refused, in {elapsed:.2}s"
+    );
+    assert!(limited > 0);
+    // Every connection's commands are in the one slowlog (threshold 0: everything), once the
+    // bucket has refilled for the SLOWLOG request itself.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let log = text(&clients[0].call(&[b"SLOWLOG", b"GET", b"1000"]).await);
+    for c in 0..8 {
+        assert!(
+            log.contains(&format!("slow-{c}")),
+            "slow-{c} missing from {log}"
+        );
+    }
+}

@@ -39,6 +39,14 @@ use tokio_util::task::TaskTracker;
 thread_local! {
     /// This thread's worker (0 outside a worker thread).
     static INDEX: Cell<usize> = const { Cell::new(0) };
+    /// Client sessions running on this thread.
+    static CLIENTS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many clients the calling thread's worker serves now. A backend connection waits a loop
+/// turn for more requests to join a write only when there can be any (see `backend`).
+pub fn clients_here() -> usize {
+    CLIENTS.with(|c| c.get())
 }
 
 /// Workers in this process (1 unless `Workers::start` made more); backends size their per-worker
@@ -111,6 +119,7 @@ impl Workers {
         let clients = self.clients.clone();
         clients[worker].fetch_add(1, Relaxed);
         self.handles[worker].spawn(sessions.track_future(async move {
+            CLIENTS.with(|c| c.set(c.get() + 1));
             let _leaving = Leaving(clients, worker);
             session().await;
         }));
@@ -123,5 +132,6 @@ struct Leaving(Arc<[AtomicUsize]>, usize);
 impl Drop for Leaving {
     fn drop(&mut self) {
         self.0[self.1].fetch_sub(1, Relaxed);
+        CLIENTS.with(|c| c.set(c.get().saturating_sub(1)));
     }
 }

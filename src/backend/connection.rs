@@ -767,9 +767,12 @@ where
                     take_all(&mut out, &mut inflight);
                     // One turn of the worker's loop more before writing: the runtime polls its
                     // sockets once (without sleeping) and runs the clients that became ready,
-                    // and their requests go out in this same write.
-                    tokio::task::yield_now().await;
-                    take_all(&mut out, &mut inflight);
+                    // and their requests go out in this same write. A worker with one client
+                    // has nobody to wait for.
+                    if crate::worker::clients_here() > 1 {
+                        tokio::task::yield_now().await;
+                        take_all(&mut out, &mut inflight);
+                    }
                     stats.sent(inflight.len() - before);
                     also_scripts(inflight.len() - before, true);
                 }

@@ -46,6 +46,28 @@ impl Drop for Binary {
     }
 }
 
+/// The keygate binary with `threads` workers on a TCP port in front of `redis`; `extra` is TOML
+/// appended after `[upstream]` (its own keys, then any sections). Returns it, its address, and
+/// the directory holding its config.
+fn start_tcp(
+    redis: &Redis,
+    threads: usize,
+    extra: &str,
+) -> (Binary, std::net::SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let kg = Binary::start(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\nthreads = {threads}\n[upstream]\n\
+             kind = \"standalone\"\nservers = [\"{}\"]\n{extra}",
+            redis.addr()
+        ),
+    );
+    wait_for_port(port);
+    (kg, format!("127.0.0.1:{port}").parse().unwrap(), dir)
+}
+
 fn wait_for_file(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
@@ -73,18 +95,12 @@ fn metric(body: &str, prefix: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_spread_over_workers_keep_their_own_replies_in_order() {
     let redis = Redis::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let _kg = Binary::start(
-        dir.path(),
-        &format!(
-            "listen = \"127.0.0.1:{port}\"\nthreads = 4\n[upstream]\nkind = \"standalone\"\n\
-             servers = [\"{}\"]\nconnections_per_server = 2\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
-            redis.addr()
-        ),
+    let admin = free_port();
+    let (_kg, addr, _dir) = start_tcp(
+        &redis,
+        4,
+        &format!("connections_per_server = 2\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
     );
-    wait_for_port(port);
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     // 40 clients, each pipelining SET and GET of its own keys with values naming it: a reply
     // that reached the wrong client, or overtook another, shows as a wrong value.
     let mut tasks = Vec::new();
@@ -173,19 +189,11 @@ fn redis_cli_info(port: u16) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_connection_limit_holds_across_workers() {
     let redis = Redis::start();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _kg = Binary::start(
-        dir.path(),
-        &format!(
-            "listen = \"127.0.0.1:{port}\"\nthreads = 4\n[upstream]\nkind = \"standalone\"\n\
-             servers = [\"{}\"]\n[[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\n\
-             prefix = \"acme:\"\nmax_connections = 3\n",
-            redis.addr()
-        ),
+    let (_kg, addr, _dir) = start_tcp(
+        &redis,
+        4,
+        "[[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\nmax_connections = 3\n",
     );
-    wait_for_port(port);
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut admitted = Vec::new();
     let mut refused = 0;
     for _ in 0..8 {
@@ -307,20 +315,12 @@ fn a_file_in_the_way_of_the_socket_is_never_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_rate_and_the_slowlog_hold_across_workers() {
     let redis = Redis::start();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _kg = Binary::start(
-        dir.path(),
-        &format!(
-            "listen = \"127.0.0.1:{port}\"\nthreads = 4\n[upstream]\nkind = \"standalone\"\n\
-             servers = [\"{}\"]\n[slowlog]\nthreshold = \"0ms\"\nmax_len = 1000\n\
-             [[tenants]]\nname = \"acme\"\npassword = \"acme-pw\"\nprefix = \"acme:\"\n\
-             max_ops_per_sec = 200\n",
-            redis.addr()
-        ),
+    let (_kg, addr, _dir) = start_tcp(
+        &redis,
+        4,
+        "[slowlog]\nthreshold = \"0ms\"\nmax_len = 1000\n[[tenants]]\nname = \"acme\"\n\
+         password = \"acme-pw\"\nprefix = \"acme:\"\nmax_ops_per_sec = 200\n",
     );
-    wait_for_port(port);
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     // Eight connections (spread over the four workers) send as fast as they can for a second.
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -371,4 +371,63 @@ async fn a_tenants_rate_and_the_slowlog_hold_across_workers() {
             "slow-{c} missing from {log}"
         );
     }
+}
+
+/// A client per worker floods its loop with pipelined commands as fast as keygate answers (one
+/// of them never reads its replies at all): the clients sharing those loops with them are still
+/// answered, each request in turn. A loop serves its clients in turns; no client owns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_does_not_starve_its_workers_other_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Redis::start();
+    let (_kg, addr, _dir) = start_tcp(&redis, 2, "");
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Two floods, one per worker (each new client goes to the worker with the fewest): one
+    // reads everything, one reads nothing.
+    for reads in [true, false] {
+        let stop = stop.clone();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = stream.into_split();
+            if reads {
+                tokio::spawn(async move {
+                    let mut sink = vec![0u8; 1 << 16];
+                    while rd.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+                });
+            }
+            let flood = b"*3\r\n$3\r\nSET\r\n$5\r\nflood\r\n$2\r\nxx\r\n".repeat(10_000);
+            while !stop.is_cancelled() {
+                if wr.write_all(&flood).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bystanders on both workers: every request answered, in order, while the floods go on.
+    let mut tasks = Vec::new();
+    for c in 0..6 {
+        tasks.push(tokio::spawn(async move {
+            let mut raw = Raw::connect(addr).await;
+            for i in 0..100 {
+                let value = format!("b{c}-{i}");
+                let key = format!("by{c}");
+                assert_eq!(
+                    raw.call(&[b"SET", key.as_bytes(), value.as_bytes()]).await,
+                    b"+OK\r\n"
+                );
+                let got = raw.call(&[b"GET", key.as_bytes()]).await;
+                assert_eq!(text(&got), format!("${}\r\n{value}\r\n", value.len()));
+            }
+        }));
+    }
+    let all = async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("bystanders starved by a flooding client");
+    stop.cancel();
 }

@@ -1,7 +1,11 @@
 //! The admin HTTP port: `/health` (200 while the process runs), `/ready` (200 only while every
 //! backend has a live connection, else 503), `/metrics` (Prometheus text format), and
-//! `POST /reload` (reload the config file: 200 with what changed, or 400 with why not), and the
+//! `POST /reload` (reload the config file: 200 with what changed, or 400 with why not),
+//! `POST /tenants/NAME/flush` (remove a tenant's keys in the background; see cleanup), and the
 //! status page: `/` and the `/status.json` it polls (see `status`).
+//!
+//! The port has no authentication of its own: whoever reaches it may reload and flush. Bind it
+//! to loopback or an operators' network (`[admin] listen`), never where tenants' clients reach.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,6 +36,11 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
                     if req.method() == Method::POST && req.uri().path() == "/reload" {
                         return Ok::<_, Infallible>(reload(&proxy).await);
                     }
+                    if req.method() == Method::POST {
+                        if let Some(name) = flush_target(req.uri().path()) {
+                            return Ok::<_, Infallible>(flush(&proxy, &name));
+                        }
+                    }
                     Ok::<_, Infallible>(respond(&proxy, req))
                 }
             });
@@ -48,6 +57,37 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+/// `/tenants/NAME/flush`: the tenant's name (percent-decoding is not needed: names are
+/// printable ASCII without spaces, and a `%` is taken as written).
+fn flush_target(path: &str) -> Option<String> {
+    let name = path.strip_prefix("/tenants/")?.strip_suffix("/flush")?;
+    (!name.is_empty() && !name.contains('/')).then(|| name.to_string())
+}
+
+/// `POST /tenants/NAME/flush`: 202 once the flush has started (progress in /metrics), 404 for
+/// no such tenant, 409 while one runs.
+fn flush(proxy: &Arc<Proxy>, name: &str) -> Response<Full<Bytes>> {
+    match crate::cleanup::start(proxy, name) {
+        Ok(()) => reply(
+            StatusCode::ACCEPTED,
+            "text/plain",
+            format!(
+                "flushing tenant {name}'s keys; progress: keygate_tenant_flush_* in /metrics\n"
+            ),
+        ),
+        Err(crate::cleanup::Refused::NoSuchTenant) => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no tenant named {name:?}\n"),
+        ),
+        Err(crate::cleanup::Refused::AlreadyRunning) => reply(
+            StatusCode::CONFLICT,
+            "text/plain",
+            format!("a flush of tenant {name} is running already\n"),
+        ),
+    }
 }
 
 async fn reload(proxy: &Arc<Proxy>) -> Response<Full<Bytes>> {
@@ -70,7 +110,7 @@ fn respond(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only (POST for /reload)\n".into(),
+            "GET only (POST for /reload and /tenants/NAME/flush)\n".into(),
         );
     }
     match req.uri().path() {
@@ -103,12 +143,19 @@ fn respond(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            proxy
-                .metrics
-                .render(&proxy.topology.load(), &proxy.tenants.load()),
+        "/metrics" => {
+            let mut text = proxy.metrics.render(
+                &proxy.topology.load(),
+                &proxy.tenants.load(),
+                proxy.config.load().tenant_series(),
+            );
+            proxy.flushes.render(&mut text);
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
+        path if flush_target(path).is_some() => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "POST only\n".into(),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }

@@ -39,6 +39,33 @@ pub struct Config {
     pub access: Access,
     /// Client-side TLS: a second listening address speaking TLS (see tls).
     pub tls: Option<Tls>,
+    /// How tenants' memory and key quotas are measured (see accounting).
+    pub quota: Quota,
+    /// Limits shared by several keygates in front of the same servers (see fleet).
+    pub fleet: Fleet,
+}
+
+/// `[fleet]`: tenants' `max_connections` and `max_ops_per_sec` kept on the servers, for every
+/// keygate in front of them together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fleet {
+    pub shared_limits: bool,
+    /// Where on the servers: `<namespace>{<tenant>}:rate` and `:conns`, `:seen`. No tenant's
+    /// prefix may start it or start with it, so no tenant can reach these keys.
+    pub namespace: String,
+    /// A keygate that stops renewing (it died) has its connections released after this long.
+    pub instance_ttl: Duration,
+}
+
+/// `[quota]`: the background pass that measures each tenant's keys and memory on the servers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quota {
+    /// Most keys the pass examines per second on each server (its cost on the server).
+    pub scan_rate: u32,
+    /// Keys examined per script call (SCAN's COUNT).
+    pub batch: u32,
+    /// The pause between the end of one pass and the start of the next.
+    pub interval: Duration,
 }
 
 /// `[tls]`: certificates are read and checked when the config loads (so `--check` and reloads
@@ -108,6 +135,11 @@ pub struct Tenant {
     pub deny_categories: Vec<String>,
     pub max_connections: Option<usize>,
     pub max_ops_per_sec: Option<u32>,
+    /// Memory quota in bytes, as the servers' MEMORY USAGE counts the tenant's keys: once over,
+    /// commands that may grow memory are refused with -OOM (see tenant::quota).
+    pub max_memory: Option<u64>,
+    /// Key quota: once the tenant holds more keys, the same.
+    pub max_keys: Option<u64>,
     pub allow_scripts: bool,
     /// When not empty, AUTH as this tenant only from these addresses.
     pub allow_from: Vec<Cidr>,
@@ -247,6 +279,9 @@ pub struct Server {
 #[derive(Clone, Debug)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// /metrics and /status.json give full per-tenant series for at most this many tenants (the
+    /// busiest, and any over a quota); the rest are summed under `tenant="_other"`.
+    pub tenant_series: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -296,6 +331,15 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl Config {
+    /// `[admin] tenant_series` (its default without an admin listener).
+    pub fn tenant_series(&self) -> usize {
+        self.admin
+            .as_ref()
+            .map_or_else(default_tenant_series, |a| a.tenant_series)
+    }
+}
+
 // ---- the file's shape -----------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -323,6 +367,29 @@ struct File {
     #[serde(default)]
     access: AccessFile,
     tls: Option<TlsFile>,
+    #[serde(default)]
+    quota: QuotaFile,
+    #[serde(default)]
+    fleet: FleetFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FleetFile {
+    shared_limits: bool,
+    namespace: String,
+    #[serde(deserialize_with = "duration")]
+    instance_ttl: Duration,
+}
+
+impl Default for FleetFile {
+    fn default() -> Self {
+        FleetFile {
+            shared_limits: false,
+            namespace: "keygate:".into(),
+            instance_ttl: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -380,6 +447,9 @@ struct TenantFile {
     deny_categories: Vec<String>,
     max_connections: Option<usize>,
     max_ops_per_sec: Option<u32>,
+    #[serde(default, deserialize_with = "optional_size")]
+    max_memory: Option<usize>,
+    max_keys: Option<u64>,
     #[serde(default)]
     allow_scripts: bool,
     #[serde(default)]
@@ -484,6 +554,31 @@ struct UpstreamFile {
 #[serde(deny_unknown_fields)]
 struct AdminFile {
     listen: String,
+    #[serde(default = "default_tenant_series")]
+    tenant_series: usize,
+}
+
+fn default_tenant_series() -> usize {
+    100
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct QuotaFile {
+    scan_rate: u32,
+    batch: u32,
+    #[serde(deserialize_with = "duration")]
+    interval: Duration,
+}
+
+impl Default for QuotaFile {
+    fn default() -> Self {
+        QuotaFile {
+            scan_rate: 20_000,
+            batch: 500,
+            interval: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -594,6 +689,10 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
             ))
         }),
     }
+}
+
+fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    size(d).map(Some)
 }
 
 fn parse_size(text: &str) -> Option<usize> {
@@ -860,6 +959,7 @@ impl Config {
         let admin = match raw.admin {
             Some(a) => Some(Admin {
                 listen: socket_addr(&a.listen).map_err(|r| fail("admin.listen", r))?,
+                tenant_series: a.tenant_series,
             }),
             None => None,
         };
@@ -921,6 +1021,48 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        let q = &raw.quota;
+        if q.scan_rate == 0 || q.batch == 0 {
+            let key = if q.batch == 0 {
+                "quota.batch"
+            } else {
+                "quota.scan_rate"
+            };
+            return Err(fail(key, "must be at least 1".into()));
+        }
+        if q.batch > 100_000 {
+            return Err(fail(
+                "quota.batch",
+                "at most 100000 (each call runs as one script on the server)".into(),
+            ));
+        }
+        nonzero_duration(q.interval).map_err(|r| fail("quota.interval", r))?;
+        let fleet = &raw.fleet;
+        if fleet.namespace.is_empty()
+            || fleet
+                .namespace
+                .chars()
+                .any(|c| PREFIX_FORBIDDEN.contains(&c) || !c.is_ascii_graphic())
+        {
+            return Err(fail(
+                "fleet.namespace",
+                format!("{:?} must be non-empty printable ASCII without spaces or any of {{ }} * ? [ ] \\", fleet.namespace),
+            ));
+        }
+        if let Some((i, t)) = tenants.iter().enumerate().find(|(_, t)| {
+            t.prefix.starts_with(&fleet.namespace) || fleet.namespace.starts_with(&t.prefix)
+        }) {
+            return Err(fail(
+                &format!("tenants[{i}].prefix"),
+                format!(
+                    "{:?} and fleet.namespace {:?}: one is a prefix of the other, so the tenant could reach keygate's own keys",
+                    t.prefix, fleet.namespace
+                ),
+            ));
+        }
+        if fleet.instance_ttl < Duration::from_secs(1) {
+            return Err(fail("fleet.instance_ttl", "must be at least 1s".into()));
         }
         tracing_subscriber::EnvFilter::try_new(&raw.log.level).map_err(|e| {
             fail(
@@ -997,6 +1139,16 @@ impl Config {
                 deny: cidrs(&raw.access.deny, "access.deny").map_err(|(k, r)| fail(&k, r))?,
                 max_auth_failures: raw.access.max_auth_failures,
                 max_unauthenticated_per_address: raw.access.max_unauthenticated_per_address,
+            },
+            fleet: Fleet {
+                shared_limits: raw.fleet.shared_limits,
+                namespace: raw.fleet.namespace.clone(),
+                instance_ttl: raw.fleet.instance_ttl,
+            },
+            quota: Quota {
+                scan_rate: raw.quota.scan_rate,
+                batch: raw.quota.batch,
+                interval: raw.quota.interval,
             },
         })
     }
@@ -1095,6 +1247,7 @@ const PREFIX_FORBIDDEN: &[char] = &['{', '}', '*', '?', '[', ']', '\\'];
 
 fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
     let mut out: Vec<Tenant> = Vec::new();
+    let mut names = std::collections::HashSet::with_capacity(raw.len());
     for (i, t) in raw.iter().enumerate() {
         let at = |field: &str| format!("tenants[{i}].{field}");
         if t.name.is_empty() || t.name.chars().any(|c| !c.is_ascii_graphic()) {
@@ -1103,7 +1256,7 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
                 format!("{:?} must be printable, without spaces", t.name),
             ));
         }
-        if out.iter().any(|o| o.name == t.name) {
+        if !names.insert(t.name.as_str()) {
             return Err((at("name"), format!("{:?} is used twice", t.name)));
         }
         let password_sha256 = match (&t.password, &t.password_sha256) {
@@ -1139,18 +1292,6 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
                 format!("{:?} must be non-empty printable ASCII without spaces or any of {{ }} * ? [ ] \\", t.prefix),
             ));
         }
-        if let Some(other) = out
-            .iter()
-            .find(|o| o.prefix.starts_with(&t.prefix) || t.prefix.starts_with(&o.prefix))
-        {
-            return Err((
-                at("prefix"),
-                format!(
-                    "{:?} and tenant {:?}'s {:?}: one is a prefix of the other, so their keys could collide",
-                    t.prefix, other.name, other.prefix
-                ),
-            ));
-        }
         let allow_commands = match &t.allow_commands {
             Some(list) => Some(command_list(list).map_err(|r| (at("allow_commands"), r))?),
             None => None,
@@ -1163,6 +1304,14 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
                 at("max_connections"),
                 "must be at least 1 (omit it for no limit)".into(),
             ));
+        }
+        if t.max_memory == Some(0) || t.max_keys == Some(0) {
+            let key = if t.max_keys == Some(0) {
+                "max_keys"
+            } else {
+                "max_memory"
+            };
+            return Err((at(key), "must be at least 1 (omit it for no quota)".into()));
         }
         if t.max_ops_per_sec == Some(0) {
             return Err((
@@ -1202,6 +1351,8 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             deny_categories,
             max_connections: t.max_connections,
             max_ops_per_sec: t.max_ops_per_sec,
+            max_memory: t.max_memory.map(|n| n as u64),
+            max_keys: t.max_keys,
             allow_scripts: t.allow_scripts,
             allow_from: cidrs(&t.allow_from, &at("allow_from"))?,
             database: match (t.isolation.as_deref(), t.database) {
@@ -1249,7 +1400,35 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
             },
         });
     }
+    nested_prefixes(&out)?;
     Ok(out)
+}
+
+/// No tenant's prefix may start another's, or their keys could collide. In sorted order a
+/// prefix comes right before the prefixes it starts (everything between them starts with it
+/// too), so neighbours are all that need comparing: n log n for any number of tenants.
+fn nested_prefixes(tenants: &[Tenant]) -> Result<(), (String, String)> {
+    let mut order: Vec<usize> = (0..tenants.len()).collect();
+    order.sort_by(|&a, &b| tenants[a].prefix.cmp(&tenants[b].prefix));
+    for pair in order.windows(2) {
+        let (a, b) = (&tenants[pair[0]], &tenants[pair[1]]);
+        if b.prefix.starts_with(&a.prefix) {
+            // Name the one that comes later in the file, as the check before the sort did.
+            let (i, first, second) = if pair[0] < pair[1] {
+                (pair[1], a, b)
+            } else {
+                (pair[0], b, a)
+            };
+            return Err((
+                format!("tenants[{i}].prefix"),
+                format!(
+                    "{:?} and tenant {:?}'s {:?}: one is a prefix of the other, so their keys could collide",
+                    second.prefix, first.name, first.prefix
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_sha256(hex: &str) -> Option<[u8; 32]> {

@@ -35,6 +35,17 @@ pub enum Reply {
     Later(Pin<Box<dyn Future<Output = Bytes> + Send>>),
 }
 
+impl Reply {
+    /// Wait for the reply's bytes (for keygate's own requests: accounting, fleet limits).
+    pub async fn bytes(self) -> Bytes {
+        match self {
+            Reply::Ready(bytes) => bytes,
+            Reply::Backend(rx) => reply_bytes(rx.await),
+            Reply::Later(later) => later.await,
+        }
+    }
+}
+
 type Pending = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 
 /// How many times one request follows redirections or retries before giving up.
@@ -488,7 +499,7 @@ pub fn tenant_keyspace(
 }
 
 /// A SCAN reply's next cursor and keys.
-fn scan_page(reply: &Bytes) -> Option<(Bytes, Vec<Bytes>)> {
+pub fn scan_page(reply: &Bytes) -> Option<(Bytes, Vec<Bytes>)> {
     let parts = value::elements(reply)?;
     let [cursor, keys] = parts.as_slice() else {
         return None;

@@ -71,6 +71,10 @@ pub enum Error {
     },
     /// The tenant is over its `max_ops_per_sec`.
     RateLimited { tenant: String, rate: u32 },
+    /// The tenant is over its `max_memory` or `max_keys` and the command may grow memory.
+    OverQuota { tenant: String, quota: String },
+    /// A reload removed the tenant this connection authenticated as.
+    TenantRemoved(String),
     /// The tenant already has `max_connections` clients.
     TenantFull { tenant: String, max: usize },
     /// A KEYS or SCAN pattern keygate will not run for a tenant.
@@ -148,6 +152,12 @@ impl Error {
             Error::NoPerm { command, reason } => format!("NOPERM keygate: '{command}' {reason}"),
             Error::RateLimited { tenant, rate } => format!(
                 "ERR keygate: tenant '{tenant}' is over its limit of {rate} requests per second"
+            ),
+            Error::OverQuota { tenant, quota } => format!(
+                "OOM command not allowed when tenant '{tenant}' is over its quota ({quota})"
+            ),
+            Error::TenantRemoved(tenant) => format!(
+                "NOAUTH keygate: tenant '{tenant}' was removed from the config; authenticate again"
             ),
             Error::TenantFull { tenant, max } => format!(
                 "ERR keygate: tenant '{tenant}' already has its maximum of {max} connections"

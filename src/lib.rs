@@ -57,13 +57,16 @@ pub const GIT_DIRTY: bool = env!("KEYGATE_GIT_DIRTY").as_bytes()[0] == b'1';
 pub const VERSION_LINE: &str = env!("KEYGATE_VERSION_LINE");
 
 pub mod access;
+pub mod accounting;
 pub mod admin;
 pub mod backend;
+pub mod cleanup;
 pub mod clients;
 pub mod command;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod fleet;
 pub mod histogram;
 pub mod learn;
 pub mod listener;

@@ -71,6 +71,15 @@ pub struct Metrics {
     pub last_reload: AtomicU64,
     /// Commands learned from the servers beyond the built-in table (see `learn`).
     pub learned_commands: AtomicU64,
+    /// The quota accounting's passes (see accounting): completed, incomplete, the last one's
+    /// duration, the scripts it ran and the keys they examined.
+    pub quota_passes: AtomicU64,
+    pub quota_pass_failures: AtomicU64,
+    pub quota_last_pass_us: AtomicU64,
+    pub quota_calls: AtomicU64,
+    pub quota_keys_examined: AtomicU64,
+    /// Scripts run on the servers for `[fleet] shared_limits` (leases, admissions, heartbeats).
+    pub fleet_scripts: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -93,6 +102,12 @@ impl Default for Metrics {
             reloads_failed: AtomicU64::new(0),
             last_reload: AtomicU64::new(0),
             learned_commands: AtomicU64::new(0),
+            quota_passes: AtomicU64::new(0),
+            quota_pass_failures: AtomicU64::new(0),
+            quota_last_pass_us: AtomicU64::new(0),
+            quota_calls: AtomicU64::new(0),
+            quota_keys_examined: AtomicU64::new(0),
+            fleet_scripts: AtomicU64::new(0),
         }
     }
 }
@@ -184,7 +199,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self, topology: &Topology, tenants: &[Arc<TenantState>]) -> String {
+    /// `tenant_series`: how many tenants get series of their own (see `render_tenants`).
+    pub fn render(
+        &self,
+        topology: &Topology,
+        tenants: &[Arc<TenantState>],
+        tenant_series: usize,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let per_command = |out: &mut String, name: &str, help: &str, values: Vec<u64>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -407,57 +428,168 @@ impl Metrics {
                 backend.addr,
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP keygate_quota_passes_total Quota accounting passes over every primary, by result.\n\
+             # TYPE keygate_quota_passes_total counter\n\
+             keygate_quota_passes_total{{result=\"complete\"}} {}\n\
+             keygate_quota_passes_total{{result=\"incomplete\"}} {}\n\
+             # HELP keygate_quota_last_pass_seconds How long the last complete accounting pass took (its lag).\n\
+             # TYPE keygate_quota_last_pass_seconds gauge\n\
+             keygate_quota_last_pass_seconds {}\n\
+             # HELP keygate_quota_scripts_total Scripts the accounting ran on the servers (one per batch).\n\
+             # TYPE keygate_quota_scripts_total counter\n\
+             keygate_quota_scripts_total {}\n\
+             # HELP keygate_quota_keys_examined_total Keys the accounting examined (SCAN and MEMORY USAGE).\n\
+             # TYPE keygate_quota_keys_examined_total counter\n\
+             keygate_quota_keys_examined_total {}\n\
+             # HELP keygate_fleet_scripts_total Scripts run on the servers for shared limits (rate leases, connection admissions and heartbeats).\n\
+             # TYPE keygate_fleet_scripts_total counter\n\
+             keygate_fleet_scripts_total {}",
+            self.quota_passes.load(Relaxed),
+            self.quota_pass_failures.load(Relaxed),
+            self.quota_last_pass_us.load(Relaxed) as f64 / 1e6,
+            self.quota_calls.load(Relaxed),
+            self.quota_keys_examined.load(Relaxed),
+            self.fleet_scripts.load(Relaxed),
+        );
         if !tenants.is_empty() {
-            type Read = fn(&TenantState) -> u64;
-            let families: [(&str, &str, &str, Read); 4] = [
-                (
-                    "keygate_tenant_connections",
-                    "gauge",
-                    "Client connections authenticated as each tenant.",
-                    |t| t.connections() as u64,
-                ),
-                (
-                    "keygate_tenant_requests_total",
-                    "counter",
-                    "Requests from each tenant.",
-                    |t| t.requests.load(Relaxed),
-                ),
-                (
-                    "keygate_tenant_request_errors_total",
-                    "counter",
-                    "Error replies sent to each tenant.",
-                    |t| t.errors.load(Relaxed),
-                ),
-                (
-                    "keygate_tenant_rate_limited_total",
-                    "counter",
-                    "Requests refused for a tenant's max_ops_per_sec.",
-                    |t| t.rate_limited.load(Relaxed),
-                ),
-            ];
-            for (name, kind, help, read) in families {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                for tenant in tenants {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{tenant=\"{}\"}} {}",
-                        tenant.config.name,
-                        read(tenant)
-                    );
-                }
-            }
-            let _ = writeln!(
-                out,
-                "# HELP keygate_tenant_request_duration_seconds Time from a tenant's request's arrival to its reply's leaving keygate.\n\
-                 # TYPE keygate_tenant_request_duration_seconds histogram"
-            );
-            for tenant in tenants {
-                let labels = format!("tenant=\"{}\"", tenant.config.name);
-                tenant
-                    .latency
-                    .render(&mut out, "keygate_tenant_request_duration_seconds", &labels);
-            }
+            render_tenants(&mut out, tenants, tenant_series);
         }
         out
+    }
+}
+
+/// The per-tenant families, for the `series` busiest tenants (by requests since they were
+/// configured) and every tenant over a quota; the others summed under `tenant="_other"`, so a
+/// scrape stays the same size however many tenants there are.
+fn render_tenants(out: &mut String, tenants: &[Arc<TenantState>], series: usize) {
+    let (shown, rest) = crate::tenant::busiest(tenants, series);
+    let _ = writeln!(
+        out,
+        "# HELP keygate_tenants Tenants configured, and those whose figures are summed under tenant=\"_other\" ([admin] tenant_series).\n\
+         # TYPE keygate_tenants gauge\n\
+         keygate_tenants{{series=\"own\"}} {}\n\
+         keygate_tenants{{series=\"other\"}} {}",
+        shown.len(),
+        rest.len()
+    );
+    type Read = fn(&TenantState) -> u64;
+    let families: [(&str, &str, &str, Read); 4] = [
+        (
+            "keygate_tenant_connections",
+            "gauge",
+            "Client connections authenticated as each tenant.",
+            |t| t.connections() as u64,
+        ),
+        (
+            "keygate_tenant_requests_total",
+            "counter",
+            "Requests from each tenant.",
+            |t| t.requests.load(Relaxed),
+        ),
+        (
+            "keygate_tenant_request_errors_total",
+            "counter",
+            "Error replies sent to each tenant.",
+            |t| t.errors.load(Relaxed),
+        ),
+        (
+            "keygate_tenant_rate_limited_total",
+            "counter",
+            "Requests refused for a tenant's max_ops_per_sec.",
+            |t| t.rate_limited.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for tenant in &shown {
+            let _ = writeln!(
+                out,
+                "{name}{{tenant=\"{}\"}} {}",
+                tenant.config.name,
+                read(tenant)
+            );
+        }
+        if !rest.is_empty() {
+            let sum: u64 = rest.iter().map(|t| read(t)).sum();
+            let _ = writeln!(out, "{name}{{tenant=\"_other\"}} {sum}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP keygate_tenant_request_duration_seconds Time from a tenant's request's arrival to its reply's leaving keygate.\n\
+         # TYPE keygate_tenant_request_duration_seconds histogram"
+    );
+    for tenant in &shown {
+        let labels = format!("tenant=\"{}\"", tenant.config.name);
+        tenant
+            .latency
+            .render(out, "keygate_tenant_request_duration_seconds", &labels);
+    }
+    if !rest.is_empty() {
+        let other = Histogram::default();
+        for tenant in &rest {
+            other.add(&tenant.latency);
+        }
+        other.render(
+            out,
+            "keygate_tenant_request_duration_seconds",
+            "tenant=\"_other\"",
+        );
+    }
+    let quotas: Vec<_> = shown
+        .iter()
+        .filter_map(|t| Some((&t.config.name, t.usage.as_ref()?)))
+        .collect();
+    if quotas.is_empty() {
+        return;
+    }
+    type Quota = fn(&crate::tenant::quota::Usage) -> Option<u64>;
+    let families: [(&str, &str, &str, Quota); 6] = [
+        (
+            "keygate_tenant_memory_bytes",
+            "gauge",
+            "Each tenant's memory on the servers, estimated: the last accounting pass plus what it wrote since.",
+            |u| Some(u.estimate().0),
+        ),
+        (
+            "keygate_tenant_memory_measured_bytes",
+            "gauge",
+            "Each tenant's memory as the last completed accounting pass measured it (MEMORY USAGE).",
+            |u| Some(u.measured().0),
+        ),
+        (
+            "keygate_tenant_max_memory_bytes",
+            "gauge",
+            "Each tenant's max_memory.",
+            |u| u.limits().0,
+        ),
+        (
+            "keygate_tenant_keys",
+            "gauge",
+            "Each tenant's keys on the servers, estimated as keygate_tenant_memory_bytes is.",
+            |u| Some(u.estimate().1),
+        ),
+        (
+            "keygate_tenant_max_keys",
+            "gauge",
+            "Each tenant's max_keys.",
+            |u| u.limits().1,
+        ),
+        (
+            "keygate_tenant_quota_refused_total",
+            "counter",
+            "Commands refused with -OOM because the tenant was over a quota.",
+            |u| Some(u.refused.load(Relaxed)),
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (tenant, usage) in &quotas {
+            if let Some(v) = read(usage) {
+                let _ = writeln!(out, "{name}{{tenant=\"{tenant}\"}} {v}");
+            }
+        }
     }
 }

@@ -59,6 +59,8 @@ pub struct Proxy {
     pub pause: Arc<crate::pause::Pause>,
     /// Keys in every tracking client's table, and their bound.
     pub tracked_keys: Arc<crate::clients::TrackedKeys>,
+    /// `POST /tenants/NAME/flush` runs (see cleanup).
+    pub flushes: crate::tenant::flush::Flushes,
     next_client_id: AtomicU64,
 }
 
@@ -90,7 +92,7 @@ impl Proxy {
             .tenants
             .iter()
             .cloned()
-            .map(|t| Arc::new(TenantState::for_upstream(t, &config.upstream)))
+            .map(|t| Arc::new(TenantState::for_config(t, &config)))
             .collect();
         let slowlog = Slowlog::new(&config.slowlog);
         Proxy {
@@ -116,6 +118,7 @@ impl Proxy {
             monitors: Default::default(),
             pause: Default::default(),
             tracked_keys: Default::default(),
+            flushes: Default::default(),
             next_client_id: AtomicU64::new(1),
         }
     }

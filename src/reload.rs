@@ -121,14 +121,39 @@ pub async fn apply(proxy: &Arc<Proxy>, mut config: Config) -> Result<String, Str
         .tenants
         .iter()
         .map(|t| {
-            let fresh = TenantState::for_upstream(t.clone(), &config.upstream);
-            old_tenants
-                .named(t.name.as_bytes())
-                .filter(|old| old.config == *t && old.backend_user == fresh.backend_user)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(fresh))
+            let mut fresh = TenantState::for_config(t.clone(), &config);
+            let old = old_tenants.named(t.name.as_bytes());
+            if let Some(old) = old {
+                fresh.keep_usage(old);
+            }
+            old.filter(|old| {
+                old.config == *t
+                    && old.backend_user == fresh.backend_user
+                    && old.shared == fresh.shared
+            })
+            .cloned()
+            .unwrap_or_else(|| Arc::new(fresh))
         })
         .collect();
+    // A tenant no longer configured keeps no access: its connections are closed.
+    let names: std::collections::HashSet<&str> =
+        tenants.iter().map(|t| t.config.name.as_str()).collect();
+    for old in old_tenants.iter() {
+        if !names.contains(old.config.name.as_str()) {
+            old.removed.store(true, Relaxed);
+            let closed = proxy
+                .clients
+                .matching(|c| c.shown().tenant.as_deref() == Some(old.config.name.as_str()));
+            for client in &closed {
+                client.kill.cancel();
+            }
+            tracing::info!(
+                tenant = %old.config.name,
+                connections = closed.len(),
+                "tenant removed from the config; its connections are closed"
+            );
+        }
+    }
 
     proxy.tenancy.store(!tenants.is_empty(), Relaxed);
     proxy.tenants.store(Arc::new(Tenants::new(tenants)));

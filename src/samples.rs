@@ -69,12 +69,14 @@ impl Samples {
         }
         self.last = Some((requests, latency));
         let previous = std::mem::take(&mut self.tenants);
+        let previous: std::collections::HashMap<&str, &TenantSample> =
+            previous.iter().map(|p| (p.name.as_str(), p)).collect();
         self.tenants = tenants
             .iter()
             .map(|t| {
                 let requests = t.requests.load(Relaxed);
                 let latency = t.latency.snapshot();
-                let before = previous.iter().find(|p| p.name == t.config.name);
+                let before = previous.get(t.config.name.as_str());
                 let (ops, p99_ms) = match before {
                     Some(before) => {
                         let delta: [u64; BOUNDS_US.len() + 1] =

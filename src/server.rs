@@ -132,6 +132,8 @@ impl Server {
         tokio::spawn(eject(proxy.clone(), shutdown.clone()));
         tokio::spawn(sentinel::watch(proxy.clone(), shutdown.clone()));
         tokio::spawn(crate::status::sample(proxy.clone(), shutdown.clone()));
+        tokio::spawn(crate::accounting::run(proxy.clone(), shutdown.clone()));
+        tokio::spawn(crate::fleet::run(proxy.clone(), shutdown.clone()));
         if proxy.config_path.get().is_some() {
             tokio::spawn(reload::watch(proxy.clone(), shutdown.clone()));
         }

@@ -44,8 +44,33 @@ struct Status {
     topology_epoch: u64,
     clients: u64,
     backends: Vec<BackendStatus>,
+    /// The busiest tenants (`[admin] tenant_series`) and any over a quota.
     tenants: Vec<TenantStatus>,
+    /// The other tenants, summed (none: every tenant is listed).
+    other_tenants: Option<OtherTenants>,
     samples: Vec<Sample>,
+}
+
+#[derive(Serialize)]
+struct OtherTenants {
+    count: usize,
+    connections: usize,
+    requests: u64,
+    errors: u64,
+    rate_limited: u64,
+}
+
+/// A tenant's quotas and usage (tenants with `max_memory` or `max_keys`).
+#[derive(Serialize)]
+struct QuotaStatus {
+    /// Estimated (see tenant::quota), and as last measured.
+    memory_bytes: u64,
+    measured_memory_bytes: u64,
+    max_memory: Option<u64>,
+    keys: u64,
+    max_keys: Option<u64>,
+    over: bool,
+    refused: u64,
 }
 
 #[derive(Serialize)]
@@ -68,6 +93,7 @@ struct TenantStatus {
     requests: u64,
     errors: u64,
     rate_limited: u64,
+    quota: Option<QuotaStatus>,
 }
 
 /// `/status.json`.
@@ -93,24 +119,48 @@ pub fn json(proxy: &Proxy) -> String {
         })
         .collect();
     let samples = proxy.samples.lock().unwrap_or_else(|e| e.into_inner());
-    let tenants = proxy
+    let recent: std::collections::HashMap<&str, &crate::samples::TenantSample> = samples
         .tenants
-        .load()
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    let all = proxy.tenants.load();
+    let (shown, rest) = crate::tenant::busiest(&all, proxy.config.load().tenant_series());
+    let tenants = shown
         .iter()
         .map(|t| {
-            let sample = samples.tenants.iter().find(|s| s.name == t.config.name);
-            (t, sample)
-        })
-        .map(|(t, sample)| TenantStatus {
-            name: t.config.name.clone(),
-            connections: t.connections(),
-            ops_per_sec: sample.map_or(0, |s| s.ops),
-            p99_ms: sample.and_then(|s| s.p99_ms),
-            requests: t.requests.load(Relaxed),
-            errors: t.errors.load(Relaxed),
-            rate_limited: t.rate_limited.load(Relaxed),
+            let sample = recent.get(t.config.name.as_str());
+            TenantStatus {
+                name: t.config.name.clone(),
+                connections: t.connections(),
+                ops_per_sec: sample.map_or(0, |s| s.ops),
+                p99_ms: sample.and_then(|s| s.p99_ms),
+                requests: t.requests.load(Relaxed),
+                errors: t.errors.load(Relaxed),
+                rate_limited: t.rate_limited.load(Relaxed),
+                quota: t.usage.as_ref().map(|u| {
+                    let (memory_bytes, keys) = u.estimate();
+                    let (max_memory, max_keys) = u.limits();
+                    QuotaStatus {
+                        memory_bytes,
+                        measured_memory_bytes: u.measured().0,
+                        max_memory,
+                        keys,
+                        max_keys,
+                        over: u.over(),
+                        refused: u.refused.load(Relaxed),
+                    }
+                }),
+            }
         })
         .collect();
+    let other_tenants = (!rest.is_empty()).then(|| OtherTenants {
+        count: rest.len(),
+        connections: rest.iter().map(|t| t.connections()).sum(),
+        requests: rest.iter().map(|t| t.requests.load(Relaxed)).sum(),
+        errors: rest.iter().map(|t| t.errors.load(Relaxed)).sum(),
+        rate_limited: rest.iter().map(|t| t.rate_limited.load(Relaxed)).sum(),
+    });
     let status = Status {
         version: crate::VERSION,
         git_sha1: crate::GIT_SHA1,
@@ -120,6 +170,7 @@ pub fn json(proxy: &Proxy) -> String {
         clients: proxy.metrics.clients_connected.load(Relaxed),
         backends,
         tenants,
+        other_tenants,
         samples: samples.history.iter().cloned().collect(),
     };
     serde_json::to_string(&status).unwrap_or_else(|_| "{}".into())

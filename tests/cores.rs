@@ -7,44 +7,11 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, wait_for_port, Raw, Redis};
+use common::{free_port, http_get, wait_for_port, Binary, Raw, Redis, KEYGATE};
 use tokio::net::UnixStream;
-
-const KEYGATE: &str = env!("CARGO_BIN_EXE_keygate");
-
-/// The keygate binary on `config` (written to `dir`); killed when dropped.
-struct Binary(Child);
-
-impl Binary {
-    fn start(dir: &Path, config: &str) -> Binary {
-        let file = dir.join("keygate.toml");
-        std::fs::write(&file, config).unwrap();
-        let child = Command::new(KEYGATE)
-            .arg("--config")
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap();
-        Binary(child)
-    }
-
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The keygate binary with `threads` workers on a TCP port in front of `redis`; `extra` is TOML
 /// appended after `[upstream]` (its own keys, then any sections). Returns it, its address, and

@@ -32,7 +32,7 @@ impl Session {
             "select" => self.select(&args[1]),
             "auth" => self
                 .auth(&args[1..])
-                .and_then(|()| Handled::ready(resp::simple("OK"))),
+                .and_then(|()| self.after_admission(resp::simple("OK"))),
             "hello" => self.hello(&args[1..]),
             "reset" => {
                 // As in Redis, RESET also forgets who the client authenticated as, any MULTI or
@@ -81,6 +81,23 @@ impl Session {
             )),
             _ => Err(Error::Invalid("syntax error")),
         }
+    }
+
+    /// `reply`, once the fleet has admitted the tenant the client just authenticated as (with
+    /// shared limits; at once otherwise). Later requests wait for it, so none runs as the tenant
+    /// before the verdict.
+    fn after_admission(&mut self, reply: Bytes) -> Result<Handled, Error> {
+        let Some(admission) = self.admission.take() else {
+            return Handled::ready(reply);
+        };
+        self.must_drain = true;
+        Ok(Handled::reply(Reply::Later(Box::pin(async move {
+            if admission.admitted.await {
+                reply
+            } else {
+                admission.refused
+            }
+        }))))
     }
 
     /// SELECT db. Standalone: the database switches once the server has accepted it (a later
@@ -197,7 +214,7 @@ impl Session {
         text(&mut out, "master");
         text(&mut out, "modules");
         resp::put_header(&mut out, b'*', 0);
-        Handled::ready(out.freeze())
+        self.after_admission(out.freeze())
     }
 
     fn client(&mut self, cmd: &Command) -> Result<Handled, Error> {

@@ -128,6 +128,9 @@ struct Session {
     /// A SELECT in flight: the database it switches to once the server accepted it
     /// (`u64::MAX` while not, or if refused).
     pending_select: Option<Arc<AtomicU64>>,
+    /// With shared limits: the fleet's admission of the tenant this client just authenticated
+    /// as, and the error to send if it refuses. The AUTH (or HELLO) reply waits for it.
+    admission: Option<tenancy::Admission>,
     /// The subscriber connection, while the client subscribes (see session::pubsub).
     sub: Option<pubsub::Sub>,
     /// MONITOR's lines, while the client monitors (see session::feeds).
@@ -302,6 +305,7 @@ async fn serve<R, W>(
         flavor: Flavor::default(),
         must_drain: false,
         pending_select: None,
+        admission: None,
         sub: None,
         monitor: None,
         tracking: None,
@@ -323,6 +327,10 @@ async fn serve<R, W>(
         if let Err(refused) = session.certificate_auth(&identity) {
             out.push(refused.to_reply());
             session.closing = true;
+        }
+        // No reply to hold back: the fleet's verdict applies from the request it arrives by.
+        if let Some(admission) = session.admission.take() {
+            tokio::spawn(admission.admitted);
         }
     }
     session.publish();

@@ -14,6 +14,7 @@ use crate::dispatch::{Reply, TenantKeyspace};
 use crate::error::Error;
 use crate::resp::{self, value};
 use crate::tenant::custom::{self, Refused, ReplyFix};
+use crate::tenant::quota::Usage;
 use crate::tenant::rewrite::{self, Refusal};
 use crate::tenant::rules::{self, Rule};
 use crate::tenant::{Seat, TenantState};
@@ -38,6 +39,14 @@ pub(super) enum Fix {
     /// COMMAND GETKEYSANDFLAGS of the prefixed command: these keys (prefixed, in order), each
     /// with the flags the server gives it, un-prefixed.
     KeyFlags(Vec<Bytes>),
+}
+
+/// With shared limits: the fleet's admission of a new tenant connection (see fleet), which the
+/// AUTH or HELLO reply waits for.
+pub(super) struct Admission {
+    pub admitted: std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+    /// The reply instead, if the fleet is full.
+    pub refused: Bytes,
 }
 
 const NOT_YET: &str = "is not available to tenants in this build yet";
@@ -106,7 +115,7 @@ impl Session {
         if self
             .tenant
             .as_ref()
-            .is_some_and(|seat| Arc::ptr_eq(&seat.tenant, &tenant))
+            .is_some_and(|seat| Arc::ptr_eq(&seat.tenant, &tenant) && !seat.refused())
         {
             return Ok(());
         }
@@ -132,6 +141,20 @@ impl Session {
             max: tenant.config.max_connections.unwrap_or(0),
         })?;
         tracing::Span::current().record("tenant", tenant.config.name.as_str());
+        if let Some(verdict) = &seat.verdict {
+            self.admission = Some(Admission {
+                admitted: Box::pin(crate::fleet::admit(
+                    self.proxy.clone(),
+                    tenant.clone(),
+                    verdict.clone(),
+                )),
+                refused: Error::TenantFull {
+                    tenant: tenant.config.name.clone(),
+                    max: tenant.config.max_connections.unwrap_or(0),
+                }
+                .to_reply(),
+            });
+        }
         self.tenant = Some(seat);
         // isolation = "database": its requests go to the pools of its own database, once the
         // requests before this one are answered (they are in the old database's pools).
@@ -188,6 +211,12 @@ impl Session {
             return Err(Error::Coded("NOAUTH Authentication required."));
         };
         let tenant = &seat.tenant;
+        if tenant.removed.load(Relaxed) {
+            return Err(Error::TenantRemoved(tenant.config.name.clone()));
+        }
+        if seat.refused() {
+            return Err(Error::Coded("NOAUTH Authentication required."));
+        }
         tenant.requests.fetch_add(1, Relaxed);
         let config = &tenant.config;
         let name = spec.name;
@@ -196,14 +225,38 @@ impl Session {
             reason,
         };
         let allowed = listed_for(spec, config, &self.proxy.config.load()).map_err(refuse)?;
-        if !tenant.take_op() {
+        let taken = tenant.take_op();
+        if taken.refill {
+            tokio::spawn(crate::fleet::lease(self.proxy.clone(), tenant.clone()));
+        }
+        if !taken.allowed {
             tenant.rate_limited.fetch_add(1, Relaxed);
             return Err(Error::RateLimited {
                 tenant: config.name.clone(),
                 rate: config.max_ops_per_sec.unwrap_or(0),
             });
         }
-        self.rewrite(tenant, cmd, spec, allowed, Record::Yes)
+        let grows = tenant.usage.is_some() && grows_memory(spec);
+        if grows {
+            if let Some(usage) = tenant.usage.as_ref().filter(|u| u.over()) {
+                usage.refused.fetch_add(1, Relaxed);
+                return Err(Error::OverQuota {
+                    tenant: config.name.clone(),
+                    quota: quota_text(usage),
+                });
+            }
+        }
+        let fix = self.rewrite(tenant, cmd, spec, allowed, Record::Yes)?;
+        if let Some(usage) = &tenant.usage {
+            if grows {
+                let keys = crate::command::keys::positions(spec, &cmd.args);
+                usage.wrote(spec.name, &cmd.args, &keys);
+            } else if Usage::removes(spec.name) {
+                let keys = crate::command::keys::positions(spec, &cmd.args);
+                usage.removed(&cmd.args, &keys);
+            }
+        }
+        Ok(fix)
     }
 
     /// Rewrite `cmd` into the tenant's keyspace by its rule; `allowed`: the tenant's
@@ -770,4 +823,25 @@ fn strip_keys(array: &Bytes, prefix: &[u8]) -> Option<Bytes> {
         resp::put_bulk(&mut out, Some(&key));
     }
     Some(out.freeze())
+}
+
+/// May `spec` grow memory, so that a tenant over its quota is refused it? The commands Redis
+/// refuses at `maxmemory` (`denyoom`), and scripts and function calls that may write: keygate
+/// cannot see what they do.
+fn grows_memory(spec: &Spec) -> bool {
+    spec.has(flags::DENYOOM) || matches!(spec.name, "eval" | "evalsha" | "fcall")
+}
+
+/// A tenant's quotas and its estimated usage, for the -OOM reply.
+fn quota_text(usage: &Usage) -> String {
+    let (bytes, keys) = usage.estimate();
+    let mut parts = Vec::new();
+    let (max_bytes, max_keys) = usage.limits();
+    if let Some(max) = max_bytes {
+        parts.push(format!("max_memory {max} bytes, about {bytes} in use"));
+    }
+    if let Some(max) = max_keys {
+        parts.push(format!("max_keys {max}, about {keys} keys"));
+    }
+    parts.join("; ")
 }

@@ -8,6 +8,9 @@
 //! channel subscriptions) are refused with NOPERM, never forwarded unconfined.
 
 pub mod custom;
+pub mod fleet;
+pub mod flush;
+pub mod quota;
 pub mod rewrite;
 pub mod rules;
 
@@ -41,6 +44,14 @@ pub struct TenantState {
     /// With `upstream.tenant_acl`: the backend user its scripts run as (a `Flavor::user`); 0:
     /// none.
     pub backend_user: u64,
+    /// With `max_memory` or `max_keys`: what it holds, estimated (see quota).
+    pub usage: Option<Arc<quota::Usage>>,
+    /// A reload removed this tenant from the config: its connections get no further access.
+    pub removed: std::sync::atomic::AtomicBool,
+    /// With `[fleet] shared_limits`: its rate is leased from the fleet's bucket on the servers,
+    /// and its connections are counted there (see fleet).
+    pub shared: bool,
+    pub lease: Option<fleet::Lease>,
 }
 
 struct Bucket {
@@ -51,6 +62,8 @@ struct Bucket {
 impl TenantState {
     pub fn new(config: Tenant) -> TenantState {
         let tokens = config.max_ops_per_sec.unwrap_or(0) as f64;
+        let usage = (config.max_memory.is_some() || config.max_keys.is_some())
+            .then(|| Arc::new(quota::Usage::new(config.max_memory, config.max_keys)));
         TenantState {
             config,
             connections: AtomicUsize::new(0),
@@ -64,13 +77,34 @@ impl TenantState {
                 refilled: Instant::now(),
             }),
             backend_user: 0,
+            usage,
+            removed: Default::default(),
+            shared: false,
+            lease: None,
         }
     }
 
-    /// The tenant as `upstream` runs it: with `tenant_acl`, its scripts run as a backend user of
-    /// its own (see backend::users).
-    pub fn for_upstream(config: Tenant, upstream: &crate::config::Upstream) -> TenantState {
+    /// Keep `old`'s measured usage (a reload changed something else about the tenant): the
+    /// same keys are still there. Not when its prefix or database changed.
+    pub fn keep_usage(&mut self, old: &TenantState) {
+        let same_keys =
+            old.config.prefix == self.config.prefix && old.config.database == self.config.database;
+        if let (Some(_), Some(kept), true) = (&self.usage, &old.usage, same_keys) {
+            kept.set_limits(self.config.max_memory, self.config.max_keys);
+            self.usage = Some(kept.clone());
+        }
+    }
+
+    /// The tenant as `whole` runs it: with `upstream.tenant_acl`, its scripts run as a backend
+    /// user of its own (see backend::users); with `[fleet] shared_limits`, its limits are the
+    /// fleet's.
+    pub fn for_config(config: Tenant, whole: &crate::config::Config) -> TenantState {
+        let upstream = &whole.upstream;
         let mut state = TenantState::new(config);
+        if whole.fleet.shared_limits {
+            state.shared = true;
+            state.lease = state.config.max_ops_per_sec.map(fleet::Lease::new);
+        }
         if upstream.tenant_acl != crate::config::TenantAcl::Off {
             let config = &state.config;
             state.backend_user =
@@ -98,13 +132,23 @@ impl TenantState {
             == 0
     }
 
-    /// Take one request's token; `false` when the tenant is over `max_ops_per_sec`.
-    pub fn take_op(&self) -> bool {
+    /// Take one request's token; `allowed: false` when the tenant is over `max_ops_per_sec`.
+    /// With a shared rate, `refill` asks the caller to lease more from the fleet (see fleet).
+    pub fn take_op(&self) -> fleet::Taken {
         // Without a limit, not even the clock is read: this runs on every tenant request.
         if self.config.max_ops_per_sec.is_none() {
-            return true;
+            return fleet::Taken {
+                allowed: true,
+                refill: false,
+            };
         }
-        self.take_op_at(Instant::now())
+        if let Some(lease) = &self.lease {
+            return lease.take(Instant::now());
+        }
+        fleet::Taken {
+            allowed: self.take_op_at(Instant::now()),
+            refill: false,
+        }
     }
 
     fn take_op_at(&self, now: Instant) -> bool {
@@ -208,6 +252,8 @@ impl Drop for ScriptRun {
 /// dropped (the client leaves, re-authenticates as someone else, or sends RESET).
 pub struct Seat {
     pub tenant: Arc<TenantState>,
+    /// With shared limits: whether the fleet admitted this connection (see fleet).
+    pub verdict: Option<Arc<fleet::Verdict>>,
 }
 
 impl Seat {
@@ -222,14 +268,65 @@ impl Seat {
             .ok()
             .map(|_| Seat {
                 tenant: tenant.clone(),
+                verdict: tenant.shared.then(Default::default),
             })
+    }
+
+    /// The fleet refused this connection: its seat is given back now.
+    pub fn refuse(verdict: &fleet::Verdict, tenant: &TenantState) {
+        if verdict.refuse() {
+            tenant.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The fleet has refused this connection: it may not act as the tenant.
+    pub fn refused(&self) -> bool {
+        self.verdict.as_ref().is_some_and(|v| v.refused())
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.tenant.connections.fetch_sub(1, Ordering::AcqRel);
+        match &self.verdict {
+            Some(verdict) => Seat::refuse(verdict, &self.tenant),
+            None => {
+                self.tenant.connections.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
+}
+
+/// The `n` busiest tenants (most requests since configured) and every tenant over a quota, in
+/// config order; and the others. For /metrics and the status page, whose size must not grow
+/// with the number of tenants.
+pub fn busiest(
+    list: &[Arc<TenantState>],
+    n: usize,
+) -> (Vec<&Arc<TenantState>>, Vec<&Arc<TenantState>>) {
+    if list.len() <= n {
+        return (list.iter().collect(), Vec::new());
+    }
+    let mut by_requests: Vec<(u64, usize)> = list
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.requests.load(Ordering::Relaxed), i))
+        .collect();
+    let mut keep = vec![false; list.len()];
+    if n > 0 {
+        by_requests.select_nth_unstable_by(n - 1, |a, b| b.cmp(a));
+        for &(_, i) in &by_requests[..n] {
+            keep[i] = true;
+        }
+    }
+    let (mut shown, mut rest) = (Vec::with_capacity(n), Vec::new());
+    for (i, t) in list.iter().enumerate() {
+        if keep[i] || t.usage.as_ref().is_some_and(|u| u.over()) {
+            shown.push(t);
+        } else {
+            rest.push(t);
+        }
+    }
+    (shown, rest)
 }
 
 /// Every configured tenant, with indexes that make AUTH cost the same however many there are:
@@ -304,6 +401,8 @@ mod tests {
             deny_categories: Vec::new(),
             max_connections,
             max_ops_per_sec: max_ops,
+            max_memory: None,
+            max_keys: None,
             allow_scripts: false,
             allow_from: Vec::new(),
             backend_user: None,
@@ -354,7 +453,7 @@ mod tests {
         assert_eq!(allowed, 10);
         assert!(t.take_op_at(start + Duration::from_millis(100)));
         assert!(!t.take_op_at(start + Duration::from_millis(100)));
-        assert!(tenant(None, None).take_op());
+        assert!(tenant(None, None).take_op().allowed);
     }
 
     #[test]

@@ -663,3 +663,36 @@ pub async fn server_name(addr: SocketAddr, password: &[u8]) -> String {
         ),
     }
 }
+
+pub const KEYGATE: &str = env!("CARGO_BIN_EXE_keygate");
+
+/// The keygate binary on `config` (written to `dir`); killed when dropped.
+pub struct Binary(pub std::process::Child);
+
+impl Binary {
+    pub fn start(dir: &std::path::Path, config: &str) -> Binary {
+        let file = dir.join("keygate.toml");
+        std::fs::write(&file, config).unwrap();
+        let child = std::process::Command::new(KEYGATE)
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        Binary(child)
+    }
+
+    pub fn terminate(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -55,10 +55,24 @@ pub async fn run(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             .filter(|t| t.usage.is_some())
             .cloned()
             .collect();
-        if !tenants.is_empty() {
+        // One pass per upstream, over the servers of the tenants that live there.
+        let mut by_upstream: Vec<(Arc<Proxy>, Vec<Arc<TenantState>>)> = Vec::new();
+        for tenant in tenants {
+            let Some(servers) = proxy.for_tenant(&tenant) else {
+                continue;
+            };
+            match by_upstream
+                .iter_mut()
+                .find(|(p, _)| Arc::ptr_eq(p, &servers))
+            {
+                Some((_, list)) => list.push(tenant),
+                None => by_upstream.push((servers, vec![tenant])),
+            }
+        }
+        for (servers, tenants) in by_upstream {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = pass(&proxy, &tenants) => {}
+                _ = pass(&proxy, &servers, &tenants) => {}
             }
         }
     }
@@ -100,14 +114,14 @@ impl Owners {
 /// One pass over every primary; each quota tenant's usage is replaced by what it measured, if
 /// every server answered (otherwise the writes counted meanwhile stay counted, and the next
 /// pass tries again).
-async fn pass(proxy: &Proxy, tenants: &[Arc<TenantState>]) {
+async fn pass(proxy: &Proxy, servers: &Proxy, tenants: &[Arc<TenantState>]) {
     let started = Instant::now();
     for t in tenants {
         if let Some(usage) = &t.usage {
             usage.pass_started();
         }
     }
-    let topology = proxy.topology.load_full();
+    let topology = servers.topology.load_full();
     let quota = proxy.config.load().quota.clone();
     let owners = Owners::new(tenants);
     let walks = topology

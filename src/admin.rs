@@ -126,13 +126,13 @@ fn respond(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/health" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/ready" => {
-            let topology = proxy.topology.load();
-            if topology.ready() {
+            let topologies = proxy.topologies();
+            if topologies.iter().all(|(_, t)| t.ready()) {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
-                let down: Vec<&str> = topology
-                    .backends
+                let down: Vec<&str> = topologies
                     .iter()
+                    .flat_map(|(_, t)| t.backends.iter())
                     .filter(|b| b.connections_up() == 0)
                     .map(|b| &*b.addr)
                     .collect();
@@ -145,7 +145,7 @@ fn respond(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/metrics" => {
             let mut text = proxy.metrics.render(
-                &proxy.topology.load(),
+                &proxy.topologies(),
                 &proxy.tenants.load(),
                 proxy.config.load().tenant_series(),
             );

@@ -34,6 +34,7 @@ pub fn start(proxy: &Arc<Proxy>, name: &str) -> Result<(), Refused> {
     let tenant = tenants
         .named(name.as_bytes())
         .ok_or(Refused::NoSuchTenant)?;
+    let servers = proxy.for_tenant(tenant).ok_or(Refused::NoSuchTenant)?;
     let progress = proxy.flushes.start(name).ok_or(Refused::AlreadyRunning)?;
     let prefix = Bytes::from(tenant.config.prefix.clone());
     let pattern = rewrite::confine_pattern(&prefix, None).expect("a configured prefix is valid");
@@ -42,7 +43,7 @@ pub fn start(proxy: &Arc<Proxy>, name: &str) -> Result<(), Refused> {
     let name = name.to_string();
     tokio::spawn(async move {
         tracing::info!(tenant = %name, "flushing the tenant's keys");
-        let topology = proxy.topology.load_full();
+        let topology = servers.topology.load_full();
         let quota = proxy.config.load().quota.clone();
         let cluster = topology.kind == UpstreamKind::Cluster;
         let mut ok = true;

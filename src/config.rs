@@ -4,6 +4,7 @@
 //! Every error names the file, the key and the reason, e.g.
 //! `proxy.toml: upstream.connect_timeout: invalid duration "5": expected number and unit`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,6 +27,8 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub drain_timeout: Duration,
     pub upstream: Upstream,
+    /// `[upstreams.NAME]`: upstreams of their own for the tenants that name them.
+    pub upstreams: BTreeMap<String, Upstream>,
     pub admin: Option<Admin>,
     pub limits: Limits,
     pub log: Log,
@@ -150,6 +153,9 @@ pub struct Tenant {
     /// every server, so DBSIZE, FLUSHDB, RANDOMKEY and SCAN are the server's own, costing
     /// the tenant's keys at most; `None`: database 0, shared with the other tenants.
     pub database: Option<u32>,
+    /// `[upstreams.NAME]`: the tenant's keys live on servers of its own; `None`: the shared
+    /// `[upstream]`.
+    pub upstream: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -353,6 +359,9 @@ struct File {
     #[serde(default = "default_drain", deserialize_with = "duration")]
     drain_timeout: Duration,
     upstream: UpstreamFile,
+    /// Named upstreams beside the shared one, for tenants of their own (`tenants[].upstream`).
+    #[serde(default)]
+    upstreams: BTreeMap<String, UpstreamFile>,
     admin: Option<AdminFile>,
     #[serde(default)]
     limits: LimitsFile,
@@ -458,6 +467,7 @@ struct TenantFile {
     client_cert_san: Option<String>,
     backend_user: Option<String>,
     backend_password: Option<String>,
+    upstream: Option<String>,
     isolation: Option<String>,
     database: Option<u32>,
 }
@@ -747,215 +757,18 @@ impl Config {
 
         let listen =
             listen(&raw.listen, raw.listen_mode.as_deref()).map_err(|(key, r)| fail(key, r))?;
-        let up = &raw.upstream;
-        let kind = match up.kind.as_str() {
-            "standalone" => UpstreamKind::Standalone,
-            "ketama" => UpstreamKind::Ketama,
-            "cluster" => UpstreamKind::Cluster,
-            "sentinel" => UpstreamKind::Sentinel,
-            other => {
+        let upstream = parse_upstream(&raw.upstream, "upstream", &fail)?;
+        let mut upstreams = BTreeMap::new();
+        for (name, up) in &raw.upstreams {
+            let at = format!("upstreams.{name}");
+            if name.is_empty() || name.chars().any(|c| !c.is_ascii_graphic()) {
                 return Err(fail(
-                    "upstream.kind",
-                    format!("unknown kind {other:?}; expected \"standalone\", \"ketama\", \"cluster\" or \"sentinel\""),
-                ))
-            }
-        };
-        if up.servers.is_empty() {
-            return Err(fail("upstream.servers", "the server list is empty".into()));
-        }
-        let mut servers = Vec::new();
-        for (i, text) in up.servers.iter().enumerate() {
-            let key = format!("upstream.servers[{i}]");
-            let server = if text.starts_with("unix:") {
-                unix_server(text, kind)
-            } else if kind == UpstreamKind::Ketama {
-                ketama_server(text)
-            } else {
-                host_port(text).map(|()| Server {
-                    addr: text.clone(),
-                    weight: 1,
-                    name: text.clone(),
-                })
-            }
-            .map_err(|r| fail(&key, r))?;
-            if servers.iter().any(|s: &Server| s.addr == server.addr) {
-                return Err(fail(&key, format!("{:?} is listed twice", server.addr)));
-            }
-            if servers.iter().any(|s: &Server| s.name == server.name) {
-                return Err(fail(
-                    &key,
-                    format!("the name {:?} is used twice", server.name),
+                    &at,
+                    format!("{name:?} must be printable, without spaces"),
                 ));
             }
-            servers.push(server);
+            upstreams.insert(name.clone(), parse_upstream(up, &at, &fail)?);
         }
-        if kind == UpstreamKind::Standalone && servers.len() != 1 {
-            return Err(fail(
-                "upstream.servers",
-                format!(
-                    "kind \"standalone\" takes exactly one server, got {}",
-                    servers.len()
-                ),
-            ));
-        }
-        let only_for = |key: &str, what: &str, wanted: UpstreamKind| {
-            if kind == wanted {
-                Ok(())
-            } else {
-                Err(fail(key, format!("only applies to kind {what:?}")))
-            }
-        };
-        let hash = match &up.hash {
-            Some(name) => {
-                only_for("upstream.hash", "ketama", UpstreamKind::Ketama)?;
-                Hash::from_name(name).ok_or_else(|| {
-                    fail(
-                        "upstream.hash",
-                        format!("unknown hash {name:?}; expected one of fnv1a_64, fnv1_64, fnv1a_32, fnv1_32, md5"),
-                    )
-                })?
-            }
-            None => Hash::Fnv1a64,
-        };
-        let hash_tag = match &up.hash_tag {
-            Some(tag) => {
-                only_for("upstream.hash_tag", "ketama", UpstreamKind::Ketama)?;
-                match tag.as_bytes() {
-                    [open, close] => Some([*open, *close]),
-                    _ => {
-                        return Err(fail(
-                            "upstream.hash_tag",
-                            format!("{tag:?} must be exactly two characters, e.g. \"{{}}\""),
-                        ))
-                    }
-                }
-            }
-            None => None,
-        };
-        if up.refresh_interval.is_some()
-            && !matches!(kind, UpstreamKind::Cluster | UpstreamKind::Sentinel)
-        {
-            return Err(fail(
-                "upstream.refresh_interval",
-                "only applies to kinds \"cluster\" and \"sentinel\"".into(),
-            ));
-        }
-        let tenant_acl = match up.tenant_acl.as_deref() {
-            None | Some("off") => TenantAcl::Off,
-            Some("scripts") => TenantAcl::Scripts,
-            Some(other) => {
-                return Err(fail(
-                    "upstream.tenant_acl",
-                    format!("unknown mode {other:?}; expected \"off\" or \"scripts\""),
-                ))
-            }
-        };
-        let read_from = match up.read_from.as_deref() {
-            None | Some("primary") => ReadFrom::Primary,
-            Some(mode @ ("replica" | "prefer_replica")) => {
-                if !matches!(kind, UpstreamKind::Cluster | UpstreamKind::Sentinel) {
-                    return Err(fail(
-                        "upstream.read_from",
-                        "only applies to kinds \"cluster\" and \"sentinel\"".into(),
-                    ));
-                }
-                if mode == "replica" {
-                    ReadFrom::Replica
-                } else {
-                    ReadFrom::PreferReplica
-                }
-            }
-            Some(other) => {
-                return Err(fail(
-                    "upstream.read_from",
-                    format!("unknown mode {other:?}; expected \"primary\", \"replica\" or \"prefer_replica\""),
-                ))
-            }
-        };
-        match (&up.master, kind) {
-            (None, UpstreamKind::Sentinel) => {
-                return Err(fail(
-                    "upstream.master",
-                    "kind \"sentinel\" needs the name the sentinels know the primary by".into(),
-                ))
-            }
-            (Some(_), UpstreamKind::Sentinel) | (None, _) => {}
-            (Some(_), _) => only_for("upstream.master", "sentinel", UpstreamKind::Sentinel)?,
-        }
-        if up.sentinel_username.is_some() || up.sentinel_password.is_some() {
-            only_for(
-                "upstream.sentinel_password",
-                "sentinel",
-                UpstreamKind::Sentinel,
-            )?;
-            if up.sentinel_password.is_none() {
-                return Err(fail(
-                    "upstream.sentinel_username",
-                    "a username needs a password".into(),
-                ));
-            }
-        }
-        let refresh_interval = up.refresh_interval.unwrap_or(Duration::from_secs(10));
-        nonzero_duration(refresh_interval).map_err(|r| fail("upstream.refresh_interval", r))?;
-        if raw.upstream.username.is_some() && raw.upstream.password.is_none() {
-            return Err(fail(
-                "upstream.username",
-                "a username needs a password".into(),
-            ));
-        }
-        positive(raw.upstream.connections_per_server, 1024)
-            .map_err(|r| fail("upstream.connections_per_server", r))?;
-        positive(raw.upstream.blocking_connections_per_server, 100_000)
-            .map_err(|r| fail("upstream.blocking_connections_per_server", r))?;
-        positive(raw.upstream.subscriber_connections_per_server, 100_000)
-            .map_err(|r| fail("upstream.subscriber_connections_per_server", r))?;
-        nonzero_duration(raw.upstream.connect_timeout)
-            .map_err(|r| fail("upstream.connect_timeout", r))?;
-        nonzero_duration(raw.upstream.request_timeout)
-            .map_err(|r| fail("upstream.request_timeout", r))?;
-        nonzero_duration(raw.upstream.open_for).map_err(|r| fail("upstream.open_for", r))?;
-        if raw.upstream.auto_eject_hosts {
-            only_for("upstream.auto_eject_hosts", "ketama", UpstreamKind::Ketama)?;
-            if raw.upstream.failures_to_open == 0 {
-                return Err(fail(
-                    "upstream.auto_eject_hosts",
-                    "needs the circuit breaker (failures_to_open > 0)".into(),
-                ));
-            }
-        }
-        if up.tls {
-            if let Some(unix) = servers.iter().find(|s| s.addr.starts_with("unix:")) {
-                return Err(fail(
-                    "upstream.tls",
-                    format!("{:?} is a Unix socket: TLS is for TCP servers", unix.addr),
-                ));
-            }
-        }
-        let upstream_tls = if up.tls {
-            Some(
-                crate::tls::upstream_config(
-                    up.tls_ca.as_deref(),
-                    up.tls_cert.as_deref(),
-                    up.tls_key.as_deref(),
-                    up.tls_server_name.as_deref(),
-                )
-                .map_err(|(key, r)| fail(&format!("upstream.{key}"), r))?,
-            )
-        } else {
-            let stray = [
-                ("tls_ca", &up.tls_ca),
-                ("tls_cert", &up.tls_cert),
-                ("tls_key", &up.tls_key),
-                ("tls_server_name", &up.tls_server_name),
-            ];
-            if let Some((key, _)) = stray.iter().find(|(_, v)| v.is_some()) {
-                return Err(fail(
-                    &format!("upstream.{key}"),
-                    "only applies with upstream.tls = true".into(),
-                ));
-            }
-            None
-        };
         let admin = match raw.admin {
             Some(a) => Some(Admin {
                 listen: socket_addr(&a.listen).map_err(|r| fail("admin.listen", r))?,
@@ -987,19 +800,30 @@ impl Config {
         let deny_categories = category_list(&raw.policy.deny_categories)
             .map_err(|r| fail("policy.deny_categories", r))?;
         let tenants = tenants(&raw.tenants).map_err(|(key, r)| fail(&key, r))?;
-        if kind == UpstreamKind::Cluster {
-            if let Some(i) = tenants.iter().position(|t| t.database.is_some()) {
+        for (i, t) in tenants.iter().enumerate() {
+            // The upstream the tenant's keys live on: its own, or the shared one.
+            let (up, at) = match &t.upstream {
+                Some(name) => match upstreams.get(name) {
+                    Some(up) => (up, format!("upstreams.{name}")),
+                    None => {
+                        return Err(fail(
+                            &format!("tenants[{i}].upstream"),
+                            format!("no [upstreams.{name}] is defined"),
+                        ))
+                    }
+                },
+                None => (&upstream, "upstream".to_string()),
+            };
+            if up.kind == UpstreamKind::Cluster && t.database.is_some() {
                 return Err(fail(
                     &format!("tenants[{i}].isolation"),
                     "\"database\" is for standalone, ketama and sentinel servers (a Redis Cluster has database 0 only)".into(),
                 ));
             }
-        }
-        if tenant_acl == TenantAcl::Off {
-            if let Some(i) = tenants.iter().position(|t| t.backend_user.is_some()) {
+            if up.tenant_acl == TenantAcl::Off && t.backend_user.is_some() {
                 return Err(fail(
                     &format!("tenants[{i}].backend_user"),
-                    "only applies with upstream.tenant_acl = \"scripts\"".into(),
+                    format!("only applies with {at}.tenant_acl = \"scripts\""),
                 ));
             }
         }
@@ -1075,29 +899,8 @@ impl Config {
             listen,
             threads: raw.threads,
             drain_timeout: raw.drain_timeout,
-            upstream: Upstream {
-                kind,
-                servers,
-                hash,
-                hash_tag,
-                refresh_interval,
-                username: raw.upstream.username,
-                password: raw.upstream.password,
-                connections_per_server: raw.upstream.connections_per_server,
-                blocking_connections_per_server: raw.upstream.blocking_connections_per_server,
-                subscriber_connections_per_server: raw.upstream.subscriber_connections_per_server,
-                connect_timeout: raw.upstream.connect_timeout,
-                request_timeout: raw.upstream.request_timeout,
-                failures_to_open: raw.upstream.failures_to_open,
-                open_for: raw.upstream.open_for,
-                auto_eject_hosts: raw.upstream.auto_eject_hosts,
-                master: raw.upstream.master.clone(),
-                sentinel_username: raw.upstream.sentinel_username.clone(),
-                sentinel_password: raw.upstream.sentinel_password.clone(),
-                read_from,
-                tenant_acl,
-                tls: upstream_tls,
-            },
+            upstream,
+            upstreams,
             admin,
             limits: Limits {
                 max_clients: l.max_clients,
@@ -1156,6 +959,250 @@ impl Config {
 
 /// Where clients connect: `ip:port`, or `unix:/path` with `listen_mode` (default 0660: owner and
 /// group may connect).
+/// One upstream's table (`[upstream]`, or `[upstreams.NAME]` at `at`), validated.
+fn parse_upstream(
+    up: &UpstreamFile,
+    at: &str,
+    fail: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Upstream, ConfigError> {
+    let kind = match up.kind.as_str() {
+        "standalone" => UpstreamKind::Standalone,
+        "ketama" => UpstreamKind::Ketama,
+        "cluster" => UpstreamKind::Cluster,
+        "sentinel" => UpstreamKind::Sentinel,
+        other => {
+            return Err(fail(
+                &format!("{at}.kind"),
+                format!("unknown kind {other:?}; expected \"standalone\", \"ketama\", \"cluster\" or \"sentinel\""),
+            ))
+        }
+    };
+    if up.servers.is_empty() {
+        return Err(fail(
+            &format!("{at}.servers"),
+            "the server list is empty".into(),
+        ));
+    }
+    let mut servers = Vec::new();
+    for (i, text) in up.servers.iter().enumerate() {
+        let key = format!("{at}.servers[{i}]");
+        let server = if text.starts_with("unix:") {
+            unix_server(text, kind)
+        } else if kind == UpstreamKind::Ketama {
+            ketama_server(text)
+        } else {
+            host_port(text).map(|()| Server {
+                addr: text.clone(),
+                weight: 1,
+                name: text.clone(),
+            })
+        }
+        .map_err(|r| fail(&key, r))?;
+        if servers.iter().any(|s: &Server| s.addr == server.addr) {
+            return Err(fail(&key, format!("{:?} is listed twice", server.addr)));
+        }
+        if servers.iter().any(|s: &Server| s.name == server.name) {
+            return Err(fail(
+                &key,
+                format!("the name {:?} is used twice", server.name),
+            ));
+        }
+        servers.push(server);
+    }
+    if kind == UpstreamKind::Standalone && servers.len() != 1 {
+        return Err(fail(
+            &format!("{at}.servers"),
+            format!(
+                "kind \"standalone\" takes exactly one server, got {}",
+                servers.len()
+            ),
+        ));
+    }
+    let only_for = |key: &str, what: &str, wanted: UpstreamKind| {
+        if kind == wanted {
+            Ok(())
+        } else {
+            Err(fail(key, format!("only applies to kind {what:?}")))
+        }
+    };
+    let hash = match &up.hash {
+        Some(name) => {
+            only_for(&format!("{at}.hash"), "ketama", UpstreamKind::Ketama)?;
+            Hash::from_name(name).ok_or_else(|| {
+                fail(
+                    &format!("{at}.hash"),
+                    format!("unknown hash {name:?}; expected one of fnv1a_64, fnv1_64, fnv1a_32, fnv1_32, md5"),
+                )
+            })?
+        }
+        None => Hash::Fnv1a64,
+    };
+    let hash_tag = match &up.hash_tag {
+        Some(tag) => {
+            only_for(&format!("{at}.hash_tag"), "ketama", UpstreamKind::Ketama)?;
+            match tag.as_bytes() {
+                [open, close] => Some([*open, *close]),
+                _ => {
+                    return Err(fail(
+                        &format!("{at}.hash_tag"),
+                        format!("{tag:?} must be exactly two characters, e.g. \"{{}}\""),
+                    ))
+                }
+            }
+        }
+        None => None,
+    };
+    if up.refresh_interval.is_some()
+        && !matches!(kind, UpstreamKind::Cluster | UpstreamKind::Sentinel)
+    {
+        return Err(fail(
+            &format!("{at}.refresh_interval"),
+            "only applies to kinds \"cluster\" and \"sentinel\"".into(),
+        ));
+    }
+    let tenant_acl = match up.tenant_acl.as_deref() {
+        None | Some("off") => TenantAcl::Off,
+        Some("scripts") => TenantAcl::Scripts,
+        Some(other) => {
+            return Err(fail(
+                &format!("{at}.tenant_acl"),
+                format!("unknown mode {other:?}; expected \"off\" or \"scripts\""),
+            ))
+        }
+    };
+    let read_from = match up.read_from.as_deref() {
+        None | Some("primary") => ReadFrom::Primary,
+        Some(mode @ ("replica" | "prefer_replica")) => {
+            if !matches!(kind, UpstreamKind::Cluster | UpstreamKind::Sentinel) {
+                return Err(fail(
+                    &format!("{at}.read_from"),
+                    "only applies to kinds \"cluster\" and \"sentinel\"".into(),
+                ));
+            }
+            if mode == "replica" {
+                ReadFrom::Replica
+            } else {
+                ReadFrom::PreferReplica
+            }
+        }
+        Some(other) => return Err(fail(
+            &format!("{at}.read_from"),
+            format!(
+                "unknown mode {other:?}; expected \"primary\", \"replica\" or \"prefer_replica\""
+            ),
+        )),
+    };
+    match (&up.master, kind) {
+        (None, UpstreamKind::Sentinel) => {
+            return Err(fail(
+                &format!("{at}.master"),
+                "kind \"sentinel\" needs the name the sentinels know the primary by".into(),
+            ))
+        }
+        (Some(_), UpstreamKind::Sentinel) | (None, _) => {}
+        (Some(_), _) => only_for(&format!("{at}.master"), "sentinel", UpstreamKind::Sentinel)?,
+    }
+    if up.sentinel_username.is_some() || up.sentinel_password.is_some() {
+        only_for(
+            &format!("{at}.sentinel_password"),
+            "sentinel",
+            UpstreamKind::Sentinel,
+        )?;
+        if up.sentinel_password.is_none() {
+            return Err(fail(
+                &format!("{at}.sentinel_username"),
+                "a username needs a password".into(),
+            ));
+        }
+    }
+    let refresh_interval = up.refresh_interval.unwrap_or(Duration::from_secs(10));
+    nonzero_duration(refresh_interval).map_err(|r| fail(&format!("{at}.refresh_interval"), r))?;
+    if up.username.is_some() && up.password.is_none() {
+        return Err(fail(
+            &format!("{at}.username"),
+            "a username needs a password".into(),
+        ));
+    }
+    positive(up.connections_per_server, 1024)
+        .map_err(|r| fail(&format!("{at}.connections_per_server"), r))?;
+    positive(up.blocking_connections_per_server, 100_000)
+        .map_err(|r| fail(&format!("{at}.blocking_connections_per_server"), r))?;
+    positive(up.subscriber_connections_per_server, 100_000)
+        .map_err(|r| fail(&format!("{at}.subscriber_connections_per_server"), r))?;
+    nonzero_duration(up.connect_timeout).map_err(|r| fail(&format!("{at}.connect_timeout"), r))?;
+    nonzero_duration(up.request_timeout).map_err(|r| fail(&format!("{at}.request_timeout"), r))?;
+    nonzero_duration(up.open_for).map_err(|r| fail(&format!("{at}.open_for"), r))?;
+    if up.auto_eject_hosts {
+        only_for(
+            &format!("{at}.auto_eject_hosts"),
+            "ketama",
+            UpstreamKind::Ketama,
+        )?;
+        if up.failures_to_open == 0 {
+            return Err(fail(
+                &format!("{at}.auto_eject_hosts"),
+                "needs the circuit breaker (failures_to_open > 0)".into(),
+            ));
+        }
+    }
+    if up.tls {
+        if let Some(unix) = servers.iter().find(|s| s.addr.starts_with("unix:")) {
+            return Err(fail(
+                &format!("{at}.tls"),
+                format!("{:?} is a Unix socket: TLS is for TCP servers", unix.addr),
+            ));
+        }
+    }
+    let upstream_tls = if up.tls {
+        Some(
+            crate::tls::upstream_config(
+                up.tls_ca.as_deref(),
+                up.tls_cert.as_deref(),
+                up.tls_key.as_deref(),
+                up.tls_server_name.as_deref(),
+            )
+            .map_err(|(key, r)| fail(&format!("{at}.{key}"), r))?,
+        )
+    } else {
+        let stray = [
+            ("tls_ca", &up.tls_ca),
+            ("tls_cert", &up.tls_cert),
+            ("tls_key", &up.tls_key),
+            ("tls_server_name", &up.tls_server_name),
+        ];
+        if let Some((key, _)) = stray.iter().find(|(_, v)| v.is_some()) {
+            return Err(fail(
+                &format!("{at}.{key}"),
+                format!("only applies with {at}.tls = true"),
+            ));
+        }
+        None
+    };
+    Ok(Upstream {
+        kind,
+        servers,
+        hash,
+        hash_tag,
+        refresh_interval,
+        username: up.username.clone(),
+        password: up.password.clone(),
+        connections_per_server: up.connections_per_server,
+        blocking_connections_per_server: up.blocking_connections_per_server,
+        subscriber_connections_per_server: up.subscriber_connections_per_server,
+        connect_timeout: up.connect_timeout,
+        request_timeout: up.request_timeout,
+        failures_to_open: up.failures_to_open,
+        open_for: up.open_for,
+        auto_eject_hosts: up.auto_eject_hosts,
+        master: up.master.clone(),
+        sentinel_username: up.sentinel_username.clone(),
+        sentinel_password: up.sentinel_password.clone(),
+        read_from,
+        tenant_acl,
+        tls: upstream_tls,
+    })
+}
+
 fn listen(text: &str, mode: Option<&str>) -> Result<Listen, (&'static str, String)> {
     let Some(path) = text.strip_prefix("unix:") else {
         if mode.is_some() {
@@ -1388,6 +1435,7 @@ fn tenants(raw: &[TenantFile]) -> Result<Vec<Tenant>, (String, String)> {
                     ))
                 }
             },
+            upstream: t.upstream.clone(),
             backend_user: match (&t.backend_user, &t.backend_password) {
                 (Some(user), Some(password)) => Some((user.clone(), password.clone())),
                 (None, None) => None,

@@ -352,3 +352,59 @@ fn unix_sockets_for_clients_and_servers() {
     );
     assert!(e.contains("TLS is for TCP servers"), "{e}");
 }
+
+#[test]
+fn quotas_upstreams_and_fleet_settings() {
+    let tenant = "[[tenants]]\nname = \"a\"\npassword = \"p\"\nprefix = \"a:\"\n";
+    let c = Config::parse(
+        &format!(
+            "{GOOD}\n[upstreams.premium]\nkind = \"cluster\"\nservers = [\"10.0.0.1:7000\"]\n\
+             {tenant}max_memory = \"100MiB\"\nmax_keys = 5000\nupstream = \"premium\"\n"
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let t = &c.tenants[0];
+    assert_eq!(t.max_memory, Some(100 << 20));
+    assert_eq!(t.max_keys, Some(5000));
+    assert_eq!(t.upstream.as_deref(), Some("premium"));
+    assert_eq!(c.upstreams["premium"].kind, UpstreamKind::Cluster);
+    assert_eq!(c.quota.scan_rate, 20_000);
+    assert!(!c.fleet.shared_limits);
+    assert_eq!(c.tenant_series(), 100);
+
+    let e = error_of(&format!("{GOOD}\n{tenant}upstream = \"nope\"\n"));
+    assert!(
+        e.contains("tenants[0].upstream: no [upstreams.nope] is defined"),
+        "{e}"
+    );
+    // A named upstream is checked like the main one, under its own name.
+    let e = error_of(&format!(
+        "{GOOD}\n[upstreams.x]\nkind = \"standalone\"\nservers = [\"a:1\", \"b:2\"]\n"
+    ));
+    assert!(
+        e.contains("upstreams.x.servers: kind \"standalone\" takes exactly one server"),
+        "{e}"
+    );
+    let e = error_of(&format!(
+        "{GOOD}\n[upstreams.x]\nkind = \"cluster\"\nservers = [\"a:1\"]\n\
+         {tenant}isolation = \"database\"\ndatabase = 2\nupstream = \"x\"\n"
+    ));
+    assert!(e.contains("tenants[0].isolation"), "{e}");
+    let e = error_of(&format!("{GOOD}\n{tenant}max_keys = 0\n"));
+    assert!(e.contains("tenants[0].max_keys: must be at least 1"), "{e}");
+    let e = error_of(&format!("{GOOD}\n{tenant}max_memory = \"lots\"\n"));
+    assert!(e.contains("max_memory"), "{e}");
+    let e = error_of(&format!("{GOOD}\n[quota]\nscan_rate = 0\n"));
+    assert!(e.contains("quota.scan_rate: must be at least 1"), "{e}");
+    // The fleet's keys must be out of every tenant's reach.
+    let e = error_of(&format!(
+        "{GOOD}\n[fleet]\nshared_limits = true\nnamespace = \"a:fleet:\"\n{tenant}"
+    ));
+    assert!(
+        e.contains("tenants[0].prefix: \"a:\" and fleet.namespace \"a:fleet:\""),
+        "{e}"
+    );
+    let e = error_of(&format!("{GOOD}\n[fleet]\nnamespace = \"{{kg}}\"\n"));
+    assert!(e.contains("fleet.namespace"), "{e}");
+}

@@ -88,5 +88,6 @@ pub mod status;
 pub mod tenant;
 pub mod tls;
 pub mod topology;
+pub mod upstreams;
 pub mod worker;
 pub mod write_queue;

@@ -199,10 +199,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    /// `tenant_series`: how many tenants get series of their own (see `render_tenants`).
+    /// `topologies`: the main one first, then the named upstreams' (by name; their servers'
+    /// series carry an `upstream` label). `tenant_series`: how many tenants get series of their
+    /// own (see `render_tenants`).
     pub fn render(
         &self,
-        topology: &Topology,
+        topologies: &[(String, Arc<Topology>)],
         tenants: &[Arc<TenantState>],
         tenant_series: usize,
     ) -> String {
@@ -354,7 +356,7 @@ impl Metrics {
             self.reloads_ok.load(Relaxed),
             self.reloads_failed.load(Relaxed),
             self.last_reload.load(Relaxed),
-            topology.epoch,
+            topologies.first().map_or(0, |(_, t)| t.epoch),
             self.learned_commands.load(Relaxed),
         );
         type PerBackend = fn(&Backend) -> u64;
@@ -390,15 +392,21 @@ impl Metrics {
                 |b| b.pinned() as u64,
             ),
         ];
+        let backends: Vec<(String, &Arc<Backend>)> = topologies
+            .iter()
+            .flat_map(|(upstream, topology)| {
+                topology
+                    .all_backends()
+                    .map(move |b| match upstream.as_str() {
+                        "" => (format!("server=\"{}\"", b.addr), b),
+                        named => (format!("server=\"{}\",upstream=\"{named}\"", b.addr), b),
+                    })
+            })
+            .collect();
         for (name, kind, help, read) in per_backend {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for backend in topology.all_backends() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{server=\"{}\"}} {}",
-                    backend.addr,
-                    read(backend)
-                );
+            for (labels, backend) in &backends {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", read(backend));
             }
         }
         let _ = writeln!(
@@ -406,26 +414,22 @@ impl Metrics {
             "# HELP keygate_backend_request_duration_seconds Time from a request's being written to a backend connection to its reply's arrival, by server.\n\
              # TYPE keygate_backend_request_duration_seconds histogram"
         );
-        for backend in topology.all_backends() {
-            let labels = format!("server=\"{}\"", backend.addr);
-            backend.latency().render(
-                &mut out,
-                "keygate_backend_request_duration_seconds",
-                &labels,
-            );
+        for (labels, backend) in &backends {
+            backend
+                .latency()
+                .render(&mut out, "keygate_backend_request_duration_seconds", labels);
         }
         let _ = writeln!(
             out,
             "# HELP keygate_backend_dedicated_connections Connections of one client's own in use now (blocking commands, subscribed clients), by server.\n\
              # TYPE keygate_backend_dedicated_connections gauge"
         );
-        for backend in topology.all_backends() {
+        for (labels, backend) in &backends {
             let (blocking, subscriber) = backend.dedicated_in_use();
             let _ = writeln!(
                 out,
-                "keygate_backend_dedicated_connections{{server=\"{0}\",kind=\"blocking\"}} {blocking}\n\
-                 keygate_backend_dedicated_connections{{server=\"{0}\",kind=\"subscriber\"}} {subscriber}",
-                backend.addr,
+                "keygate_backend_dedicated_connections{{{labels},kind=\"blocking\"}} {blocking}\n\
+                 keygate_backend_dedicated_connections{{{labels},kind=\"subscriber\"}} {subscriber}",
             );
         }
         let _ = writeln!(

@@ -114,3 +114,33 @@ pub async fn discover(
     }
     Err(errors.join("; "))
 }
+
+/// ketama `auto_eject_hosts`: keep the ring in step with the breakers, checked every
+/// `EJECT_CHECK`: a server whose breaker opened leaves the ring (its keys go to the others, as in
+/// twemproxy), and comes back when it closes.
+pub async fn eject(proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EJECT_CHECK) => {}
+        }
+        let config = proxy.config.load_full();
+        let topology = proxy.topology.load_full();
+        if topology.kind != UpstreamKind::Ketama || !config.upstream.auto_eject_hosts {
+            continue;
+        }
+        let open = topology.open_breakers();
+        if open != topology.ejected {
+            let next = topology.ejecting(&config, open);
+            let names: Vec<&str> = next
+                .ejected
+                .iter()
+                .map(|&i| &*next.backends[i].addr)
+                .collect();
+            warn!(ejected = ?names, epoch = next.epoch, "ketama ring rebuilt");
+            proxy.swap_topology(next);
+        }
+    }
+}
+
+const EJECT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);

@@ -135,24 +135,46 @@ pub async fn apply(proxy: &Arc<Proxy>, mut config: Config) -> Result<String, Str
             .unwrap_or_else(|| Arc::new(fresh))
         })
         .collect();
-    // A tenant no longer configured keeps no access: its connections are closed.
-    let names: std::collections::HashSet<&str> =
-        tenants.iter().map(|t| t.config.name.as_str()).collect();
+    // The named upstreams, before the tenants that use them.
+    let stopped = crate::upstreams::apply(proxy, &config).await;
+    // A tenant no longer configured keeps no access, and one whose servers changed (another
+    // upstream, or its upstream changed or went) keeps none to the old ones: their connections
+    // are closed (clients reconnect, to the new servers).
+    let by_name: std::collections::HashMap<&str, &Arc<TenantState>> = tenants
+        .iter()
+        .map(|t| (t.config.name.as_str(), t))
+        .collect();
     for old in old_tenants.iter() {
-        if !names.contains(old.config.name.as_str()) {
-            old.removed.store(true, Relaxed);
-            let closed = proxy
-                .clients
-                .matching(|c| c.shown().tenant.as_deref() == Some(old.config.name.as_str()));
-            for client in &closed {
-                client.kill.cancel();
+        let now = by_name.get(old.config.name.as_str());
+        let why = match now {
+            None => "removed from the config",
+            Some(now) if now.config.upstream != old.config.upstream => "moved to another upstream",
+            Some(_)
+                if old
+                    .config
+                    .upstream
+                    .as_ref()
+                    .is_some_and(|u| stopped.contains(u)) =>
+            {
+                "its upstream changed"
             }
-            tracing::info!(
-                tenant = %old.config.name,
-                connections = closed.len(),
-                "tenant removed from the config; its connections are closed"
-            );
+            Some(_) => continue,
+        };
+        if now.is_none() {
+            old.removed.store(true, Relaxed);
         }
+        let closed = proxy
+            .clients
+            .matching(|c| c.shown().tenant.as_deref() == Some(old.config.name.as_str()));
+        for client in &closed {
+            client.kill.cancel();
+        }
+        tracing::info!(
+            tenant = %old.config.name,
+            connections = closed.len(),
+            why,
+            "the tenant's connections are closed"
+        );
     }
 
     proxy.tenancy.store(!tenants.is_empty(), Relaxed);

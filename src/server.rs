@@ -52,6 +52,7 @@ impl Server {
             None => None,
         };
         let proxy = Arc::new(Proxy::new(config));
+        crate::upstreams::start_all(&proxy).await;
         let kind = proxy.config.load().upstream.kind;
         if matches!(kind, UpstreamKind::Cluster | UpstreamKind::Sentinel) {
             // Learn the slot map (the primary) before the first client arrives; if no node
@@ -123,13 +124,21 @@ impl Server {
             workers,
         } = self;
         info!(listen = %proxy.config.load().listen, "keygate listening");
+        {
+            // The named upstreams' tasks end with the main proxy's `stop`.
+            let (stop, shutdown) = (proxy.stop.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stop.cancel();
+            });
+        }
         if let Some(admin) = admin {
             tokio::spawn(admin::serve(admin, proxy.clone(), shutdown.clone()));
         }
         // Each checks the current config's kind, which a reload may change.
         tokio::spawn(refresh::run(proxy.clone(), shutdown.clone()));
         tokio::spawn(crate::learn::run(proxy.clone(), shutdown.clone()));
-        tokio::spawn(eject(proxy.clone(), shutdown.clone()));
+        tokio::spawn(refresh::eject(proxy.clone(), shutdown.clone()));
         tokio::spawn(sentinel::watch(proxy.clone(), shutdown.clone()));
         tokio::spawn(crate::status::sample(proxy.clone(), shutdown.clone()));
         tokio::spawn(crate::accounting::run(proxy.clone(), shutdown.clone()));
@@ -210,36 +219,6 @@ async fn counted(proxy: &Proxy, id: u64, session: impl std::future::Future<Outpu
         tracing::error!(client = id, panic = %what, "a client session panicked (a bug in keygate); its connection was closed");
     }
 }
-
-/// ketama `auto_eject_hosts`: keep the ring in step with the breakers, checked every
-/// `EJECT_CHECK`: a server whose breaker opened leaves the ring (its keys go to the others, as in
-/// twemproxy), and comes back when it closes.
-async fn eject(proxy: Arc<Proxy>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(EJECT_CHECK) => {}
-        }
-        let config = proxy.config.load_full();
-        let topology = proxy.topology.load_full();
-        if topology.kind != UpstreamKind::Ketama || !config.upstream.auto_eject_hosts {
-            continue;
-        }
-        let open = topology.open_breakers();
-        if open != topology.ejected {
-            let next = topology.ejecting(&config, open);
-            let names: Vec<&str> = next
-                .ejected
-                .iter()
-                .map(|&i| &*next.backends[i].addr)
-                .collect();
-            warn!(ejected = ?names, epoch = next.epoch, "ketama ring rebuilt");
-            proxy.swap_topology(next);
-        }
-    }
-}
-
-const EJECT_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Accept TLS clients until shutdown: the same admission as plain ones, then the handshake
 /// (with the certificates of the config in force now, so reloads renew them), then a session.

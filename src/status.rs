@@ -76,6 +76,9 @@ struct QuotaStatus {
 #[derive(Serialize)]
 struct BackendStatus {
     addr: String,
+    /// The named upstream it serves (`[upstreams.NAME]`); absent: the main one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<String>,
     role: &'static str,
     breaker: &'static str,
     connections: usize,
@@ -98,24 +101,30 @@ struct TenantStatus {
 
 /// `/status.json`.
 pub fn json(proxy: &Proxy) -> String {
-    let topology = proxy.topology.load();
-    let replicas = topology.replicas.iter().flatten().map(|b| (b, "replica"));
-    let backends = topology
-        .backends
+    let topologies = proxy.topologies();
+    let topology = topologies[0].1.clone();
+    let backends = topologies
         .iter()
-        .map(|b| (b, "primary"))
-        .chain(replicas)
-        .map(|(b, role)| BackendStatus {
-            addr: b.addr.to_string(),
-            role,
-            breaker: match b.breaker().state() {
-                BreakerState::Closed => "closed",
-                BreakerState::Open => "open",
-                BreakerState::HalfOpen => "half-open",
-            },
-            connections: b.connections_up(),
-            in_flight: b.in_flight(),
-            pinned: b.pinned(),
+        .flat_map(|(upstream, topology)| {
+            let replicas = topology.replicas.iter().flatten().map(|b| (b, "replica"));
+            topology
+                .backends
+                .iter()
+                .map(|b| (b, "primary"))
+                .chain(replicas)
+                .map(move |(b, role)| BackendStatus {
+                    addr: b.addr.to_string(),
+                    upstream: (!upstream.is_empty()).then(|| upstream.clone()),
+                    role,
+                    breaker: match b.breaker().state() {
+                        BreakerState::Closed => "closed",
+                        BreakerState::Open => "open",
+                        BreakerState::HalfOpen => "half-open",
+                    },
+                    connections: b.connections_up(),
+                    in_flight: b.in_flight(),
+                    pinned: b.pinned(),
+                })
         })
         .collect();
     let samples = proxy.samples.lock().unwrap_or_else(|e| e.into_inner());

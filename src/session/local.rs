@@ -43,6 +43,10 @@ impl Session {
                 self.sub = None;
                 self.monitor = None;
                 self.tracking = None;
+                if !Arc::ptr_eq(&self.proxy, &self.home) {
+                    self.proxy = self.home.clone();
+                    self.must_drain = true;
+                }
                 if self.flavor != Flavor::default() || self.pending_select.is_some() {
                     self.flavor = Flavor::default();
                     self.pending_select = None;

@@ -98,7 +98,11 @@ impl Origin {
 
 /// The connection state keygate keeps for a client, in place of the backend's.
 struct Session {
+    /// The proxy whose servers this client's requests reach: `home`, or the named upstream of
+    /// the tenant it authenticated as (see proxy, "Named upstreams").
     proxy: Arc<Proxy>,
+    /// The main proxy.
+    home: Arc<Proxy>,
     id: u64,
     peer: SocketAddr,
     name: Option<Bytes>,
@@ -290,6 +294,7 @@ async fn serve<R, W>(
     let mut decoder = Decoder::new(configured);
     let mut session = Session {
         proxy: proxy.clone(),
+        home: proxy.clone(),
         id,
         peer,
         name: None,

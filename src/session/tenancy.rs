@@ -136,10 +136,25 @@ impl Session {
 
     /// Take one of `tenant`'s connection seats (leaving any other tenant's) and act as it.
     fn become_tenant(&mut self, tenant: &Arc<TenantState>) -> Result<(), Error> {
+        // A tenant with an upstream of its own: its requests go to that upstream's servers.
+        let servers = self.home.for_tenant(tenant).ok_or(Error::Coded(
+            "ERR keygate: the tenant's upstream is not running; try again",
+        ))?;
+        let moving = !Arc::ptr_eq(&servers, &self.proxy);
+        if moving && (self.txn.is_some() || self.sub.is_some()) {
+            return Err(Error::Invalid(
+                "keygate: leave MULTI, WATCH and subscriptions before authenticating as a tenant on other servers",
+            ));
+        }
         let seat = Seat::take(tenant).ok_or_else(|| Error::TenantFull {
             tenant: tenant.config.name.clone(),
             max: tenant.config.max_connections.unwrap_or(0),
         })?;
+        if moving {
+            self.proxy = servers;
+            // The requests before this one are on the old servers' connections.
+            self.must_drain = true;
+        }
         tracing::Span::current().record("tenant", tenant.config.name.as_str());
         if let Some(verdict) = &seat.verdict {
             self.admission = Some(Admission {

@@ -99,7 +99,11 @@ impl TenantState {
     /// user of its own (see backend::users); with `[fleet] shared_limits`, its limits are the
     /// fleet's.
     pub fn for_config(config: Tenant, whole: &crate::config::Config) -> TenantState {
-        let upstream = &whole.upstream;
+        let upstream = config
+            .upstream
+            .as_ref()
+            .and_then(|name| whole.upstreams.get(name))
+            .unwrap_or(&whole.upstream);
         let mut state = TenantState::new(config);
         if whole.fleet.shared_limits {
             state.shared = true;
@@ -407,6 +411,7 @@ mod tests {
             allow_from: Vec::new(),
             backend_user: None,
             database: None,
+            upstream: None,
         }))
     }
 

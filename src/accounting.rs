@@ -40,14 +40,19 @@ out[#out + 1] = redis.call('MEMORY', 'USAGE', key) or 0 \
 end \
 return {page[1], out}";
 
-/// Run passes until shutdown, each `[quota] interval` after the last ended.
+/// Run passes until shutdown, the first at once, each next `[quota] interval` after the last
+/// ended.
 pub async fn run(proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let mut first = true;
     loop {
         let interval = proxy.config.load().quota.interval;
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+        if !first {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
         }
+        first = false;
         let tenants: Vec<Arc<TenantState>> = proxy
             .tenants
             .load()
@@ -55,6 +60,7 @@ pub async fn run(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             .filter(|t| t.usage.is_some())
             .cloned()
             .collect();
+        restore(&proxy, &tenants).await;
         // One pass per upstream, over the servers of the tenants that live there.
         let mut by_upstream: Vec<(Arc<Proxy>, Vec<Arc<TenantState>>)> = Vec::new();
         for tenant in tenants {
@@ -114,7 +120,7 @@ impl Owners {
 /// One pass over every primary; each quota tenant's usage is replaced by what it measured, if
 /// every server answered (otherwise the writes counted meanwhile stay counted, and the next
 /// pass tries again).
-async fn pass(proxy: &Proxy, servers: &Proxy, tenants: &[Arc<TenantState>]) {
+async fn pass(proxy: &Arc<Proxy>, servers: &Proxy, tenants: &[Arc<TenantState>]) {
     let started = Instant::now();
     for t in tenants {
         if let Some(usage) = &t.usage {
@@ -148,11 +154,12 @@ async fn pass(proxy: &Proxy, servers: &Proxy, tenants: &[Arc<TenantState>]) {
     if topology.backends.is_empty() {
         return;
     }
-    for (t, (bytes, keys)) in tenants.iter().zip(totals) {
+    for (t, &(bytes, keys)) in tenants.iter().zip(&totals) {
         if let Some(usage) = &t.usage {
             usage.pass_completed(bytes, keys);
         }
     }
+    save(proxy, tenants, &totals).await;
     let took = started.elapsed();
     proxy.metrics.quota_passes.fetch_add(1, Relaxed);
     proxy
@@ -160,6 +167,62 @@ async fn pass(proxy: &Proxy, servers: &Proxy, tenants: &[Arc<TenantState>]) {
         .quota_last_pass_us
         .store(took.as_micros() as u64, Relaxed);
     tracing::debug!(?took, tenants = tenants.len(), "quota accounting pass");
+}
+
+/// Each pass's figures are saved on the main upstream, `<[fleet] namespace>{<tenant>}:usage`
+/// (bytes, keys), so a keygate that starts (or restarts, or joins a fleet) begins from the last
+/// measurement instead of from nothing while its own first pass runs.
+async fn save(proxy: &Arc<Proxy>, tenants: &[Arc<TenantState>], totals: &[(u64, u64)]) {
+    let saves = tenants.iter().zip(totals).map(|(t, (bytes, keys))| {
+        let key = crate::fleet::key(proxy, t, "usage");
+        let args = vec![
+            Bytes::from_static(b"HSET"),
+            key.clone(),
+            Bytes::from_static(b"bytes"),
+            Bytes::from(bytes.to_string()),
+            Bytes::from_static(b"keys"),
+            Bytes::from(keys.to_string()),
+        ];
+        async move { crate::fleet::send_to_key(proxy, &key, args).await }
+    });
+    for reply in futures_util::future::join_all(saves).await {
+        if reply.first() == Some(&b'-') {
+            tracing::warn!(reply = %String::from_utf8_lossy(&reply).trim_end(), "saving quota usage failed");
+        }
+    }
+}
+
+/// Start each quota tenant not seen before from its saved figures, if any.
+async fn restore(proxy: &Arc<Proxy>, tenants: &[Arc<TenantState>]) {
+    let loads = tenants
+        .iter()
+        .filter_map(|t| Some((t, t.usage.as_ref()?)))
+        .filter(|(_, usage)| !usage.restored.swap(true, Relaxed))
+        .map(|(t, usage)| {
+            let key = crate::fleet::key(proxy, t, "usage");
+            let args = vec![
+                Bytes::from_static(b"HMGET"),
+                key.clone(),
+                Bytes::from_static(b"bytes"),
+                Bytes::from_static(b"keys"),
+            ];
+            async move {
+                let reply = crate::fleet::send_to_key(proxy, &key, args).await;
+                let Some(Value::Array(Some(items))) = value::parse(&reply) else {
+                    return;
+                };
+                let number = |v: &Value| match v {
+                    Value::Bulk(Some(b)) => std::str::from_utf8(b).ok()?.parse::<u64>().ok(),
+                    _ => None,
+                };
+                if let [bytes, keys] = items.as_slice() {
+                    if let (Some(bytes), Some(keys)) = (number(bytes), number(keys)) {
+                        usage.restore(bytes, keys);
+                    }
+                }
+            }
+        });
+    futures_util::future::join_all(loads).await;
 }
 
 /// Walk one server's databases; per tenant, the bytes and keys found.

@@ -874,8 +874,15 @@ impl Config {
                 format!("{:?} must be non-empty printable ASCII without spaces or any of {{ }} * ? [ ] \\", fleet.namespace),
             ));
         }
+        // keygate's own keys (shared limits, saved quota usage) must be out of tenants' reach.
+        let own_keys = fleet.shared_limits
+            || tenants
+                .iter()
+                .any(|t| t.max_memory.is_some() || t.max_keys.is_some());
         if let Some((i, t)) = tenants.iter().enumerate().find(|(_, t)| {
-            t.prefix.starts_with(&fleet.namespace) || fleet.namespace.starts_with(&t.prefix)
+            own_keys
+                && (t.prefix.starts_with(&fleet.namespace)
+                    || fleet.namespace.starts_with(&t.prefix))
         }) {
             return Err(fail(
                 &format!("tenants[{i}].prefix"),
@@ -1085,12 +1092,14 @@ fn parse_upstream(
                 ReadFrom::PreferReplica
             }
         }
-        Some(other) => return Err(fail(
-            &format!("{at}.read_from"),
-            format!(
+        Some(other) => {
+            return Err(fail(
+                &format!("{at}.read_from"),
+                format!(
                 "unknown mode {other:?}; expected \"primary\", \"replica\" or \"prefer_replica\""
             ),
-        )),
+            ))
+        }
     };
     match (&up.master, kind) {
         (None, UpstreamKind::Sentinel) => {

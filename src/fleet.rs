@@ -83,7 +83,7 @@ pub fn instance() -> &'static str {
 }
 
 /// The key `<namespace>{<tenant>}:<what>`.
-fn key(proxy: &Proxy, tenant: &TenantState, what: &str) -> Bytes {
+pub fn key(proxy: &Proxy, tenant: &TenantState, what: &str) -> Bytes {
     let namespace = &proxy.config.load().fleet.namespace;
     Bytes::from(format!("{namespace}{{{}}}:{what}", tenant.config.name))
 }
@@ -95,11 +95,7 @@ async fn eval(
     keys: Vec<Bytes>,
     args: Vec<Bytes>,
 ) -> Bytes {
-    let topology = proxy.topology.load_full();
-    let target = match topology.target_of(&keys[0]) {
-        Ok(target) => target,
-        Err(e) => return e.to_reply(),
-    };
+    let first = keys[0].clone();
     let mut argv = vec![
         Bytes::from_static(b"EVAL"),
         Bytes::from_static(script.as_bytes()),
@@ -107,12 +103,23 @@ async fn eval(
     ];
     argv.extend(keys);
     argv.extend(args);
+    proxy.metrics.fleet_scripts.fetch_add(1, Relaxed);
+    send_to_key(proxy, &first, argv).await
+}
+
+/// Send `args`, a command about `key`, to the main upstream's server holding `key` (following
+/// redirections); the reply. For keygate's own keys under `[fleet] namespace`.
+pub async fn send_to_key(proxy: &Arc<Proxy>, key: &[u8], args: Vec<Bytes>) -> Bytes {
+    let topology = proxy.topology.load_full();
+    let target = match topology.target_of(key) {
+        Ok(target) => target,
+        Err(e) => return e.to_reply(),
+    };
     let caller = Caller {
         id: 0,
         flavor: Default::default(),
     };
-    proxy.metrics.fleet_scripts.fetch_add(1, Relaxed);
-    dispatch::run(proxy, &topology, caller, argv, Plan::One(target), false)
+    dispatch::run(proxy, &topology, caller, args, Plan::One(target), false)
         .bytes()
         .await
 }

@@ -337,3 +337,46 @@ async fn metrics_and_status_stay_bounded_with_ten_thousand_tenants() {
     assert!(status.len() < 50_000, "{} bytes", status.len());
     assert!(status.contains("\"count\":9950"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keygate_that_starts_begins_from_the_last_saved_measurement() {
+    let redis = Redis::start();
+    // Others' keys make a pass at 100 keys/s take seconds.
+    for chunk in 0..4 {
+        let mut args = vec!["MSET".to_string()];
+        for i in 0..500 {
+            args.push(format!("unrelated:{chunk}:{i}"));
+            args.push("v".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        redis_cli(redis.port, &args);
+    }
+    let first = Keygate::start_with(&redis.addr(), TENANTS).await;
+    let mut small = as_tenant(&first, "small").await;
+    let (stored, _) = fill(&mut small, b"v", 1000).await;
+    assert!(stored >= 200);
+    next_pass(&first).await;
+    drop(small);
+    first.stop().await;
+
+    let slow = TENANTS.replace(
+        "[quota]\ninterval = \"50ms\"\nbatch = 100\n",
+        "[quota]\nscan_rate = 100\nbatch = 100\n",
+    );
+    let second = Keygate::start_with(&redis.addr(), &slow).await;
+    let mut small = as_tenant(&second, "small").await;
+    // Its own first pass needs ~20 s; the saved figures stop the tenant at once.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let reply = text(small.call(&[b"SET", b"more", b"v"]).await);
+        if reply.starts_with("-OOM") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not stopped: {reply}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric(&second, "keygate_quota_passes_total{result=\"complete\"}").await,
+        Some(0.0)
+    );
+}

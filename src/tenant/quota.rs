@@ -62,6 +62,10 @@ pub struct Usage {
     over: AtomicBool,
     /// Commands refused with -OOM.
     pub refused: AtomicU64,
+    /// The figures a keygate saved on the servers have been looked for (see accounting).
+    pub restored: AtomicBool,
+    /// A pass has completed since this keygate started (then saved figures are older).
+    passed: AtomicBool,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -138,6 +142,8 @@ impl Usage {
             measured_keys: AtomicU64::new(0),
             over: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            restored: AtomicBool::new(false),
+            passed: AtomicBool::new(false),
             hasher: Default::default(),
         };
         usage.set_limits(max_bytes, max_keys);
@@ -236,8 +242,24 @@ impl Usage {
         self.publish(&ledger);
     }
 
+    /// The last figures a pass saved on the servers (by this keygate before a restart, or by
+    /// another of the fleet): the measurement until this keygate's own first pass completes,
+    /// so a restart does not start from nothing.
+    pub fn restore(&self, bytes: u64, keys: u64) {
+        let mut ledger = self.lock();
+        if self.passed.load(Relaxed) {
+            return;
+        }
+        ledger.measured_bytes = bytes;
+        ledger.measured_keys = keys;
+        self.measured_bytes.store(bytes, Relaxed);
+        self.measured_keys.store(keys, Relaxed);
+        self.publish(&ledger);
+    }
+
     /// The pass that started last completed, measuring `bytes` and `keys`.
     pub fn pass_completed(&self, bytes: u64, keys: u64) {
+        self.passed.store(true, Relaxed);
         let mut ledger = self.lock();
         ledger.measured_bytes = bytes;
         ledger.measured_keys = keys;

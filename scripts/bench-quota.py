@@ -15,8 +15,8 @@ For each key count N it runs, in order:
           memory the server counts (MEMORY USAGE summed over its keys), against the quota.
   lag     the same tenant deletes a tenth of its keys; the time until a write is accepted
           again (one accounting pass), and that pass's duration as /metrics reports it.
-  restart keygate restarted with the tenant already at its quota: writes accepted before the
-          first pass completes (the window where the estimate knows nothing yet).
+  restart a new keygate (the old one's figures saved on the server) with the tenant writing
+          flat out at once: how far over it gets before its own first pass completes.
   cost    the server's CPU (INFO cpu) and commands per second while the accounting runs,
           against the same time idle.
 """
@@ -29,27 +29,13 @@ import tempfile
 import time
 import urllib.request
 
+from bench_ports import free_port, wait_port
+
 import redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYGATE = os.path.join(ROOT, "target", "release", "keygate")
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, deadline=20):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
 
 
 class Server:
@@ -117,7 +103,7 @@ def fill(r, value, start=0, batch=100):
         for reply in replies:
             if reply is True:
                 accepted += 1
-            elif "OOM" in str(reply):
+            elif isinstance(reply, redis.exceptions.OutOfMemoryError):
                 return accepted, time.time() - t0
             else:
                 sys.exit(f"unexpected reply {reply!r}")
@@ -170,7 +156,21 @@ def case(n, value, scan_rate):
     keys, memory = held(server)
     out["memory"] = (quota, per_key, accepted, memory, took)
 
-    # Lag: delete a tenth, wait for writes to be accepted again.
+    # Lag: put the tenant 10 % over its quota behind keygate's back (straight on the server),
+    # wait until a completed pass has measured it over, then delete a tenth of its keys through
+    # keygate and time until writes are accepted again.
+    p = server.r.pipeline(transaction=False)
+    for j in range(n // 10):
+        p.set(f"t:extra{j}", value)
+        if j % 1000 == 999:
+            p.execute()
+    p.execute()
+    kg.wait_passes(2)
+    try:
+        kg.r.set("probe", value)
+        sys.exit("a tenant measured over its quota was not refused")
+    except redis.exceptions.OutOfMemoryError:
+        pass
     p = kg.r.pipeline(transaction=False)
     for j in range(0, accepted // 10):
         p.delete(f"k{j}")
@@ -182,9 +182,9 @@ def case(n, value, scan_rate):
         try:
             kg.r.set("again", value)
             break
-        except redis.exceptions.ResponseError as e:
-            if "OOM" not in str(e):
-                raise
+        except redis.exceptions.OutOfMemoryError:
+            if time.time() - t0 > 600:
+                sys.exit("still refused 600 s after the deletes")
             time.sleep(0.01)
     out["lag"] = (time.time() - t0, kg.metric("keygate_quota_last_pass_seconds"))
 
@@ -206,10 +206,12 @@ def case(n, value, scan_rate):
     out["cost"] = (idle, busy, scripts, examined)
     kg.stop()
 
-    # Restart with the tenant at its quota: writes accepted before the first pass completes.
+    # Restart: a new keygate (the old one's figures saved on the server) and the tenant writing
+    # flat out at once, before the new keygate's own first pass completes.
     kg = Keygate(server, f"max_memory = {quota}", scan_rate)
     accepted, took = fill(kg.r, value, start=10 * n)
-    out["restart"] = (accepted, took)
+    _, memory = held(server)
+    out["restart"] = (accepted, memory, quota, kg.metric('keygate_quota_passes_total{result="complete"}'))
     kg.stop()
     server.stop()
     return out
@@ -234,9 +236,10 @@ def main():
         lag, last_pass = r["lag"]
         print(f"  lag:     writes accepted again {lag:.2f} s after deleting a tenth; "
               f"last pass {last_pass:.2f} s")
-        accepted, took = r["restart"]
-        print(f"  restart: at quota, {accepted} new keys accepted before the first pass "
-              f"({100 * accepted / n:.1f} % of N) in {took:.1f} s")
+        accepted, memory, quota, passes = r["restart"]
+        print(f"  restart: {accepted} new keys accepted, server counts {memory} B "
+              f"({100 * (memory - quota) / quota:+.2f} % of the quota); the new keygate's "
+              f"completed passes then: {passes:.0f}")
         (icpu, icmd), (bcpu, bcmd), scripts, examined = r["cost"]
         print(f"  cost:    server CPU {100 * icpu:.2f} % idle -> {100 * bcpu:.2f} % with passes "
               f"(+{100 * (bcpu - icpu):.2f} % of a core); commands/s {icmd:.1f} -> {bcmd:.1f}; "

@@ -133,7 +133,7 @@ async fn pass(proxy: &Arc<Proxy>, servers: &Proxy, tenants: &[Arc<TenantState>])
     let walks = topology
         .backends
         .iter()
-        .map(|backend| walk(proxy, backend, &owners, tenants.len(), &quota));
+        .map(|backend| walk(proxy, backend, &owners, tenants, &quota));
     let results = futures_util::future::join_all(walks).await;
     let mut totals = vec![(0u64, 0u64); tenants.len()];
     for result in results {
@@ -230,10 +230,10 @@ async fn walk(
     proxy: &Proxy,
     backend: &Backend,
     owners: &Owners,
-    tenant_count: usize,
+    tenants: &[Arc<TenantState>],
     quota: &Quota,
 ) -> Result<Vec<(u64, u64)>, String> {
-    let mut found = vec![(0u64, 0u64); tenant_count];
+    let mut found = vec![(0u64, 0u64); tenants.len()];
     let batch = Bytes::from(quota.batch.to_string());
     for (&db, prefixes) in &owners.by_db {
         let caller = Caller {
@@ -262,10 +262,20 @@ async fn walk(
                 )
             })?;
             let examined = page.len() as u64;
-            for (key, bytes) in page {
-                if let Some(i) = owners.owner(prefixes, &key) {
+            let mut seen: Vec<(usize, &[u8])> = Vec::new();
+            for (key, bytes) in &page {
+                if let Some(i) = owners.owner(prefixes, key) {
                     found[i].0 += bytes;
                     found[i].1 += 1;
+                    seen.push((i, key));
+                }
+            }
+            // Tell each tenant which of its keys this pass has now measured.
+            seen.sort_unstable_by_key(|&(i, _)| i);
+            for run in seen.chunk_by(|a, b| a.0 == b.0) {
+                if let Some(usage) = &tenants[run[0].0].usage {
+                    let keys: Vec<&[u8]> = run.iter().map(|&(_, k)| k).collect();
+                    usage.pass_saw(&keys);
                 }
             }
             proxy

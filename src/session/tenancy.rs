@@ -158,8 +158,9 @@ impl Session {
         tracing::Span::current().record("tenant", tenant.config.name.as_str());
         if let Some(verdict) = &seat.verdict {
             self.admission = Some(Admission {
+                // The fleet's keys live on the main upstream, whatever the tenant's.
                 admitted: Box::pin(crate::fleet::admit(
-                    self.proxy.clone(),
+                    self.home.clone(),
                     tenant.clone(),
                     verdict.clone(),
                 )),
@@ -242,7 +243,7 @@ impl Session {
         let allowed = listed_for(spec, config, &self.proxy.config.load()).map_err(refuse)?;
         let taken = tenant.take_op();
         if taken.refill {
-            tokio::spawn(crate::fleet::lease(self.proxy.clone(), tenant.clone()));
+            tokio::spawn(crate::fleet::lease(self.home.clone(), tenant.clone()));
         }
         if !taken.allowed {
             tenant.rate_limited.fetch_add(1, Relaxed);
